@@ -1,0 +1,339 @@
+"""Typed experiment configuration: YAML files plus dotted `key=value` overrides.
+
+Every key is declared (and documented) once, here. Unknown or misspelt keys are an error that
+suggests the closest valid key; values are type-checked and range-checked before training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration key or value; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # synthetic | voc | cityscapes | folder
+    root: str = "data/synthetic"  # dataset root; the synthetic set is generated here if missing
+    labeled_split: str = "splits/1_16/labeled.txt"  # split files, relative to `root` or absolute
+    unlabeled_split: Optional[str] = "splits/1_16/unlabeled.txt"  # null = supervised data only
+    val_split: str = "splits/val.txt"
+    crop_size: int = 96  # square training crop (paper: 512 VOC, 768 Cityscapes)
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop
+    batch_size: int = 8  # global labelled batch (split across processes)
+    unlabeled_batch_size: Optional[int] = None  # global unlabelled batch; null = batch_size
+    num_workers: int = 2
+    color_jitter: float = 0.5  # probability of colour jitter on the strong view
+    blur: float = 0.5  # probability of Gaussian blur on the strong view
+    max_val_images: Optional[int] = None  # evaluate on the first N val images only (quick runs)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # any timm ResNet name, e.g. resnet101.tv_in1k, resnet101s.gluon_in1k
+    backbone_channels: Optional[tuple[int, int, int, int]] = (32, 64, 128, 256)  # null = standard
+    output_stride: int = 16  # 8 or 16
+    pretrained: bool = False  # ImageNet weights (timm cache / hub, or `weights`)
+    weights: Optional[str] = None  # local ImageNet checkpoint file for the backbone
+    aspp_channels: int = 256
+    low_level_channels: int = 48  # fused feature = aspp_channels + low_level_channels (304)
+    head_channels: int = 256  # hidden width of segmentation/representation heads
+    rep_dim: int = 256  # D, the representation dimension
+    prob_activation: str = "sigmoid"  # sigmoid | softplus: output of the probability head (σ²)
+
+
+@dataclass
+class VirtualNegativesConfig:
+    enabled: bool = True
+    num: int = 4  # VNs per class (Fig. 10a)
+    beta: float = 1.0  # virtual radius β (Fig. 10b)
+    scale: str = "variance"  # variance (Eq. 10) | std (not in the paper)
+
+
+@dataclass
+class MemoryBankConfig:
+    enabled: bool = False
+    size: int = 30000  # total queue length over classes (Table 7: 30000 / 65536)
+
+
+@dataclass
+class MLSConfig:
+    normalize: bool = True  # L2-normalise μ before the MLS (authors' release)
+    reduction: str = "mean"  # mean | sum over feature dims (mean = sum/D)
+    include_const: bool = False  # add -D/2·log 2π (Eq. 3 literally)
+
+
+@dataclass
+class ContrastiveConfig:
+    temperature: float = 0.5  # τ in Eq. 15
+    num_anchors: int = 256  # anchors per class
+    num_negatives: int = 512  # real negatives per anchor
+    strong_threshold: float = 0.8  # δs: anchors have student confidence below this
+    weak_threshold: float = 0.7  # δw: unlabelled pixels need teacher confidence above this
+    lambda0: float = 1.0  # λc0 in Eq. 12
+    lambda_alpha: float = -5.0  # α in Eq. 12
+    pr: bool = True  # probabilistic representations (μ, σ²) and MLS; false = cosine on μ
+    prototype: str = "gdp"  # gdp (Eq. 9) | local (Eq. 4, release) | ema (Eq. 16, Baseline+)
+    ema_momentum: float = 0.99  # α of Eq. 16
+    gdp_forgetting: float = 1.0  # 1 = paper; <1 decays old GDP precision (not in the paper)
+    vn: VirtualNegativesConfig = field(default_factory=VirtualNegativesConfig)
+    memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
+    mls: MLSConfig = field(default_factory=MLSConfig)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "prcl"  # supervised | mean_teacher | classmix | baseline | baseline_plus | prcl
+    ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay)
+    unsup_threshold: float = 0.97  # δu of Eq. 14
+    unsup_weight: float = 1.0
+    mix: str = "classmix"  # classmix | cutmix | none, on the strong view (methods with a teacher)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6.4e-3  # backbone and heads
+    prob_head_lr: float = 5e-5  # probability head ("soft freeze")
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # whole | center_crop | sliding
+    crop_size: int = 96  # for center_crop and sliding
+    stride: Optional[int] = None  # sliding-window stride; null = 2/3 of crop_size
+    batch_size: int = 8  # whole-image mode with equal-size images
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1200
+    eval_every: int = 400
+    checkpoint_every: int = 200
+    log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    threads: Optional[int] = None  # torch CPU threads; null = torch default
+
+
+@dataclass
+class Config:
+    name: str = "demo"  # run directory name under output_dir
+    output_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+CHOICES = {
+    "data.dataset": ("synthetic", "voc", "cityscapes", "folder"),
+    "model.prob_activation": ("sigmoid", "softplus"),
+    "model.output_stride": (8, 16),
+    "method.name": ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl"),
+    "method.mix": ("classmix", "cutmix", "none"),
+    "method.contrastive.prototype": ("gdp", "local", "ema"),
+    "method.contrastive.vn.scale": ("variance", "std"),
+    "method.contrastive.mls.reduction": ("mean", "sum"),
+    "eval.mode": ("whole", "center_crop", "sliding"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.amp": ("none", "bf16", "fp16"),
+}
+POSITIVE = (
+    "data.crop_size", "data.batch_size", "data.unlabeled_batch_size", "model.aspp_channels",
+    "model.rep_dim", "model.head_channels", "method.contrastive.temperature",
+    "method.contrastive.num_anchors", "method.contrastive.num_negatives", "optim.lr",
+    "train.iterations", "train.eval_every", "train.checkpoint_every", "train.log_every",
+    "eval.crop_size", "eval.stride", "eval.batch_size", "method.contrastive.memory_bank.size",
+)
+UNIT_INTERVAL = (
+    "method.ema_decay", "method.unsup_threshold", "method.contrastive.strong_threshold",
+    "method.contrastive.weak_threshold", "method.contrastive.ema_momentum",
+    "method.contrastive.gdp_forgetting", "data.color_jitter", "data.blur", "optim.momentum",
+)
+NON_NEGATIVE = ("optim.prob_head_lr", "optim.weight_decay", "data.num_workers", "method.contrastive.vn.num")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _field_types(cls).items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        if dataclasses.is_dataclass(tp):
+            keys.extend(_all_keys(tp, key + "."))
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see prcl/config.py for all keys"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(types, "UnionType", ())):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"config key '{key}' needs a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _merge(obj: Any, values: dict, prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
+    types_ = _field_types(type(obj))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            while isinstance(value, dict) and len(value) == 1:  # suggest the full dotted key
+                (sub, value), = value.items()
+                key = f"{key}.{sub}"
+            raise _unknown_key(key)
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            _merge(getattr(obj, name), value if value is not None else {}, key + ".")
+        else:
+            setattr(obj, name, _coerce(key, value, tp))
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that types alone cannot express."""
+    for key, choices in CHOICES.items():
+        if get_value(cfg, key) not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {get_value(cfg, key)!r}")
+    for key in POSITIVE:
+        v = get_value(cfg, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {v!r}")
+    for key in UNIT_INTERVAL:
+        v = get_value(cfg, key)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"config key '{key}' must be in [0, 1], got {v!r}")
+    for key in NON_NEGATIVE:
+        if get_value(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {get_value(cfg, key)!r}")
+    lo, hi = cfg.data.scale_range
+    if not 0 < lo <= hi:
+        raise ConfigError(f"config key 'data.scale_range' must satisfy 0 < min <= max, got {[lo, hi]}")
+    c = cfg.method.contrastive
+    if cfg.method.name == "prcl" and not c.pr:
+        raise ConfigError("method.name=prcl needs method.contrastive.pr=true; use baseline for cosine similarity")
+    if c.prototype == "gdp" and not c.pr and cfg.method.name in ("baseline", "baseline_plus", "prcl"):
+        raise ConfigError("method.contrastive.prototype=gdp needs pr=true (GDP is a Gaussian); use local or ema")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ("a.b.c", yaml-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value, e.g. train.iterations=200")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file (with optional `_base_: other.yaml` chain) <- `key=value` overrides."""
+    cfg = Config()
+    if path is not None:
+        for layer in _yaml_chain(Path(path)):
+            _merge(cfg, layer)
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def _yaml_chain(path: Path, seen: Optional[set] = None) -> list[dict]:
+    """The YAML mappings of `path` and its `_base_` ancestors, base first."""
+    seen = seen or set()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; `prcl configs list` shows the shipped ones")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through _base_")
+    seen.add(path.resolve())
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    layers: list[dict] = []
+    for base in bases:
+        layers.extend(_yaml_chain(path.parent / base, seen))
+    layers.append(data)
+    return layers
+
+
+def to_dict(cfg: Config) -> dict:
+    def convert(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(dataclasses.asdict(cfg))
+
+
+def from_dict(values: dict) -> Config:
+    cfg = Config()
+    _merge(cfg, values)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

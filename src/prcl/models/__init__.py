@@ -1,0 +1,32 @@
+"""Segmentation models."""
+
+from __future__ import annotations
+
+from prcl.config import Config
+from prcl.models.deeplab import DeepLabV3Plus, ProbabilityHead
+
+CONTRASTIVE_METHODS = ("baseline", "baseline_plus", "prcl")
+
+
+def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
+    """The student network for `cfg`: representation head for contrastive methods, probability head
+    when the representations are probabilistic."""
+    m = cfg.model
+    contrastive = cfg.method.name in CONTRASTIVE_METHODS
+    return DeepLabV3Plus(
+        num_classes,
+        m.backbone,
+        output_stride=m.output_stride,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        backbone_widths=m.backbone_channels,
+        aspp_channels=m.aspp_channels,
+        low_level_channels=m.low_level_channels,
+        head_channels=m.head_channels,
+        rep_dim=m.rep_dim if contrastive else None,
+        prob_dim=m.rep_dim if contrastive and cfg.method.contrastive.pr else None,
+        prob_activation=m.prob_activation,
+    )
+
+
+__all__ = ["DeepLabV3Plus", "ProbabilityHead", "build_model", "CONTRASTIVE_METHODS"]

@@ -1,0 +1,123 @@
+"""DeepLabv3+ with the heads PRCL needs, all on the 304-channel fused decoder feature.
+
+    backbone ─► ASPP (256) ─► upsample to stride 4 ─┐
+        └──► stride-4 features ─► 1×1 conv (48) ────┴─► concat = fused feature [B, 304, H/4, W/4]
+    fused ─► segmentation head   Conv3×3-BN-ReLU-Conv1×1 → C logits
+    fused ─► representation head Conv3×3-BN-ReLU-Conv1×1 → μ  (D)
+    fused ─► probability head    1×1 Linear-BN-ReLU-Linear-BN + sigmoid/softplus → σ² (D)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prcl.models.backbone import check_feature_strides, backbone_channels, create_backbone
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (kernel - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling; rates (6, 12, 18) at output stride 16, doubled at 8."""
+
+    def __init__(self, cin: int, cout: int, rates: Sequence[int]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, r) for r in rates])
+        # Image pooling without BatchNorm so that a batch of one image per process trains.
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(conv_bn_relu(cout * (len(rates) + 2), cout, 1), nn.Dropout(0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [b(x) for b in self.branches]
+        feats.append(self.pool(x).expand(-1, -1, x.shape[2], x.shape[3]))
+        return self.project(torch.cat(feats, dim=1))
+
+
+def make_head(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    """Conv3×3-BN-ReLU-Conv1×1, the shape of the segmentation and representation heads."""
+    return nn.Sequential(conv_bn_relu(cin, hidden, 3), nn.Conv2d(hidden, cout, 1))
+
+
+class ProbabilityHead(nn.Module):
+    """σ² head: Linear-BN-ReLU-Linear-BN as 1×1 convs, then a positive activation (Sec. 3.2)."""
+
+    def __init__(self, cin: int, dim: int, activation: str = "sigmoid") -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim),
+        )
+        if activation not in ("sigmoid", "softplus"):
+            raise ValueError(f"activation must be sigmoid or softplus, got {activation!r}")
+        self.activation = torch.sigmoid if activation == "sigmoid" else F.softplus
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.net(fused))
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabv3+; `forward` returns a dict with `logits` (input size) and the stride-4 `fused`,
+    plus `mu`/`var` when the representation/probability heads are enabled."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        *,
+        output_stride: int = 16,
+        pretrained: bool = False,
+        weights: Optional[str] = None,
+        backbone_widths: Optional[Sequence[int]] = None,
+        aspp_channels: int = 256,
+        low_level_channels: int = 48,
+        head_channels: int = 256,
+        rep_dim: Optional[int] = None,
+        prob_dim: Optional[int] = None,
+        prob_activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        self.backbone = create_backbone(
+            backbone, output_stride=output_stride, pretrained=pretrained, weights=weights, channels=backbone_widths
+        )
+        check_feature_strides(self.backbone, output_stride)
+        low_c, high_c = backbone_channels(self.backbone)
+        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        self.aspp = ASPP(high_c, aspp_channels, rates)
+        self.reduce = conv_bn_relu(low_c, low_level_channels, 1)
+        self.fused_channels = aspp_channels + low_level_channels
+        self.seg_head = make_head(self.fused_channels, head_channels, num_classes)
+        self.rep_head = make_head(self.fused_channels, head_channels, rep_dim) if rep_dim else None
+        self.prob_head = ProbabilityHead(self.fused_channels, prob_dim, prob_activation) if prob_dim else None
+
+    def fused_feature(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = self.backbone(x)
+        high = F.interpolate(self.aspp(high), size=low.shape[2:], mode="bilinear", align_corners=False)
+        return torch.cat([high, self.reduce(low)], dim=1)  # [B, 304, H/4, W/4]
+
+    def forward(self, x: torch.Tensor, *, heads: bool = True) -> dict[str, torch.Tensor]:
+        fused = self.fused_feature(x)
+        logits = F.interpolate(self.seg_head(fused), size=x.shape[2:], mode="bilinear", align_corners=False)
+        out = {"logits": logits, "fused": fused}
+        if heads and self.rep_head is not None:
+            out["mu"] = self.rep_head(fused)
+        if heads and self.prob_head is not None:
+            out["var"] = self.prob_head(fused)
+        return out
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by optimiser group: the probability head has its own (small) lr."""
+        prob = list(self.prob_head.parameters()) if self.prob_head is not None else []
+        prob_ids = {id(p) for p in prob}
+        return {"main": [p for p in self.parameters() if id(p) not in prob_ids], "prob_head": prob}
