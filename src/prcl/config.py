@@ -210,6 +210,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-2" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
@@ -260,10 +265,10 @@ def validate(cfg: Config) -> None:
     if not 0 < lo <= hi:
         raise ConfigError(f"config key 'data.scale_range' must satisfy 0 < min <= max, got {[lo, hi]}")
     c = cfg.method.contrastive
-    if cfg.method.name == "prcl" and not c.pr:
-        raise ConfigError("method.name=prcl needs method.contrastive.pr=true; use baseline for cosine similarity")
-    if c.prototype == "gdp" and not c.pr and cfg.method.name in ("baseline", "baseline_plus", "prcl"):
-        raise ConfigError("method.contrastive.prototype=gdp needs pr=true (GDP is a Gaussian); use local or ema")
+    if c.prototype == "gdp" and not c.pr:
+        raise ConfigError("method.contrastive.prototype=gdp needs pr=true (a GDP is a Gaussian); use local or ema")
+    if c.vn.enabled and not c.pr:
+        raise ConfigError("method.contrastive.vn.enabled=true needs pr=true (VNs are drawn from GDPs)")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -281,15 +286,31 @@ def _nest(key: str, value: Any) -> dict:
     return out
 
 
+# A method name sets the defaults of the contrastive switches (Table 1 rows); keys given explicitly in
+# a YAML file or on the command line override them, which is how the ablations of Tables 5-8 are made.
+METHOD_PRESETS: dict[str, dict] = {
+    "baseline": {"pr": False, "prototype": "local", "vn": {"enabled": False}},
+    "baseline_plus": {"pr": False, "prototype": "ema", "vn": {"enabled": False}},
+    "prcl": {"pr": True, "prototype": "gdp", "vn": {"enabled": True}},
+}
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file (with optional `_base_: other.yaml` chain) <- `key=value` overrides."""
-    cfg = Config()
-    if path is not None:
-        for layer in _yaml_chain(Path(path)):
-            _merge(cfg, layer)
+    """Defaults <- method preset <- YAML file (with `_base_` chain) <- `key=value` overrides."""
+    layers = _yaml_chain(Path(path)) if path is not None else []
     for text in overrides:
         key, value = parse_override(text)
-        _merge(cfg, _nest(key, value))
+        layers.append(_nest(key, value))
+    name = Config().method.name
+    for layer in layers:
+        method = layer.get("method")
+        if isinstance(method, dict) and "name" in method:
+            name = method["name"]
+    cfg = Config()
+    if name in METHOD_PRESETS:
+        _merge(cfg, {"method": {"contrastive": METHOD_PRESETS[name]}})
+    for layer in layers:
+        _merge(cfg, layer)
     validate(cfg)
     return cfg
 
@@ -337,3 +358,11 @@ def from_dict(values: dict) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """Apply `key=value` overrides to an existing config (e.g. a checkpoint's) and re-validate."""
+    for text in overrides:
+        _merge(cfg, _nest(*parse_override(text)))
+    validate(cfg)
+    return cfg

@@ -1,0 +1,1 @@
+"""Training engine: one trainer, evaluation, checkpoints, schedules, distribution."""

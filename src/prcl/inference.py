@@ -1,0 +1,93 @@
+"""Using a trained checkpoint: rebuild its model, evaluate it, predict masks for image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from prcl.config import Config, apply_overrides, from_dict
+from prcl.data.dataset import load_image
+from prcl.data.loaders import build_val_dataset
+from prcl.data.palette import voc_colormap, voc_palette
+from prcl.data.transforms import to_normalized_tensor
+from prcl.engine.checkpoint import CheckpointError, load_checkpoint
+from prcl.engine.evaluate import evaluate, predict_logits
+from prcl.models import DeepLabV3Plus, build_model
+
+
+def resolve_checkpoint(path: Path, which: str = "best") -> Path:
+    """A checkpoint file, or `<run>/checkpoints/{best,last}.pt` for a run directory."""
+    if path.is_file():
+        return path
+    for name in (f"{which}.pt", "last.pt"):
+        candidate = path / "checkpoints" / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"no checkpoint at {path} (expected a .pt file or a run directory with checkpoints/)")
+
+
+def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[DeepLabV3Plus, Config, dict]:
+    """The evaluated network of a checkpoint (the teacher when the method has one) in eval mode."""
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    cfg.model.pretrained, cfg.model.weights = False, None  # weights come from the checkpoint
+    model = build_model(cfg, state["num_classes"])
+    weights = state["teacher"] if state.get("teacher") is not None else state["model"]
+    try:
+        model.load_state_dict(weights, strict=state.get("teacher") is None)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match its own config: {str(err).splitlines()[0]}") from err
+    return model.to(device).eval(), cfg, state
+
+
+def evaluate_checkpoint(
+    path: Path, *, mode: Optional[str] = None, crop: Optional[int] = None, stride: Optional[int] = None,
+    overrides: Sequence[str] = (), device: Optional[str] = None,
+) -> dict:
+    """mIoU and per-class IoU of a checkpoint on its config's val split (data keys may be overridden)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, state = model_from_checkpoint(path, dev)
+    apply_overrides(cfg, overrides)
+    info, val = build_val_dataset(cfg)
+    if info.num_classes != state["num_classes"]:
+        raise CheckpointError(f"{path} predicts {state['num_classes']} classes but {cfg.data.dataset} has {info.num_classes}")
+    mode = mode or cfg.eval.mode
+    cm = evaluate(model, val, info.num_classes, device=dev, mode=mode, crop=crop or cfg.eval.crop_size,
+                  stride=stride or cfg.eval.stride, batch_size=cfg.eval.batch_size)
+    iou = [None if np.isnan(v) else v for v in cm.iou().tolist()]
+    return {"miou": cm.miou(), "per_class_iou": iou, "class_names": list(info.class_names),
+            "num_images": len(val), "mode": mode, "checkpoint": str(path)}
+
+
+def colorize(mask: np.ndarray) -> Image.Image:
+    """Index mask -> palette PNG image with the VOC colours."""
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    return img
+
+
+@torch.no_grad()
+def predict_files(path: Path, images: Sequence[Path], out_dir: Path, device: Optional[str] = None) -> list[Path]:
+    """For each image write `<stem>.png` (palette mask) and `<stem>_overlay.jpg` (image | blend)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, state = model_from_checkpoint(path, dev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colours = voc_colormap()
+    written = []
+    for image_path in images:
+        image = load_image(image_path)
+        x = to_normalized_tensor(image)[None].to(dev)
+        mode = "sliding" if cfg.eval.mode == "sliding" else "whole"
+        logits = predict_logits(model, x, state["num_classes"], mode, cfg.eval.crop_size, cfg.eval.stride)
+        mask = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        mask_path = out_dir / f"{image_path.stem}.png"
+        colorize(mask).save(mask_path)
+        rgb = np.asarray(image, dtype=np.float32)
+        blend = (0.5 * rgb + 0.5 * colours[mask]).astype(np.uint8)
+        Image.fromarray(np.concatenate([np.asarray(image), blend], axis=1)).save(out_dir / f"{image_path.stem}_overlay.jpg")
+        written.append(mask_path)
+    return written

@@ -1,0 +1,301 @@
+"""The pixel contrastive loss of PRCL (Eq. 15) and of its baselines, as one configurable module.
+
+Switches (Tables 1, 5-8): `probabilistic` (PR: MLS similarity, Eq. 3; else cosine similarity of
+deterministic mu), `prototype` ("local": batch prototypes as the release, "ema": Baseline+, Eq. 16,
+"gdp": Eq. 9), `vn_enabled` (virtual negatives, Eq. 10) and `memory_bank_size` (Table 7).
+Per step (Algorithm 1): gather valid pixels -> class statistics (all-reduced in DDP) -> update
+the prototype state -> sample anchors/negatives (Sec. 3.5) -> InfoNCE over [positive prototype,
+real negatives, VNs, bank entries] / tau, mean over a class's anchors, then over classes.
+
+Decisions where the paper is silent (documented once, here):
+- With normalisation (always for cosine; `mls_normalize` for MLS) mu is L2-normalised once per
+  pixel and prototypes, GDP, VNs and the bank are built from the unit vectors (prototype means
+  and VNs are re-normalised before use). The release averages raw mu and normalises the average.
+- Classes without hard pixels get no anchors (the release skips them); a class whose anchors
+  would have no valid negative at all is skipped too. Eq. 15's |C| counts the classes kept.
+- Real negatives need another class present in the local batch; with VNs or a bank a class can
+  still be contrasted when it is alone in the batch.
+- Memory bank: negatives *in addition* to the batch ones: per anchor, `memory_bank_negatives`
+  uniform entries of every other class in the bank (like VNs, which are `vn_num` per other
+  class); the batch is enqueued after the loss (MoCo style), so the bank holds past steps only.
+  Each rank keeps its own bank (not synchronised).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prcl import IGNORE_INDEX
+from prcl.losses.memory_bank import ClassMemoryBank
+from prcl.losses.pairwise import DEFAULT_CHUNK_ELEMENTS, KeySet, info_nce
+from prcl.losses.sampling import ContrastSample, sample_anchors_and_negatives
+from prcl.probabilistic import (EMAPrototypes, GlobalDistributionPrototypes, class_natural_sums,
+                                mutual_likelihood_score, virtual_negatives)
+
+METHOD_PRESETS: Dict[str, Dict[str, object]] = {
+    "baseline": dict(probabilistic=False, prototype="local", vn_enabled=False),
+    "baseline_plus": dict(probabilistic=False, prototype="ema", vn_enabled=False),
+    "prcl": dict(probabilistic=True, prototype="gdp", vn_enabled=True),
+}
+"""Switches of the contrastive methods of Table 1 (use `PRCLContrastiveLoss.for_method`)."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+class PRCLContrastiveLoss(nn.Module):
+    """Eq. 15 with the switches above. State (GDP, EMA prototypes, memory bank) are submodules with
+    registered buffers, so `state_dict()` carries them and resuming restores them.
+
+    forward(mu [B,D,H,W], var [B,D,H,W] (sigma^2 > 0) or None, labels [B,H,W] long (255 = ignore),
+    valid [B,H,W] bool, probs [B,C,H,W] student softmax) -> (scalar loss, stats of python floats).
+    Set `record_sample = True` to keep the last `ContrastSample` in `last_sample`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        temperature: float,
+        num_anchors: int = 256,
+        num_negatives: int = 512,
+        strong_threshold: float = 0.8,
+        probabilistic: bool = True,
+        prototype: str = "gdp",
+        ema_momentum: float = 0.99,
+        vn_enabled: bool = True,
+        vn_num: int = 4,
+        vn_beta: float = 1.0,
+        vn_scale: str = "variance",
+        memory_bank_size: int = 0,
+        memory_bank_enqueue: int = 256,
+        memory_bank_negatives: int = 4,
+        mls_normalize: bool = True,
+        mls_reduction: str = "mean",
+        mls_include_const: bool = False,
+        gdp_forgetting: float = 1.0,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        _require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
+        _require(dim >= 1, f"dim must be >= 1, got {dim}")
+        _require(temperature > 0, f"temperature must be > 0, got {temperature}")
+        _require(num_anchors >= 1, f"num_anchors must be >= 1, got {num_anchors}")
+        _require(num_negatives >= 1, f"num_negatives must be >= 1, got {num_negatives}")
+        _require(0 < strong_threshold <= 1, f"strong_threshold must lie in (0, 1], got {strong_threshold}")
+        _require(prototype in ("gdp", "local", "ema"),
+                 f"prototype must be 'gdp', 'local' or 'ema', got {prototype!r}")
+        _require(probabilistic or prototype != "gdp",
+                 "prototype='gdp' needs probabilistic=True (the GDP is a Gaussian); use 'local' or 'ema'")
+        _require(not vn_enabled or (probabilistic and prototype == "gdp"),
+                 "vn_enabled=True needs probabilistic=True and prototype='gdp' (VNs are drawn from the "
+                 "GDP); set vn_enabled=False")
+        _require(vn_num >= 1 and vn_beta >= 0, f"vn_num must be >= 1 and vn_beta >= 0, got "
+                 f"{vn_num} and {vn_beta}")
+        _require(vn_scale in ("variance", "std"), f"vn_scale must be 'variance' or 'std', got {vn_scale!r}")
+        _require(memory_bank_size >= 0, f"memory_bank_size must be >= 0, got {memory_bank_size}")
+        _require(memory_bank_enqueue >= 1 and memory_bank_negatives >= 1,
+                 "memory_bank_enqueue and memory_bank_negatives must be >= 1")
+        _require(mls_reduction in ("mean", "sum"), f"mls_reduction must be 'mean' or 'sum', got "
+                 f"{mls_reduction!r}")
+        _require(chunk_elements >= 1, f"chunk_elements must be >= 1, got {chunk_elements}")
+        self.num_classes, self.dim, self.temperature = num_classes, dim, float(temperature)
+        self.num_anchors, self.num_negatives = num_anchors, num_negatives
+        self.strong_threshold, self.probabilistic, self.prototype = strong_threshold, probabilistic, prototype
+        self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = vn_enabled, vn_num, vn_beta, vn_scale
+        self.memory_bank_enqueue, self.memory_bank_negatives = memory_bank_enqueue, memory_bank_negatives
+        self.normalize = mls_normalize or not probabilistic
+        self.mls_reduction, self.mls_include_const = mls_reduction, mls_include_const
+        self.chunk_elements = chunk_elements
+        self.gdp = (GlobalDistributionPrototypes(num_classes, dim, forgetting=gdp_forgetting)
+                    if prototype == "gdp" else None)
+        self.ema = (EMAPrototypes(num_classes, dim, momentum=ema_momentum, with_var=probabilistic)
+                    if prototype == "ema" else None)
+        self.bank = (ClassMemoryBank(num_classes, dim, memory_bank_size, with_var=probabilistic)
+                     if memory_bank_size > 0 else None)
+        self.record_sample = False
+        self.last_sample: Optional[ContrastSample] = None
+
+    @classmethod
+    def for_method(cls, method: str, num_classes: int, dim: int, *, temperature: float,
+                   **overrides: object) -> "PRCLContrastiveLoss":
+        """The loss of a Table-1 method ('baseline', 'baseline_plus', 'prcl'), with overrides."""
+        _require(method in METHOD_PRESETS, f"method must be one of {sorted(METHOD_PRESETS)}, got {method!r}")
+        return cls(num_classes, dim, temperature=temperature, **{**METHOD_PRESETS[method], **overrides})
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, dim={self.dim}, temperature={self.temperature}, "
+                f"probabilistic={self.probabilistic}, prototype={self.prototype!r}, vn={self.vn_enabled}")
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(self, mu: Tensor, var: Optional[Tensor], labels: Tensor, valid: Tensor,
+                      probs: Tensor) -> None:
+        _require(mu.dim() == 4 and mu.shape[1] == self.dim,
+                 f"mu must be [B, {self.dim}, H, W], got {tuple(mu.shape)}")
+        b, _, h, w = mu.shape
+        if self.probabilistic:
+            _require(var is not None and var.shape == mu.shape,
+                     f"var must be [B, D, H, W] like mu {tuple(mu.shape)} (probabilistic=True), got "
+                     f"{None if var is None else tuple(var.shape)}")
+        else:
+            _require(var is None, "var must be None when probabilistic=False")
+        _require(labels.shape == (b, h, w) and not labels.is_floating_point(),
+                 f"labels must be an integer tensor [B, H, W] = {(b, h, w)} at feature resolution, got "
+                 f"{tuple(labels.shape)} {labels.dtype}")
+        _require(valid.shape == (b, h, w) and valid.dtype == torch.bool,
+                 f"valid must be a bool tensor [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)} {valid.dtype}")
+        _require(probs.shape == (b, self.num_classes, h, w),
+                 f"probs must be [B, C, H, W] = {(b, self.num_classes, h, w)}, got {tuple(probs.shape)}")
+
+    # ------------------------------------------------------------------ prototypes
+    @torch.no_grad()
+    def _prototypes(self, counts: Tensor, precision: Tensor, precision_mean: Tensor, dtype: torch.dtype):
+        """Update the state and return the prototype table: mean [C, D] (unit vectors when
+        normalising), var [C, D] or None, ok [C] bool, and the GDP drift of this step."""
+        drift = precision.new_zeros(())
+        present = counts > 0
+        local_mean = precision_mean / precision.clamp(min=1e-300)
+        if self.gdp is not None:
+            before, was = self.gdp.mean, self.gdp.initialized.clone()
+            self.gdp.update_from_sums(counts, precision, precision_mean)
+            moved = present & was
+            if moved.any():
+                drift = (self.gdp.mean[moved] - before[moved]).norm(dim=1).mean()
+            mean, var, ok = self.gdp.mean, self.gdp.var, self.gdp.initialized
+        elif self.ema is not None:
+            ids = torch.nonzero(present).flatten()
+            self.ema.update(ids, local_mean[ids], precision[ids].reciprocal() if self.probabilistic else None)
+            mean, var, ok = self.ema.mean, self.ema.var, self.ema.initialized
+        else:
+            mean, var, ok = local_mean, precision.reciprocal(), present
+        mean = torch.where(ok[:, None], mean, torch.zeros_like(mean))
+        if self.normalize:
+            mean = F.normalize(mean, dim=1)
+        var = torch.where(ok[:, None], var, torch.ones_like(var)).to(dtype) if self.probabilistic else None
+        return mean.to(dtype), var, ok, drift
+
+    def _class_logits(self, mean: Tensor, var: Optional[Tensor]) -> Tensor:
+        """[C, C] similarity of the prototypes / tau: the negative-class distribution of Sec. 3.5."""
+        if var is None:
+            sim = mean @ mean.t()
+        else:
+            sim = mutual_likelihood_score(mean[:, None], var[:, None], mean[None], var[None],
+                                          reduction=self.mls_reduction, normalize=False,
+                                          include_const=self.mls_include_const)
+        return sim / self.temperature
+
+    # ------------------------------------------------------------------ extra negatives
+    def _virtual_negatives(self, anchor_classes: Tensor, dtype: torch.dtype,
+                           generator: Optional[torch.Generator]):
+        """Eq. 10 VNs of every class with a GDP, drawn per anchor class: (raw [K, G*v, D] float64,
+        classes [K, G*v], KeySet with var 0 and the anchor's own class masked out)."""
+        assert self.gdp is not None
+        have = torch.nonzero(self.gdp.initialized).flatten()  # [G]
+        k, g, v = anchor_classes.numel(), have.numel(), self.vn_num
+        raw = virtual_negatives(self.gdp.mean[have], self.gdp.var[have], k * v, self.vn_beta,
+                                scale=self.vn_scale, generator=generator)  # [G, K*v, D]
+        raw = raw.view(g, k, v, self.dim).transpose(0, 1).reshape(k, g * v, self.dim)
+        classes = have.repeat_interleave(v)[None].expand(k, g * v)
+        table = F.normalize(raw, dim=2) if self.normalize else raw
+        table = table.reshape(-1, self.dim).to(dtype)
+        index = torch.arange(k * g * v, device=raw.device).view(k, 1, g * v)
+        valid = classes != anchor_classes[:, None]
+        return raw, classes, KeySet(table, torch.zeros_like(table), index, valid)
+
+    def _has_negatives(self, sample: ContrastSample) -> Tensor:
+        """[K] bool: the anchor class has at least one valid real, virtual or bank negative."""
+        cols = torch.arange(self.num_classes, device=sample.anchor_classes.device)
+        other = cols[None, :] != sample.anchor_classes[:, None]  # [K, C]
+        ok = sample.negative_valid.clone()
+        if self.vn_enabled and self.gdp is not None:
+            ok |= (other & self.gdp.initialized[None]).any(1)
+        if self.bank is not None:
+            ok |= (other & (self.bank.filled > 0)[None]).any(1)
+        return ok
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, mu: Tensor, var: Optional[Tensor], labels: Tensor, valid: Tensor, probs: Tensor,
+                *, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Dict[str, float]]:
+        self._check_inputs(mu, var, labels, valid, probs)
+        with torch.autocast(device_type=mu.device.type, enabled=False):
+            return self._forward(mu, var, labels, valid, probs, generator)
+
+    def _forward(self, mu, var, labels, valid, probs, generator):
+        dtype = torch.promote_types(mu.dtype, torch.float32)
+        mask = valid & (labels != IGNORE_INDEX)
+        pix_label = labels[mask]  # [P]
+        if pix_label.numel() and (int(pix_label.min()) < 0 or int(pix_label.max()) >= self.num_classes):
+            raise ValueError(f"labels of valid pixels must lie in [0, {self.num_classes}) or be "
+                             f"{IGNORE_INDEX}; got values in [{int(pix_label.min())}, {int(pix_label.max())}]")
+        pix_mu = mu.permute(0, 2, 3, 1)[mask].to(dtype)  # [P, D]
+        pix_var = var.permute(0, 2, 3, 1)[mask].to(dtype) if var is not None else None
+        if self.normalize:
+            pix_mu = F.normalize(pix_mu, dim=1)
+        safe_labels = labels.clamp(0, self.num_classes - 1)[:, None]
+        pix_prob = probs.detach().gather(1, safe_labels).squeeze(1)[mask]  # [P]
+
+        sums = class_natural_sums(pix_label, pix_mu.detach(),
+                                  None if pix_var is None else pix_var.detach(), self.num_classes)
+        proto_mean, proto_var, proto_ok, drift = self._prototypes(*sums, dtype)
+        with torch.no_grad():
+            sample = sample_anchors_and_negatives(
+                pix_label, pix_prob < self.strong_threshold, self._class_logits(proto_mean, proto_var),
+                num_anchors=self.num_anchors, num_negatives=self.num_negatives, generator=generator)
+            sample = sample.select(self._has_negatives(sample))
+        k = sample.anchor_classes.numel()
+        vn_spread = drift.new_zeros(())
+        if k == 0:
+            loss = mu.sum() * 0.0 + (var.sum() * 0.0 if var is not None else 0.0)
+        else:
+            keys = [KeySet(proto_mean, proto_var, sample.anchor_classes.view(k, 1, 1)),
+                    KeySet(pix_mu.detach(), None if pix_var is None else pix_var.detach(),
+                           sample.negative_index,
+                           sample.negative_valid[:, None].expand(k, self.num_negatives))]
+            if self.vn_enabled:
+                with torch.no_grad():
+                    sample.vn, sample.vn_classes, vn_keys = self._virtual_negatives(
+                        sample.anchor_classes, dtype, generator)
+                    vn_spread = self._vn_spread(vn_keys, sample.vn_classes, proto_mean)
+                keys.append(vn_keys)
+            if self.bank is not None:
+                with torch.no_grad():
+                    sample.bank_index, sample.bank_valid = self.bank.sample_index(
+                        sample.anchor_classes, self.num_anchors, self.memory_bank_negatives, generator)
+                bank_mu, bank_var = self.bank.flat()
+                keys.append(KeySet(bank_mu, bank_var if self.probabilistic else None,
+                                   sample.bank_index, sample.bank_valid))
+            anchor_var = None if pix_var is None else pix_var[sample.anchor_index]
+            per_class = info_nce(pix_mu[sample.anchor_index], anchor_var, keys,
+                                 temperature=self.temperature, reduction=self.mls_reduction,
+                                 include_const=self.mls_include_const, chunk_elements=self.chunk_elements)
+            loss = per_class.mean()
+        if self.bank is not None:
+            self.bank.enqueue(pix_label, pix_mu.detach(), None if pix_var is None else pix_var.detach(),
+                              self.memory_bank_enqueue, generator)
+        if self.record_sample:
+            self.last_sample = sample
+        return loss, self._stats(loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, pix_label)
+
+    @torch.no_grad()
+    def _vn_spread(self, vn_keys: KeySet, vn_classes: Tensor, proto_mean: Tensor) -> Tensor:
+        """Mean L2 distance of the VNs to their GDP mean, in the space the similarity sees."""
+        return (vn_keys.mu.view(*vn_classes.shape, -1) - proto_mean[vn_classes]).norm(dim=2).mean().double()
+
+    @torch.no_grad()
+    def _stats(self, loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, pix_label) -> Dict[str, float]:
+        zero = drift.new_zeros(())
+        mean_var = pix_var.double().mean() if pix_var is not None and pix_var.numel() else zero
+        proto = proto_var[proto_ok].double().mean() if proto_var is not None and proto_ok.any() else zero
+        values = torch.stack([loss.detach().double(), mean_var, proto, vn_spread.double(), drift.double()])
+        names = ("loss", "mean_var", "proto_var", "vn_spread", "gdp_drift")
+        stats = dict(zip(names, values.tolist()))
+        stats.update(anchors=float(k * self.num_anchors), classes=float(k),
+                     valid_pixels=float(pix_label.numel()))
+        return stats

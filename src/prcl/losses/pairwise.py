@@ -1,0 +1,157 @@
+"""Anchor-key similarities for the contrastive loss, chunked so memory stays bounded.
+
+Every anchor has its own keys (its sampled negatives), so the similarities are not one matmul:
+for M anchors with K keys each we need M*K*D terms (paper shapes: 21*256 anchors x ~600 keys x
+256 dims = 0.8 G). The keys live in a table ([T, D], detached) and are referenced by an index
+[M, K]; a custom autograd Function gathers them chunk by chunk, in the forward and again in the
+backward, so neither pass holds more than `chunk_elements` gathered values at once and nothing of
+size M*K*D is kept for the backward. Gradients flow into the anchors (mu and var) only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from prcl.probabilistic import LOG_2PI, VAR_EPS
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+
+
+def _chunks(num_rows: int, per_row: int, chunk_elements: int):
+    step = max(1, chunk_elements // max(1, per_row))
+    return (slice(s, min(s + step, num_rows)) for s in range(0, num_rows, step))
+
+
+def _gather(table: Tensor, index: Tensor) -> Tensor:
+    """table [T, D], index [m, K] -> [m, K, D] (index_select is the fastest gather on CPU)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+
+
+class _PairwiseMLS(torch.autograd.Function):
+    """s[m, k] = scale * sum_l ((a - b)^2 / v + log v) + const, v = clamp(va + vb, VAR_EPS),
+    with b, vb = key_mu/key_var[index[m, k]] (Eq. 3 without normalisation)."""
+
+    @staticmethod
+    def forward(ctx, a, va, key_mu, key_var, index, scale, const, chunk_elements):  # type: ignore[override]
+        out = a.new_empty(index.shape)
+        for rows in _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements):
+            v = _gather(key_var, index[rows]).add_(va[rows, None]).clamp_(min=VAR_EPS)
+            d = _gather(key_mu, index[rows]).sub_(a[rows, None])
+            out[rows] = d.square_().div_(v).add_(v.log_()).sum(-1)
+        ctx.save_for_backward(a, va, key_mu, key_var, index)
+        ctx.scale, ctx.chunk_elements = scale, chunk_elements
+        return out.mul_(scale).add_(const)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        a, va, key_mu, key_var, index = ctx.saved_tensors
+        grad_a, grad_va = torch.empty_like(a), torch.empty_like(va)
+        g = grad.unsqueeze(1)  # [M, 1, K]
+        for rows in _chunks(a.shape[0], index.shape[1] * a.shape[1], ctx.chunk_elements):
+            v = _gather(key_var, index[rows]).add_(va[rows, None])
+            live = v >= VAR_EPS  # the clamp passes no gradient to the variance
+            inv = v.clamp_(min=VAR_EPS).reciprocal_()
+            t = _gather(key_mu, index[rows]).sub_(a[rows, None]).neg_().mul_(inv)  # (a - b) / v
+            grad_a[rows] = torch.bmm(g[rows], t).squeeze(1)
+            w = inv.sub_(t.square_()).mul_(live)  # d/dva of (a-b)^2/v + log v = 1/v - (a-b)^2/v^2
+            grad_va[rows] = torch.bmm(g[rows], w).squeeze(1)
+        return grad_a.mul_(2 * ctx.scale), grad_va.mul_(ctx.scale), None, None, None, None, None, None
+
+
+class _PairwiseDot(torch.autograd.Function):
+    """s[m, k] = <a[m], key_mu[index[m, k]]> (cosine similarity for unit vectors)."""
+
+    @staticmethod
+    def forward(ctx, a, key_mu, index, chunk_elements):  # type: ignore[override]
+        out = a.new_empty(index.shape)
+        for rows in _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements):
+            out[rows] = torch.bmm(_gather(key_mu, index[rows]), a[rows, :, None]).squeeze(2)
+        ctx.save_for_backward(key_mu, index)
+        ctx.chunk_elements = chunk_elements
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        key_mu, index = ctx.saved_tensors
+        grad_a = grad.new_empty(index.shape[0], key_mu.shape[1])
+        for rows in _chunks(index.shape[0], index.shape[1] * key_mu.shape[1], ctx.chunk_elements):
+            grad_a[rows] = torch.bmm(grad[rows, None], _gather(key_mu, index[rows])).squeeze(1)
+        return grad_a, None, None, None
+
+
+def pairwise_similarity(
+    anchor_mu: Tensor,
+    anchor_var: Optional[Tensor],
+    key_mu: Tensor,
+    key_var: Optional[Tensor],
+    index: Tensor,
+    *,
+    reduction: str = "mean",
+    include_const: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Similarity of every anchor to its keys: anchor_mu [M, D], key tables [T, D], index [M, K]
+    -> [M, K]. With variances: MLS (Eq. 3) of already-normalised means, `reduction` sum | mean
+    (= sum / D); without: the dot product (cosine similarity of unit vectors). Keys get no grad."""
+    if index.dim() != 2 or index.shape[0] != anchor_mu.shape[0]:
+        raise ValueError(f"index must be [M, K] with M = {anchor_mu.shape[0]}, got {tuple(index.shape)}")
+    key_mu = key_mu.detach().to(anchor_mu.dtype)
+    if anchor_var is None or key_var is None:
+        if anchor_var is not None or key_var is not None:
+            raise ValueError("pairwise_similarity needs variances for both anchors and keys, or neither")
+        return _PairwiseDot.apply(anchor_mu, key_mu, index, chunk_elements)
+    dim = anchor_mu.shape[1]
+    scale = -0.5 / dim if reduction == "mean" else -0.5
+    const = scale * LOG_2PI * dim if include_const else 0.0
+    key_var = key_var.detach().to(anchor_var.dtype)
+    return _PairwiseMLS.apply(anchor_mu, anchor_var, key_mu, key_var, index, scale, const,
+                              chunk_elements)
+
+
+@dataclass
+class KeySet:
+    """One group of keys for the K anchor classes: a detached table `mu` [T, D] (and `var` [T, D]
+    for probabilistic keys) referenced by `index` [K, A or 1, n] (1 = shared by all the anchors of
+    a class); `valid` [K, n] masks slots out of the softmax (None = all valid)."""
+
+    mu: Tensor
+    var: Optional[Tensor]
+    index: Tensor
+    valid: Optional[Tensor] = None
+
+
+def info_nce(
+    anchor_mu: Tensor,
+    anchor_var: Optional[Tensor],
+    keys: Sequence[KeySet],
+    *,
+    temperature: float,
+    reduction: str = "mean",
+    include_const: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Eq. 15 per anchor class: anchors [K, A, D] against keys (the first KeySet holds the one
+    positive per anchor) -> [K], the mean over a class's anchors of -log softmax(s / tau)[positive]."""
+    num_classes, num_anchors, dim = anchor_mu.shape
+    flat_mu = anchor_mu.reshape(-1, dim)
+    flat_var = None if anchor_var is None else anchor_var.reshape(-1, dim)
+    logits, masks = [], []
+    for ks in keys:
+        n = ks.index.shape[-1]
+        index = ks.index.expand(num_classes, num_anchors, n).reshape(-1, n)
+        logits.append(pairwise_similarity(flat_mu, flat_var, ks.mu, ks.var, index, reduction=reduction,
+                                          include_const=include_const, chunk_elements=chunk_elements))
+        valid = ks.valid if ks.valid is not None else index.new_ones(num_classes, n, dtype=torch.bool)
+        masks.append(valid[:, None].expand(num_classes, num_anchors, n).reshape(-1, n))
+    scores = torch.cat(logits, 1) / temperature  # [K*A, 1 + keys]
+    scores = scores.masked_fill(~torch.cat(masks, 1), -math.inf)
+    per_anchor = torch.logsumexp(scores, 1) - scores[:, 0]
+    return per_anchor.view(num_classes, num_anchors).mean(1)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from prcl.config import Config, ConfigError, apply_overrides, from_dict, load_config, save_config, to_dict
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    cfg = load_config()
+    assert cfg.method.name == "prcl" and cfg.data.dataset == "synthetic"
+    save_config(cfg, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert to_dict(again) == to_dict(cfg)
+    assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    cfg = load_config(None, ["train.iterations=7", "data.scale_range=[0.5, 1.5]", "model.weights=null",
+                             "optim.lr=1e-2", "method.contrastive.vn.beta=0.8"])
+    assert cfg.train.iterations == 7
+    assert cfg.data.scale_range == (0.5, 1.5)
+    assert cfg.model.weights is None
+    assert cfg.optim.lr == pytest.approx(1e-2) and isinstance(cfg.optim.lr, float)
+    assert cfg.method.contrastive.vn.beta == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.iteration=5", "did you mean 'train.iterations'"),
+    ("trian.iterations=5", "did you mean 'train.iterations'"),
+    ("method.contrastive.temprature=0.1", "did you mean 'method.contrastive.temperature'"),
+    ("train.iterations=abc", "'train.iterations' must be int"),
+    ("train.iterations=2.5", "'train.iterations' must be int"),
+    ("optim.lr=-0.1", "'optim.lr' must be > 0"),
+    ("method.unsup_threshold=1.5", "'method.unsup_threshold' must be in [0, 1]"),
+    ("method.name=fixmatch", "'method.name' must be one of"),
+    ("model.output_stride=32", "'model.output_stride' must be one of"),
+    ("data.scale_range=[2.0, 1.0]", "0 < min <= max"),
+    ("data.scale_range=[1.0]", "needs a list of 2 values"),
+    ("train.iterations", "must look like key=value"),
+    ("method.name=baseline_plus method.contrastive.prototype=gdp", None),
+])
+def test_bad_overrides_name_the_key(override, message):
+    if message is None:  # gdp needs probabilistic representations
+        with pytest.raises(ConfigError, match="prototype=gdp needs pr=true"):
+            load_config(None, override.split())
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_method_presets_and_explicit_switches():
+    base = load_config(None, ["method.name=baseline"]).method.contrastive
+    assert (base.pr, base.prototype, base.vn.enabled) == (False, "local", False)
+    plus = load_config(None, ["method.name=baseline_plus"]).method.contrastive
+    assert (plus.pr, plus.prototype) == (False, "ema")
+    prcl = load_config(None, ["method.name=prcl"]).method.contrastive
+    assert (prcl.pr, prcl.prototype, prcl.vn.enabled) == (True, "gdp", True)
+    ablation = load_config(None, ["method.name=baseline", "method.contrastive.pr=true"]).method.contrastive
+    assert (ablation.pr, ablation.prototype) == (True, "local")
+
+
+def test_yaml_base_chain_and_errors(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"train": {"iterations": 11}, "method": {"name": "baseline"}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"_base_": "base.yaml", "train": {"eval_every": 3}}))
+    cfg = load_config(tmp_path / "child.yaml", ["seed=4"])
+    assert (cfg.train.iterations, cfg.train.eval_every, cfg.seed) == (11, 3, 4)
+    assert cfg.method.contrastive.pr is False  # the preset follows the name found in the base file
+    (tmp_path / "typo.yaml").write_text("train:\n  iteratons: 3\n")
+    with pytest.raises(ConfigError, match="typo|train.iteratons.*did you mean 'train.iterations'"):
+        load_config(tmp_path / "typo.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_apply_overrides_revalidates():
+    cfg = Config()
+    apply_overrides(cfg, ["data.root=/elsewhere"])
+    assert cfg.data.root == "/elsewhere"
+    with pytest.raises(ConfigError):
+        apply_overrides(cfg, ["eval.mode=tiles"])

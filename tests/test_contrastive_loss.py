@@ -1,0 +1,318 @@
+"""Tests of the contrastive loss (prcl.losses) against a slow float64 reference loop and closed forms."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from prcl.losses import (ClassMemoryBank, KeySet, PRCLContrastiveLoss, info_nce, pairwise_similarity,
+                         sample_anchors_and_negatives)
+from prcl.losses.sampling import sample_classes
+from prcl.probabilistic import mutual_likelihood_score
+
+F64 = torch.float64
+B, D, H, W, C = 2, 5, 4, 4, 4
+SMALL = dict(num_anchors=3, num_negatives=5, vn_num=2, memory_bank_size=40, memory_bank_enqueue=3,
+             memory_bank_negatives=1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch(seed: int, classes=(0, 1, 2), probabilistic: bool = True):
+    """A small float64 batch: labels from `classes` (+ some 255), ~80 % valid, random probs."""
+    g = _gen(seed)
+    mu = torch.randn(B, D, H, W, generator=g, dtype=F64).requires_grad_()
+    var = (0.05 + torch.rand(B, D, H, W, generator=g, dtype=F64)).requires_grad_() if probabilistic else None
+    labels = torch.tensor(classes)[torch.randint(len(classes), (B, H, W), generator=g)]
+    labels[0, 0, 0] = 255
+    valid = torch.rand(B, H, W, generator=g) < 0.8
+    probs = torch.softmax(2 * torch.randn(B, C, H, W, generator=g, dtype=F64), 1)
+    return mu, var, labels, valid, probs
+
+
+# ----------------------------------------------------------------------------- reference
+def _ref_mls(a, va, b, vb):
+    v = va + vb
+    return -0.5 * ((a - b).square() / v + v.log()).mean()
+
+
+def _ref_pixels(mu, var, labels, valid):
+    """Valid pixels in row-major (b, h, w) order, by explicit loops; mu L2-normalised."""
+    rows_mu, rows_var, rows_label = [], [], []
+    for b in range(B):
+        for h in range(H):
+            for w in range(W):
+                if valid[b, h, w] and labels[b, h, w] != 255:
+                    m = mu[b, :, h, w]
+                    rows_mu.append(m / m.square().sum().sqrt())
+                    rows_var.append(var[b, :, h, w] if var is not None else None)
+                    rows_label.append(int(labels[b, h, w]))
+    return rows_mu, rows_var, rows_label
+
+
+def _ref_local(rows_mu, rows_var, rows_label, c):
+    """Eq. 4 (precision-weighted) or the plain mean (rows_var None) of class c, detached."""
+    idx = [i for i, lab in enumerate(rows_label) if lab == c]
+    if rows_var[0] is None:
+        return torch.stack([rows_mu[i].detach() for i in idx]).mean(0), None
+    precision = sum(1 / rows_var[i].detach() for i in idx)
+    return sum(rows_mu[i].detach() / rows_var[i].detach() for i in idx) / precision, 1 / precision
+
+
+def _reference_loss(rows, protos, sample, tau, bank=None):
+    """Eq. 15 by loops: mean over anchor classes of the mean over anchors of -log softmax[positive]."""
+    rows_mu, rows_var, _ = rows
+    sim = (lambda a, va, b, vb: _ref_mls(a, va, b, vb)) if rows_var[0] is not None else \
+        (lambda a, va, b, vb: (a * b).sum())
+    per_class = []
+    for k, c in enumerate(sample.anchor_classes.tolist()):
+        losses = []
+        for slot, a_i in enumerate(sample.anchor_index[k].tolist()):
+            a, va = rows_mu[a_i], rows_var[a_i]
+            p_mu, p_var = protos[c]
+            logits = [sim(a, va, p_mu / p_mu.norm(), p_var)]
+            if sample.negative_valid[k]:
+                for j in sample.negative_index[k, slot].tolist():
+                    vb = rows_var[j].detach() if rows_var[j] is not None else None
+                    logits.append(sim(a, va, rows_mu[j].detach(), vb))
+            if sample.vn is not None:
+                for z, cls in zip(sample.vn[k], sample.vn_classes[k].tolist()):
+                    if cls != c:
+                        logits.append(sim(a, va, z / z.norm(), torch.zeros_like(z)))
+            if sample.bank_index is not None:
+                for j, ok in zip(sample.bank_index[k, slot].tolist(), sample.bank_valid[k].tolist()):
+                    if ok:
+                        logits.append(sim(a, va, bank[0][j], None if bank[1] is None else bank[1][j]))
+            scores = torch.stack(logits) / tau
+            losses.append(torch.logsumexp(scores, 0) - scores[0])
+        per_class.append(torch.stack(losses).mean())
+    return torch.stack(per_class).mean()
+
+
+def _check_sample(sample, rows_label, probs_rows, threshold):
+    for k, c in enumerate(sample.anchor_classes.tolist()):
+        for i in sample.anchor_index[k].tolist():
+            assert rows_label[i] == c and probs_rows[i] < threshold
+        if sample.negative_valid[k]:
+            assert all(rows_label[j] != c for j in sample.negative_index[k].flatten().tolist())
+
+
+def _probs_rows(probs, labels, valid):
+    return [float(probs[b, labels[b, h, w], h, w]) for b in range(B) for h in range(H) for w in range(W)
+            if valid[b, h, w] and labels[b, h, w] != 255]
+
+
+@pytest.mark.parametrize("method,extra", [("prcl", dict(memory_bank_size=40)),
+                                          ("baseline", {}), ("baseline_plus", {}),
+                                          ("prcl", dict(prototype="local", vn_enabled=False, memory_bank_size=0))])
+def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
+    tau = 0.7
+    loss_fn = PRCLContrastiveLoss.for_method(method, C, D, temperature=tau, **{**SMALL, **extra})
+    loss_fn.record_sample = True
+    prob = loss_fn.probabilistic
+    step1, step2 = _batch(1, probabilistic=prob), _batch(2, classes=(0, 1, 3), probabilistic=prob)
+    loss_fn(*step1, generator=_gen(10))
+    bank = None if loss_fn.bank is None else tuple(None if t is None else t.clone() for t in loss_fn.bank.flat())
+    loss, stats = loss_fn(*step2, generator=_gen(11))
+    loss.backward()
+    sample = loss_fn.last_sample
+
+    rows1, rows2 = _ref_pixels(*step1[:4]), _ref_pixels(*step2[:4])
+    _check_sample(sample, rows2[2], _probs_rows(step2[4], step2[2], step2[3]), 0.8)
+    protos = {}
+    for c in set(rows2[2]):
+        if loss_fn.prototype == "gdp":  # GDP after this step = Eq. 4 over both steps' pixels
+            union = tuple(r1 + r2 for r1, r2 in zip(rows1, rows2))
+            protos[c] = _ref_local(*union, c)
+        elif loss_fn.prototype == "ema":  # Eq. 16, initialised by step 1 when the class was seen
+            now = _ref_local(*rows2, c)[0]
+            protos[c] = (0.99 * _ref_local(*rows1, c)[0] + 0.01 * now if c in rows1[2] else now, None)
+        else:
+            protos[c] = _ref_local(*rows2, c)
+    mu, var = step2[0], step2[1]
+    ref = _reference_loss(rows2, protos, sample, tau, bank)
+    assert stats["loss"] == pytest.approx(ref.item(), rel=1e-10)
+    assert stats["classes"] == sample.anchor_classes.numel() > 0
+    inputs = [mu] + ([var] if prob else [])
+    got = [t.grad.clone() for t in inputs]
+    want = torch.autograd.grad(ref, inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction,const", [("mean", False), ("sum", True)])
+def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const):
+    g = _gen(3)
+    a = torch.randn(7, D, generator=g, dtype=F64, requires_grad=True)
+    va = (0.1 + torch.rand(7, D, generator=g, dtype=F64)).requires_grad_()
+    table, tvar = torch.randn(9, D, generator=g, dtype=F64), torch.rand(9, D, generator=g, dtype=F64)
+    tvar[0] = 0.0  # a VN-like key
+    index = torch.randint(9, (7, 6), generator=g)
+    got = pairwise_similarity(a, va, table, tvar, index, reduction=reduction, include_const=const,
+                              chunk_elements=2 * 6 * D)  # several chunks
+    want = mutual_likelihood_score(a[:, None], va[:, None], table[index], tvar[index], reduction=reduction,
+                                   normalize=False, include_const=const)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(7, 6, generator=g, dtype=F64)
+    grads = torch.autograd.grad((got * weights).sum(), (a, va))
+    wants = torch.autograd.grad((want * weights).sum(), (a, va))
+    for x, y in zip(grads, wants):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_info_nce_with_fixed_indices():
+    g = _gen(4)
+    k, a_n = 2, 3
+    anchors = torch.randn(k, a_n, D, generator=g, dtype=F64, requires_grad=True)
+    anchor_var = (0.2 + torch.rand(k, a_n, D, generator=g, dtype=F64)).requires_grad_()
+    protos, proto_var = torch.randn(C, D, generator=g, dtype=F64), 0.01 * torch.rand(C, D, generator=g, dtype=F64)
+    pixels, pixel_var = torch.randn(10, D, generator=g, dtype=F64), torch.rand(10, D, generator=g, dtype=F64)
+    vns = torch.randn(k * 4, D, generator=g, dtype=F64)
+    keys = [KeySet(protos, proto_var, torch.tensor([1, 2]).view(k, 1, 1)),
+            KeySet(pixels, pixel_var, torch.randint(10, (k, a_n, 5), generator=g)),
+            KeySet(vns, torch.zeros_like(vns), torch.arange(k * 4).view(k, 1, 4),
+                   torch.tensor([[True, False, True, True], [False, True, True, False]]))]
+    for chunk in (7, 1 << 20):
+        assert torch.autograd.gradcheck(
+            lambda m, v: info_nce(m, v, keys, temperature=0.5, chunk_elements=chunk), (anchors, anchor_var))
+    cos_keys = [KeySet(ks.mu, None, ks.index, ks.valid) for ks in keys]
+    assert torch.autograd.gradcheck(lambda m: info_nce(m, None, cos_keys, temperature=0.5), (anchors,))
+
+
+def test_uncertain_mislabelled_pixel_moves_less():
+    """Sec. 3.2: a wrongly labelled pixel with a large variance gets a smaller gradient on its mu."""
+    d, n = 8, 6
+    e0, e1 = torch.eye(d, dtype=F64)[0], torch.eye(d, dtype=F64)[1]
+    g = _gen(5)
+    centres = torch.cat([e0.repeat(n, 1), e1.repeat(n, 1), e0[None]])  # last pixel: near e0, label 1
+    points = centres + 0.05 * torch.randn(2 * n + 1, d, generator=g, dtype=F64)
+    labels = torch.tensor([0] * n + [1] * n + [1]).view(1, 1, -1)
+    probs = torch.full((1, 2, 1, 2 * n + 1), 0.01, dtype=F64)
+    probs[0, labels[0, 0], 0, torch.arange(2 * n + 1)] = 0.99
+    probs[0, :, 0, -1] = 0.5  # the mislabelled pixel is the only hard anchor
+    norms = []
+    for bad_var in (0.01, 1.0):
+        mu = points.t().reshape(1, d, 1, -1).clone().requires_grad_()
+        var = torch.full_like(mu, 0.1)
+        var[..., -1] = bad_var
+        loss_fn = PRCLContrastiveLoss(2, d, temperature=0.5, prototype="local", vn_enabled=False,
+                                      num_anchors=4, num_negatives=8)
+        loss, stats = loss_fn(mu, var, labels, torch.ones_like(labels, dtype=torch.bool), probs,
+                              generator=_gen(6))
+        loss.backward()
+        assert stats["classes"] == 1 and mu.grad[..., :-1].abs().max() < 1e-12
+        norms.append(mu.grad[0, :, 0, -1].norm().item())
+    assert norms[1] < 0.1 * norms[0]
+
+
+def test_sampling_follows_class_distribution_and_masks():
+    labels = torch.tensor([0] * 5 + [1] * 7 + [2] * 3)
+    hard = torch.ones(15, dtype=torch.bool)
+    hard[12:] = False  # class 2 has no hard pixel -> no anchors, but serves as a negative
+    logits = torch.tensor([[0.0, 1.0, -0.5, 3.0], [0.3, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4])
+    s = sample_anchors_and_negatives(labels, hard, logits, num_anchors=64, num_negatives=512, generator=_gen(7))
+    assert s.anchor_classes.tolist() == [0, 1] and s.negative_valid.tolist() == [True, True]
+    neg_cls = labels[s.negative_index[0]].flatten().double()
+    want = math.exp(-0.5) / (math.exp(1.0) + math.exp(-0.5))  # class 3 absent, class 0 = own
+    assert (neg_cls == 2).double().mean().item() == pytest.approx(want, abs=0.02)
+    assert set(neg_cls.unique().tolist()) == {1.0, 2.0}
+    assert set(labels[s.anchor_index[1]].tolist()) == {1}
+    alone = sample_anchors_and_negatives(torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.bool),
+                                         logits, num_anchors=2, num_negatives=3)
+    assert alone.negative_valid.tolist() == [False]
+    picked = sample_classes(torch.tensor([[0.0, 1e-300, 0.0, 2.0, 0.0]]), 4000, _gen(8))
+    assert set(picked.flatten().tolist()) <= {1, 3}
+
+
+def test_no_anchor_gives_a_differentiable_zero_and_alone_class_uses_vns():
+    mu, var, labels, valid, probs = _batch(9)
+    confident = torch.nn.functional.one_hot(labels.clamp(max=C - 1), C).permute(0, 3, 1, 2).to(F64)
+    for loss_fn in (PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL),
+                    PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)):
+        v = var if loss_fn.probabilistic else None
+        for vmask in (valid, torch.zeros_like(valid)):
+            loss, stats = loss_fn(mu, v, labels, vmask, confident)
+            loss.backward()
+            assert loss.item() == 0.0 and stats["anchors"] == 0 and (mu.grad == 0).all()
+    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    loss_fn(*_batch(10))  # GDPs for classes 0-2
+    alone = _batch(11, classes=(1,))
+    loss, stats = loss_fn(*alone)
+    assert stats["classes"] == 1 and loss.item() > 0 and stats["vn_spread"] > 0
+    baseline = PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)
+    assert baseline(alone[0], None, *alone[2:])[1]["classes"] == 0
+
+
+def test_state_dict_resume_reproduces_the_next_step():
+    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    loss_fn(*_batch(12), generator=_gen(1))
+    state = copy.deepcopy(loss_fn.state_dict())
+    assert {"gdp.precision", "gdp.precision_mean", "gdp.initialized", "bank.mu", "bank.var",
+            "bank.ptr", "bank.filled"} <= set(state)
+    resumed = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    resumed.load_state_dict(state)
+    a, stats_a = loss_fn(*_batch(13), generator=_gen(2))
+    b, stats_b = resumed(*_batch(13), generator=_gen(2))
+    assert a.item() == b.item() and stats_a == stats_b
+
+
+def test_memory_bank_is_a_fifo_of_fixed_size():
+    bank = ClassMemoryBank(2, 3, 11, with_var=True)  # capacity 5 per class
+    assert bank.capacity == 5 and bank.mu.shape == (2, 5, 3)
+    for step in range(3):  # two pixels of class 1 per step, tagged by (step, i)
+        tags = torch.tensor([10.0 * step, 10.0 * step + 1])
+        mu = tags[:, None].repeat(1, 3)
+        bank.enqueue(torch.tensor([1, 1]), mu, mu + 0.5, per_class=4, generator=_gen(step))
+    stored, stored_var = bank.entries(1)
+    steps = (stored[:, 0] // 10).tolist()
+    assert steps[0] == 0 and sorted(steps[1:]) == [1, 1, 2, 2] and steps[1:3] == [1, 1]
+    assert torch.equal(stored_var, stored + 0.5) and bank.filled.tolist() == [0, 5]
+    assert bank.entries(0)[0].shape == (0, 3)
+    bank.enqueue(torch.tensor([0] * 7), torch.arange(7.0)[:, None].repeat(1, 3), torch.ones(7, 3),
+                 per_class=3, generator=_gen(5))
+    first = bank.entries(0)[0][:, 0]
+    assert first.numel() == 3 and first.unique().numel() == 3 and bank.filled.tolist() == [3, 5]
+    index, valid = bank.sample_index(torch.tensor([0, 1]), num_anchors=2, per_class=2, generator=_gen(6))
+    assert index.shape == (2, 2, 4) and valid.tolist() == [[False, False, True, True], [True, True, False, False]]
+    assert (index[..., 2:] // 5 == 1).all() and (index[..., 2:] % 5 < 5).all()
+    with pytest.raises(ValueError, match="memory_bank_size"):
+        ClassMemoryBank(4, 3, 3, with_var=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(temperature=0.0), "temperature"),
+    (dict(prototype="mean"), "prototype"),
+    (dict(probabilistic=False), "prototype='gdp' needs probabilistic"),
+    (dict(prototype="local"), "vn_enabled=True needs"),
+    (dict(strong_threshold=1.5), "strong_threshold"),
+    (dict(vn_scale="sigma"), "vn_scale"),
+    (dict(mls_reduction="max"), "mls_reduction"),
+    (dict(num_anchors=0), "num_anchors"),
+    (dict(memory_bank_size=-1), "memory_bank_size"),
+    (dict(gdp_forgetting=2.0), "forgetting"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PRCLContrastiveLoss(C, D, **{"temperature": 0.5, **kwargs})
+
+
+def test_bad_inputs_raise_clear_errors():
+    mu, var, labels, valid, probs = _batch(14)
+    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5)
+    with pytest.raises(ValueError, match="var must be"):
+        loss_fn(mu, None, labels, valid, probs)
+    with pytest.raises(ValueError, match="probs must be"):
+        loss_fn(mu, var, labels, valid, probs[:, :2])
+    with pytest.raises(ValueError, match="valid must be"):
+        loss_fn(mu, var, labels, valid.long(), probs)
+    with pytest.raises(ValueError, match=r"labels of valid pixels must lie in \[0, 4\)"):
+        loss_fn(mu, var, labels.masked_fill(valid, 7), valid, probs)
+    with pytest.raises(ValueError, match="var must be None"):
+        PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)(mu, var, labels, valid, probs)
+    with pytest.raises(ValueError, match="method must be"):
+        PRCLContrastiveLoss.for_method("reco", C, D, temperature=0.5)

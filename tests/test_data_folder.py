@@ -1,0 +1,84 @@
+"""Folder dataset ("your own data"): class files, mask discovery, list files, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixtures_data import make_folder
+from prcl.data.dataset import DataError, load_mask
+from prcl.data.folder import read_class_file
+from prcl.data.palette import voc_colormap
+from prcl.data.sources import dataset_info, load_split
+
+LABELLED = ["a.jpg", "sub/b.png", "sub/c.jpg"]
+UNLABELLED = ["u1.jpg", "more/u2.png"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("folder"), LABELLED, UNLABELLED)
+
+
+def test_info_reads_names_and_colours(folder):
+    info = dataset_info("folder", folder)
+    assert info.class_names == ("background", "crack", "hole") and info.num_classes == 3
+    assert info.colors.tolist() == [[0, 0, 0], [10, 20, 30], [20, 40, 60]]
+    assert info.label_lut is None
+
+
+def test_standard_splits_find_images_and_masks(folder):
+    labelled = load_split("folder", folder, "labeled")
+    assert [s.image.relative_to(folder).as_posix() for s in labelled] == sorted(f"images/{r}" for r in LABELLED)
+    assert [s.mask.relative_to(folder).as_posix() for s in labelled] == [
+        "masks/a.png", "masks/sub/b.png", "masks/sub/c.png"]
+    unlabelled = load_split("folder", folder, "unlabeled", labelled=False)
+    assert sorted(s.image.name for s in unlabelled) == ["u1.jpg", "u2.png"]
+    assert all(s.mask is None for s in unlabelled)
+    assert set(np.unique(load_mask(labelled[0].mask))) <= {0, 1, 2, 255}
+
+
+def test_list_files_in_both_formats(folder, tmp_path):
+    (tmp_path / "ids.txt").write_text("images/sub/b.png\n")
+    (tmp_path / "pairs.txt").write_text("images/sub/b.png masks/sub/b.png\n")
+    assert load_split("folder", folder, tmp_path / "ids.txt") == load_split("folder", folder, tmp_path / "pairs.txt")
+
+
+def test_unlabelled_image_cannot_be_listed_as_labelled(folder, tmp_path):
+    (tmp_path / "bad.txt").write_text("unlabeled/u1.jpg\n")
+    with pytest.raises(DataError, match=r"bad.txt, line 1: unlabeled/u1.jpg is not under images/, so it has no mask"):
+        load_split("folder", folder, tmp_path / "bad.txt")
+    assert len(load_split("folder", folder, tmp_path / "bad.txt", labelled=False)) == 1
+
+
+def test_class_file_forms(tmp_path):
+    (tmp_path / "a.yaml").write_text("classes: [background, crack]\n")
+    names, colors = read_class_file(tmp_path / "a.yaml")
+    assert names == ("background", "crack") and np.array_equal(colors, voc_colormap(2))
+    (tmp_path / "b.json").write_text(json.dumps({"classes": [{"name": "x", "color": [1, 2, 3]}]}))
+    names, colors = read_class_file(tmp_path / "b.json")
+    assert names == ("x",) and colors.tolist() == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("classes: []\n", "non-empty list under the key `classes`"),
+    ("classes: [a, a]\n", r"repeats class names \['a'\]"),
+    ("classes:\n  - {color: [1, 2, 3]}\n", "class 0 in .* needs a non-empty `name`"),
+    ("classes:\n  - {name: a, color: [1, 2]}\n", "class 'a' in .*: `color` must be three integers 0-255"),
+    ("classes:\n  - {name: a, color: [1, 2, 300]}\n", "`color` must be three integers 0-255"),
+    ("classes: [a\n", "cannot parse class file"),
+])
+def test_class_file_errors(tmp_path, text, message):
+    (tmp_path / "classes.yaml").write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_class_file(tmp_path / "classes.yaml")
+
+
+def test_missing_class_file_is_named(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "x.png")
+    with pytest.raises(DataError, match=r"no classes.yaml \(or .yml/.json\) under"):
+        dataset_info("folder", tmp_path)
