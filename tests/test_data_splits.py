@@ -118,7 +118,7 @@ def test_voc_classic_and_blender_pools(voc):
     assert set(keys(blender.labeled)) <= set(TRAIN + AUG_ONLY)
     assert not set(keys(blender.labeled)) & set(keys(blender.unlabeled))
     assert keys(generate_split("voc", voc, 3, scheme="classic", seed=1).labeled) == keys(classic.labeled)
-    with pytest.raises(DataError, match=r"unknown split scheme 'x' for voc; choose one of \['classic', 'blender'\]"):
+    with pytest.raises(DataError, match=r"unknown split scheme 'x' for voc; choose one of \['classic', 'blender', 'train'\]"):
         generate_split("voc", voc, 3, scheme="x")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from torchvision.datasets import VOCSegmentation
@@ -56,6 +58,14 @@ def test_aug_masks_are_preferred_and_read_as_greyscale_indices(voc_aug):
     assert all(s.mask.parent.name == "SegmentationClassAug" for s in samples)
     for s in samples:  # the palette PNG and the greyscale PNG hold the same indices
         assert np.array_equal(load_mask(s.mask), load_mask(voc_aug / "SegmentationClass" / s.mask.name))
+
+
+def test_mask_missing_from_aug_falls_back_to_segmentation_class(voc_aug, tmp_path):
+    root = shutil.copytree(voc_aug, tmp_path / "VOC2012")
+    (root / "SegmentationClassAug" / f"{VAL[0]}.png").unlink()
+    masks = [s.mask for s in load_split("voc", root, "val")]
+    assert masks[0] == root / "SegmentationClass" / f"{VAL[0]}.png"
+    assert all(m.parent.name == "SegmentationClassAug" for m in masks[1:])
 
 
 def test_train_aug_is_every_aug_mask_except_val(voc_aug):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from prcl.config import Config, ConfigError, save_config, to_dict
 from prcl.data.loaders import build_train_data
+from prcl.data.sources import copy_split
 from prcl.engine import distributed as dist
 from prcl.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from prcl.engine.ema import EMATeacher
@@ -79,7 +80,6 @@ class Trainer:
         self.start_iteration = state["iteration"] if state else 0
         self.best_miou = state["best_miou"] if state else float("nan")
 
-        torch.manual_seed(cfg.seed + dist.rank())
         data = build_train_data(
             cfg, with_unlabelled=_method_uses_teacher(cfg), start_iteration=self.start_iteration,
             rank=dist.rank(), world=dist.world_size(),
@@ -87,6 +87,7 @@ class Trainer:
         self.info, self.val_dataset = data.info, data.val
         self.labelled, self.unlabelled = iter(data.labelled), iter(data.unlabelled) if data.unlabelled else None
 
+        torch.manual_seed(cfg.seed)  # identical initial weights (student and teacher) on every rank
         self.model = build_model(cfg, self.info.num_classes).to(self.device)
         if self.device.type == "cuda" and dist.world_size() > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -101,6 +102,7 @@ class Trainer:
         )
         self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, o.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16" and self.device.type == "cuda")
+        torch.manual_seed(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
         if state:
             self._load_state(state)
         self.student = (
@@ -139,6 +141,9 @@ class Trainer:
             except OSError as err:
                 raise OSError(f"cannot create run directory {self.run_dir}: {err}; set output_dir=... to a writable place") from err
             save_config(self.cfg, self.run_dir / "config.yaml")
+            d = self.cfg.data
+            copy_split(d.dataset, Path(d.root), {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split,
+                                                 "val": d.val_split}, self.run_dir / "split")
 
     def state_dict(self, iteration: int) -> dict[str, Any]:
         return {

@@ -24,28 +24,60 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
 
 def _chunks(num_rows: int, per_row: int, chunk_elements: int):
-    step = max(1, chunk_elements // max(1, per_row))
-    return (slice(s, min(s + step, num_rows)) for s in range(0, num_rows, step))
+    step = max(1, min(num_rows, chunk_elements // max(1, per_row)))
+    return step, [slice(s, min(s + step, num_rows)) for s in range(0, num_rows, step)]
 
 
-def _gather(table: Tensor, index: Tensor) -> Tensor:
-    """table [T, D], index [m, K] -> [m, K, D] (index_select is the fastest gather on CPU)."""
-    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+def _gather(table: Tensor, index: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """table [T, D], index [m, K] -> [m, K, D] (index_select is the fastest gather on CPU); `out`
+    is a reusable buffer with at least m*K*D elements."""
+    flat = index.reshape(-1)
+    if out is None:
+        return table.index_select(0, flat).view(*index.shape, table.shape[1])
+    buf = out.view(-1)[: flat.numel() * table.shape[1]].view(flat.numel(), table.shape[1])
+    return torch.index_select(table, 0, flat, out=buf).view(*index.shape, table.shape[1])
+
+
+_GROUPED_LOG_MAX = 1e9
+"""Below this bound a product of 4 variances in [VAR_EPS, bound) stays a normal float32."""
+
+
+def _sum_log(v: Tensor, scratch: Tensor) -> Tensor:
+    """sum(log v, -1) for v [m, K, D] (D % 4 == 0, VAR_EPS <= v < _GROUPED_LOG_MAX) as the log of
+    products of 4 values: a quarter of the logs, which dominate the cost of the MLS."""
+    half = v.shape[-1] // 2
+    p = torch.mul(v[..., :half], v[..., half:], out=scratch[: v.numel() // 2].view(*v.shape[:-1], half))
+    q = p[..., : half // 2].mul_(p[..., half // 2:])
+    return q.log_().sum(-1)
 
 
 class _PairwiseMLS(torch.autograd.Function):
     """s[m, k] = scale * sum_l ((a - b)^2 / v + log v) + const, v = clamp(va + vb, VAR_EPS),
-    with b, vb = key_mu/key_var[index[m, k]] (Eq. 3 without normalisation)."""
+    with b, vb = key_mu/key_var[index[m, k]] (Eq. 3 without normalisation).
+
+    Chunks reuse three (two in the backward) buffers of `chunk_elements` values and in-place ops.
+    The clamp and its mask are skipped when min(va) + min(vb) >= VAR_EPS proves that no pair can
+    hit it (the usual case); sum(log v) is taken as the log of products of 4 when that cannot
+    under/overflow (`_sum_log`).
+    """
 
     @staticmethod
     def forward(ctx, a, va, key_mu, key_var, index, scale, const, chunk_elements):  # type: ignore[override]
         out = a.new_empty(index.shape)
-        for rows in _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements):
-            v = _gather(key_var, index[rows]).add_(va[rows, None]).clamp_(min=VAR_EPS)
-            d = _gather(key_mu, index[rows]).sub_(a[rows, None])
-            out[rows] = d.square_().div_(v).add_(v.log_()).sum(-1)
+        step, chunks = _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements)
+        may_clamp = bool(va.numel() and key_var.numel() and va.min() + key_var.min() < VAR_EPS)
+        grouped_log = bool(a.shape[1] % 4 == 0 and va.numel() and key_var.numel()
+                           and va.max() + key_var.max() < _GROUPED_LOG_MAX)
+        bufs = [a.new_empty(step * index.shape[1] * a.shape[1]) for _ in range(3)]
+        for rows in chunks:
+            v = _gather(key_var, index[rows], bufs[0]).add_(va[rows, None])
+            if may_clamp:
+                v.clamp_(min=VAR_EPS)
+            d2v = _gather(key_mu, index[rows], bufs[1]).sub_(a[rows, None]).square_().div_(v)
+            torch.sum(d2v, -1, out=out[rows])
+            out[rows] += _sum_log(v, bufs[2]) if grouped_log else v.log_().sum(-1)
         ctx.save_for_backward(a, va, key_mu, key_var, index)
-        ctx.scale, ctx.chunk_elements = scale, chunk_elements
+        ctx.scale, ctx.chunk_elements, ctx.may_clamp = scale, chunk_elements, may_clamp
         return out.mul_(scale).add_(const)
 
     @staticmethod
@@ -54,15 +86,19 @@ class _PairwiseMLS(torch.autograd.Function):
         a, va, key_mu, key_var, index = ctx.saved_tensors
         grad_a, grad_va = torch.empty_like(a), torch.empty_like(va)
         g = grad.unsqueeze(1)  # [M, 1, K]
-        for rows in _chunks(a.shape[0], index.shape[1] * a.shape[1], ctx.chunk_elements):
-            v = _gather(key_var, index[rows]).add_(va[rows, None])
-            live = v >= VAR_EPS  # the clamp passes no gradient to the variance
-            inv = v.clamp_(min=VAR_EPS).reciprocal_()
-            t = _gather(key_mu, index[rows]).sub_(a[rows, None]).neg_().mul_(inv)  # (a - b) / v
+        step, chunks = _chunks(a.shape[0], index.shape[1] * a.shape[1], ctx.chunk_elements)
+        bufs = [a.new_empty(step * index.shape[1] * a.shape[1]) for _ in range(2)]
+        for rows in chunks:
+            v = _gather(key_var, index[rows], bufs[0]).add_(va[rows, None])
+            live = v >= VAR_EPS if ctx.may_clamp else None  # the clamp passes no gradient to var
+            inv = (v.clamp_(min=VAR_EPS) if ctx.may_clamp else v).reciprocal_()
+            t = _gather(key_mu, index[rows], bufs[1]).sub_(a[rows, None]).mul_(inv)  # (b - a) / v
             grad_a[rows] = torch.bmm(g[rows], t).squeeze(1)
-            w = inv.sub_(t.square_()).mul_(live)  # d/dva of (a-b)^2/v + log v = 1/v - (a-b)^2/v^2
+            w = inv.addcmul_(t, t, value=-1)  # d/dva of (a-b)^2/v + log v = 1/v - (a-b)^2/v^2
+            if live is not None:
+                w.mul_(live)
             grad_va[rows] = torch.bmm(g[rows], w).squeeze(1)
-        return grad_a.mul_(2 * ctx.scale), grad_va.mul_(ctx.scale), None, None, None, None, None, None
+        return grad_a.mul_(-2 * ctx.scale), grad_va.mul_(ctx.scale), None, None, None, None, None, None
 
 
 class _PairwiseDot(torch.autograd.Function):
@@ -71,8 +107,10 @@ class _PairwiseDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, key_mu, index, chunk_elements):  # type: ignore[override]
         out = a.new_empty(index.shape)
-        for rows in _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements):
-            out[rows] = torch.bmm(_gather(key_mu, index[rows]), a[rows, :, None]).squeeze(2)
+        step, chunks = _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements)
+        buf = a.new_empty(step * index.shape[1] * a.shape[1])
+        for rows in chunks:
+            out[rows] = torch.bmm(_gather(key_mu, index[rows], buf), a[rows, :, None]).squeeze(2)
         ctx.save_for_backward(key_mu, index)
         ctx.chunk_elements = chunk_elements
         return out
@@ -82,8 +120,10 @@ class _PairwiseDot(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         key_mu, index = ctx.saved_tensors
         grad_a = grad.new_empty(index.shape[0], key_mu.shape[1])
-        for rows in _chunks(index.shape[0], index.shape[1] * key_mu.shape[1], ctx.chunk_elements):
-            grad_a[rows] = torch.bmm(grad[rows, None], _gather(key_mu, index[rows])).squeeze(1)
+        step, chunks = _chunks(index.shape[0], index.shape[1] * key_mu.shape[1], ctx.chunk_elements)
+        buf = grad.new_empty(step * index.shape[1] * key_mu.shape[1])
+        for rows in chunks:
+            grad_a[rows] = torch.bmm(grad[rows, None], _gather(key_mu, index[rows], buf)).squeeze(1)
         return grad_a, None, None, None
 
 
