@@ -145,16 +145,21 @@ def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("reduction,const", [("mean", False), ("sum", True)])
-def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const):
+@pytest.mark.parametrize("reduction,const,dim,clamp", [("mean", False, 5, False), ("sum", True, 8, True),
+                                                       ("mean", False, 8, False)])
+def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const, dim, clamp):
+    """The chunked kernel == the public MLS (plain and grouped-log paths, with and without clamp)."""
     g = _gen(3)
-    a = torch.randn(7, D, generator=g, dtype=F64, requires_grad=True)
-    va = (0.1 + torch.rand(7, D, generator=g, dtype=F64)).requires_grad_()
-    table, tvar = torch.randn(9, D, generator=g, dtype=F64), torch.rand(9, D, generator=g, dtype=F64)
+    a = torch.randn(7, dim, generator=g, dtype=F64, requires_grad=True)
+    va = 0.1 + torch.rand(7, dim, generator=g, dtype=F64)
+    table, tvar = torch.randn(9, dim, generator=g, dtype=F64), torch.rand(9, dim, generator=g, dtype=F64)
     tvar[0] = 0.0  # a VN-like key
     index = torch.randint(9, (7, 6), generator=g)
+    if clamp:  # anchor 0 with var 0 meets the VN key: va + vb = 0 is clamped to VAR_EPS
+        va[0], index[0, :2] = 0.0, 0
+    va.requires_grad_()
     got = pairwise_similarity(a, va, table, tvar, index, reduction=reduction, include_const=const,
-                              chunk_elements=2 * 6 * D)  # several chunks
+                              chunk_elements=2 * 6 * dim)  # several chunks
     want = mutual_likelihood_score(a[:, None], va[:, None], table[index], tvar[index], reduction=reduction,
                                    normalize=False, include_const=const)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -163,6 +168,8 @@ def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const):
     wants = torch.autograd.grad((want * weights).sum(), (a, va))
     for x, y in zip(grads, wants):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    cosine = pairwise_similarity(a, None, table, None, index)
+    torch.testing.assert_close(cosine, (a[:, None] * table[index]).sum(-1), rtol=1e-12, atol=1e-12)
 
 
 def test_gradcheck_info_nce_with_fixed_indices():

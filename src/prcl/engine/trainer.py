@@ -85,7 +85,7 @@ class Trainer:
             rank=dist.rank(), world=dist.world_size(),
         )
         self.info, self.val_dataset = data.info, data.val
-        self.labelled, self.unlabelled = iter(data.labelled), iter(data.unlabelled) if data.unlabelled else None
+        self.labelled, self.unlabelled = iter(data.labelled), iter(data.unlabelled) if data.unlabelled is not None else None
 
         torch.manual_seed(cfg.seed)  # identical initial weights (student and teacher) on every rank
         self.model = build_model(cfg, self.info.num_classes).to(self.device)
@@ -245,7 +245,7 @@ class Trainer:
         cfg, T = self.cfg, self.cfg.train.iterations
         handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.model.train()
-        images_per_it = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if self.unlabelled else 0)
+        images_per_it = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if self.unlabelled is not None else 0)
         bar = tqdm(range(self.start_iteration, T), initial=self.start_iteration, total=T, disable=not self.main,
                    desc=f"{cfg.method.name}", dynamic_ncols=True, mininterval=1.0)
         miou, train_seconds, t0 = float("nan"), 0.0, time.time()

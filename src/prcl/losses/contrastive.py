@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from prcl import IGNORE_INDEX
 from prcl.losses.memory_bank import ClassMemoryBank
-from prcl.losses.pairwise import DEFAULT_CHUNK_ELEMENTS, KeySet, info_nce
+from prcl.losses.pairwise import KeySet, info_nce
 from prcl.losses.sampling import ContrastSample, sample_anchors_and_negatives
 from prcl.probabilistic import (EMAPrototypes, GlobalDistributionPrototypes, class_natural_sums,
                                 mutual_likelihood_score, virtual_negatives)
@@ -81,7 +81,7 @@ class PRCLContrastiveLoss(nn.Module):
         mls_reduction: str = "mean",
         mls_include_const: bool = False,
         gdp_forgetting: float = 1.0,
-        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        chunk_elements: Optional[int] = None,
     ) -> None:
         super().__init__()
         _require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
@@ -105,7 +105,8 @@ class PRCLContrastiveLoss(nn.Module):
                  "memory_bank_enqueue and memory_bank_negatives must be >= 1")
         _require(mls_reduction in ("mean", "sum"), f"mls_reduction must be 'mean' or 'sum', got "
                  f"{mls_reduction!r}")
-        _require(chunk_elements >= 1, f"chunk_elements must be >= 1, got {chunk_elements}")
+        _require(chunk_elements is None or chunk_elements >= 1,
+                 f"chunk_elements must be None (per device default) or >= 1, got {chunk_elements}")
         self.num_classes, self.dim, self.temperature = num_classes, dim, float(temperature)
         self.num_anchors, self.num_negatives = num_anchors, num_negatives
         self.strong_threshold, self.probabilistic, self.prototype = strong_threshold, probabilistic, prototype

@@ -20,7 +20,17 @@ from torch.autograd.function import once_differentiable
 
 from prcl.probabilistic import LOG_2PI, VAR_EPS
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
+"""Gathered values per chunk when `chunk_elements` is None: cache-sized on CPU (measured best at
+paper shapes), large on GPUs (fewer kernel launches; 3 buffers of 128 MiB in float32)."""
+
+
+def _resolve_chunk(chunk_elements: Optional[int], device: torch.device) -> int:
+    if chunk_elements is None:
+        return DEFAULT_CHUNK_ELEMENTS.get(device.type, DEFAULT_CHUNK_ELEMENTS["cuda"])
+    if chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
+    return chunk_elements
 
 
 def _chunks(num_rows: int, per_row: int, chunk_elements: int):
@@ -136,7 +146,7 @@ def pairwise_similarity(
     *,
     reduction: str = "mean",
     include_const: bool = False,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Similarity of every anchor to its keys: anchor_mu [M, D], key tables [T, D], index [M, K]
     -> [M, K]. With variances: MLS (Eq. 3) of already-normalised means, `reduction` sum | mean
@@ -144,6 +154,7 @@ def pairwise_similarity(
     if index.dim() != 2 or index.shape[0] != anchor_mu.shape[0]:
         raise ValueError(f"index must be [M, K] with M = {anchor_mu.shape[0]}, got {tuple(index.shape)}")
     key_mu = key_mu.detach().to(anchor_mu.dtype)
+    chunk_elements = _resolve_chunk(chunk_elements, anchor_mu.device)
     if anchor_var is None or key_var is None:
         if anchor_var is not None or key_var is not None:
             raise ValueError("pairwise_similarity needs variances for both anchors and keys, or neither")
@@ -176,7 +187,7 @@ def info_nce(
     temperature: float,
     reduction: str = "mean",
     include_const: bool = False,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Eq. 15 per anchor class: anchors [K, A, D] against keys (the first KeySet holds the one
     positive per anchor) -> [K], the mean over a class's anchors of -log softmax(s / tau)[positive]."""

@@ -59,8 +59,10 @@ def _class_slices(labels: Tensor, num_classes: int):
 def sample_class_pixels(order: Tensor, counts: Tensor, offsets: Tensor, classes: Tensor,
                         generator: Optional[torch.Generator] = None) -> Tensor:
     """A uniform pixel of class classes[...] (any shape) from a `_class_slices` grouping."""
-    pick = uniform_below(counts[classes].clamp(min=1), generator)
-    return order[(offsets[classes] + pick).clamp(max=order.numel() - 1)]
+    flat = classes.reshape(-1)  # index_select: several times faster than advanced indexing on CPU
+    pick = uniform_below(counts.index_select(0, flat).clamp_(min=1), generator)
+    pos = (offsets.index_select(0, flat) + pick).clamp_(max=max(order.numel() - 1, 0))
+    return order.index_select(0, pos).view(classes.shape)
 
 
 def sample_classes(weights: Tensor, num: int, generator: Optional[torch.Generator] = None) -> Tensor:
