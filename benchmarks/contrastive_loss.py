@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -61,14 +62,16 @@ def run_one(name: str, args) -> dict:
     for _ in range(args.warmup):  # fills the GDP / bank, so timed steps see VNs and bank negatives
         loss_fn(mu, var_in, labels, valid, probs)[0].backward()
     rss0 = _rss_mib()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss, stats = loss_fn(mu, var_in, labels, valid, probs)
         loss.backward()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     state = sum(b.numel() * b.element_size() for b in loss_fn.buffers())
     return dict(config=name, seconds_median=sorted(times)[len(times) // 2], seconds_min=min(times),
+                cpu_seconds_min=min(cpu),
                 peak_rss_delta_mib=_rss_mib() - rss0, state_bytes=state, anchors=stats["anchors"],
                 classes=stats["classes"], loss=stats["loss"])
 
@@ -90,25 +93,28 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=21)
     p.add_argument("--anchors", type=int, default=256)
     p.add_argument("--negatives", type=int, default=512)
-    p.add_argument("--chunk", type=int, default=1 << 20, help="chunk_elements of the pairwise kernel")
+    p.add_argument("--chunk", type=int, default=None, help="chunk_elements (default: per device)")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of: " + ", ".join(CONFIGS))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--configs")]
-    passthrough = [a for a in passthrough if a not in args.configs]
+    passthrough = [f"--{k}={v}" for k, v in vars(args).items()
+                   if k not in ("configs", "one") and v is not None]
     print(f"python {platform.python_version()}, {platform.processor() or platform.machine()}, "
           f"threads={args.threads}")
-    print("| config | fwd+bwd s (median) | min s | peak RSS delta MiB | state bytes | anchors |")
-    print("|---|---|---|---|---|---|")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print("| config | fwd+bwd wall s (median) | wall s (min) | CPU s (min) | peak RSS delta MiB | "
+          "state bytes | anchors |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.configs:
         out = subprocess.run([sys.executable, __file__, *passthrough, "--one", name],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | "
+        print(f"| {name} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | {r['cpu_seconds_min']:.3f} | "
               f"{r['peak_rss_delta_mib']:.0f} | {r['state_bytes']:,} | {r['anchors']:.0f} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     for name, nbytes in gdp_bytes().items():
         print(f"GDP state, {name} (D=256, float64 natural parameters + flags): {nbytes:,} bytes "
               f"({nbytes / 1024:.1f} KiB)")

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 import os
 
 from prcl.config import Config, ConfigError, load_config
+from prcl.data.cli import add_data_commands
+from prcl.experiments import add_configs_commands
 from prcl.data.dataset import DataError
 from prcl.engine.checkpoint import CheckpointError
 from prcl.engine.trainer import NonFiniteLossError
@@ -99,12 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions")
     p.set_defaults(func=cmd_predict)
 
-    try:
-        from prcl.data.cli import add_data_commands
-    except ImportError:
-        pass
-    else:
-        add_data_commands(sub)
+    add_data_commands(sub)
+    add_configs_commands(sub)
     return parser
 
 

@@ -51,3 +51,21 @@ def barrier() -> None:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over processes, so the student,
+    and therefore its EMA teacher, are identical on every rank without SyncBN (e.g. on CPU)."""
+    if not is_distributed():
+        return
+    buffers = [b for b in module.buffers() if b.dtype.is_floating_point]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()

@@ -106,7 +106,8 @@ class Trainer:
         if state:
             self._load_state(state)
         self.student = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                    broadcast_buffers=False)  # buffers are averaged after each step instead
             if dist.is_distributed() else self.model
         )
         if not resume:
@@ -209,6 +210,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        dist.average_buffers(self.model)
         if self.teacher is not None:
             self.teacher.update(self.model, iteration)
         values["total"] = float(loss.detach())

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
+from prcl.losses import PRCLContrastiveLoss
 from prcl.methods.base import register
 from prcl.methods.mean_teacher import ClassMix
+from prcl.probabilistic import contrastive_weight
 
 
 def to_feature_resolution(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -24,8 +26,6 @@ class ContrastiveMethod(ClassMix):
 
     def __init__(self, cfg, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
-        from prcl.losses import PRCLContrastiveLoss  # TEMP lazy
-
         c = cfg.method.contrastive
         self.contrastive = PRCLContrastiveLoss(
             num_classes,
@@ -59,8 +59,6 @@ class ContrastiveMethod(ClassMix):
         probs = F.interpolate(out["logits"].detach().float(), size=size, mode="bilinear", align_corners=False).softmax(1)
         var = out["var"].float() if "var" in out else None
         loss, stats = self.contrastive(mu, var, target, valid, probs)
-        from prcl.probabilistic import contrastive_weight  # TEMP lazy
-
         weight = contrastive_weight(progress, c.lambda0, c.lambda_alpha)
         stats = {f"contrastive/{k}": v for k, v in stats.items()}
         stats["contrastive/lambda"] = weight
