@@ -2,9 +2,11 @@
 
 Paper shapes: 21 classes, 256 anchors per class, 512 negatives per anchor, 4 VNs per class,
 D = 256, batch 16 at 65x65 (crop 512 at stride 8). Every configuration runs in its own
-subprocess so its peak RSS is its own: memory = max RSS after the timed steps minus RSS once the
-inputs exist (resource.getrusage; torch allocations are invisible to tracemalloc). State sizes
-(GDP, memory bank) are analytic: the bytes of their buffers.
+subprocess so its peak RSS is its own: memory = max RSS over the steps minus RSS once the inputs
+and the loss state exist (resource.getrusage; torch allocations are invisible to tracemalloc).
+It includes the input gradients mu.grad and var.grad (71 MB each at paper shapes) and the
+out-of-place memory-bank update. State sizes (GDP, EMA, memory bank) are analytic: the bytes of
+their buffers. Wall time suffers when other processes share the cores; CPU time much less.
 
     python benchmarks/contrastive_loss.py --threads 2 --repeats 3
 """
@@ -59,9 +61,9 @@ def run_one(name: str, args) -> dict:
         num_negatives=args.negatives, chunk_elements=args.chunk, **cfg)
     mu, var, labels, valid, probs = _inputs(args, torch)
     var_in = var if loss_fn.probabilistic else None
+    rss0 = _rss_mib()  # inputs and state exist; the peak below adds one step's working memory
     for _ in range(args.warmup):  # fills the GDP / bank, so timed steps see VNs and bank negatives
         loss_fn(mu, var_in, labels, valid, probs)[0].backward()
-    rss0 = _rss_mib()
     times, cpu = [], []
     for _ in range(args.repeats):
         start, start_cpu = time.perf_counter(), time.process_time()

@@ -323,3 +323,17 @@ def test_bad_inputs_raise_clear_errors():
         PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)(mu, var, labels, valid, probs)
     with pytest.raises(ValueError, match="method must be"):
         PRCLContrastiveLoss.for_method("reco", C, D, temperature=0.5)
+
+
+def test_gdp_drift_stat_and_integer_label_dtypes():
+    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    loss_fn(*_batch(15), generator=_gen(1))
+    before, seen = loss_fn.gdp.mean.clone(), loss_fn.gdp.initialized.clone()
+    mu, var, labels, valid, probs = _batch(16, classes=(0, 1, 3))
+    twin = copy.deepcopy(loss_fn)
+    _, stats = loss_fn(mu, var, labels, valid, probs, generator=_gen(2))
+    moved = seen & torch.isin(torch.arange(C), labels[valid & (labels != 255)])
+    want = (loss_fn.gdp.mean[moved] - before[moved]).norm(dim=1).mean().item()
+    assert stats["gdp_drift"] == pytest.approx(want, rel=1e-9) and want > 0
+    _, stats_int = twin(mu, var, labels.int(), valid, probs, generator=_gen(2))
+    assert stats_int == stats

@@ -54,7 +54,12 @@ class PRCLContrastiveLoss(nn.Module):
     registered buffers, so `state_dict()` carries them and resuming restores them.
 
     forward(mu [B,D,H,W], var [B,D,H,W] (sigma^2 > 0) or None, labels [B,H,W] long (255 = ignore),
-    valid [B,H,W] bool, probs [B,C,H,W] student softmax) -> (scalar loss, stats of python floats).
+    valid [B,H,W] bool, probs [B,C,H,W] student softmax) -> (scalar loss, stats of python floats:
+    loss, mean_var, proto_var, vn_spread, gdp_drift, anchors, classes, valid_pixels).
+    Labels, valid and probs are at feature resolution; `valid` already holds the caller's rule
+    (labelled pixels, unlabelled ones with teacher confidence >= delta_w); probs only select the
+    anchors. Under DDP every rank must call forward every step (the class sums are all-reduced).
+    Sampling uses `generator` (on the inputs' device) or torch's global RNG.
     Set `record_sample = True` to keep the last `ContrastSample` in `last_sample`.
     """
 
@@ -228,23 +233,28 @@ class PRCLContrastiveLoss(nn.Module):
         with torch.autocast(device_type=mu.device.type, enabled=False):
             return self._forward(mu, var, labels, valid, probs, generator)
 
-    def _forward(self, mu, var, labels, valid, probs, generator):
-        dtype = torch.promote_types(mu.dtype, torch.float32)
+    def _pixels(self, mu: Tensor, var: Optional[Tensor], labels: Tensor, valid: Tensor, probs: Tensor):
+        """The valid-pixel table, row-major over (b, h, w): labels [P] (long), mu [P, D] (unit
+        vectors when normalising; float32 at least), var [P, D] or None, student prob of the label [P]."""
         mask = valid & (labels != IGNORE_INDEX)
-        pix_label = labels[mask]  # [P]
+        pix_label = labels[mask].long()
         if pix_label.numel() and (int(pix_label.min()) < 0 or int(pix_label.max()) >= self.num_classes):
             raise ValueError(f"labels of valid pixels must lie in [0, {self.num_classes}) or be "
                              f"{IGNORE_INDEX}; got values in [{int(pix_label.min())}, {int(pix_label.max())}]")
-        pix_mu = mu.permute(0, 2, 3, 1)[mask].to(dtype)  # [P, D]
+        dtype = torch.promote_types(mu.dtype, torch.float32)
+        pix_mu = mu.permute(0, 2, 3, 1)[mask].to(dtype)
         pix_var = var.permute(0, 2, 3, 1)[mask].to(dtype) if var is not None else None
         if self.normalize:
             pix_mu = F.normalize(pix_mu, dim=1)
-        safe_labels = labels.clamp(0, self.num_classes - 1)[:, None]
-        pix_prob = probs.detach().gather(1, safe_labels).squeeze(1)[mask]  # [P]
+        safe_labels = labels.long().clamp(0, self.num_classes - 1)[:, None]
+        pix_prob = probs.detach().gather(1, safe_labels).squeeze(1)[mask]
+        return pix_label, pix_mu, pix_var, pix_prob
 
+    def _forward(self, mu, var, labels, valid, probs, generator):
+        pix_label, pix_mu, pix_var, pix_prob = self._pixels(mu, var, labels, valid, probs)
         sums = class_natural_sums(pix_label, pix_mu.detach(),
                                   None if pix_var is None else pix_var.detach(), self.num_classes)
-        proto_mean, proto_var, proto_ok, drift = self._prototypes(*sums, dtype)
+        proto_mean, proto_var, proto_ok, drift = self._prototypes(*sums, pix_mu.dtype)
         with torch.no_grad():
             sample = sample_anchors_and_negatives(
                 pix_label, pix_prob < self.strong_threshold, self._class_logits(proto_mean, proto_var),
@@ -252,37 +262,42 @@ class PRCLContrastiveLoss(nn.Module):
             sample = sample.select(self._has_negatives(sample))
         k = sample.anchor_classes.numel()
         vn_spread = drift.new_zeros(())
-        if k == 0:
+        if k == 0:  # a zero that is still part of the graph, so backward() works
             loss = mu.sum() * 0.0 + (var.sum() * 0.0 if var is not None else 0.0)
         else:
-            keys = [KeySet(proto_mean, proto_var, sample.anchor_classes.view(k, 1, 1)),
-                    KeySet(pix_mu.detach(), None if pix_var is None else pix_var.detach(),
-                           sample.negative_index,
-                           sample.negative_valid[:, None].expand(k, self.num_negatives))]
-            if self.vn_enabled:
-                with torch.no_grad():
-                    sample.vn, sample.vn_classes, vn_keys = self._virtual_negatives(
-                        sample.anchor_classes, dtype, generator)
-                    vn_spread = self._vn_spread(vn_keys, sample.vn_classes, proto_mean)
-                keys.append(vn_keys)
-            if self.bank is not None:
-                with torch.no_grad():
-                    sample.bank_index, sample.bank_valid = self.bank.sample_index(
-                        sample.anchor_classes, self.num_anchors, self.memory_bank_negatives, generator)
-                bank_mu, bank_var = self.bank.flat()
-                keys.append(KeySet(bank_mu, bank_var if self.probabilistic else None,
-                                   sample.bank_index, sample.bank_valid))
+            keys, vn_spread = self._keys(sample, proto_mean, proto_var, pix_mu, pix_var, generator)
             anchor_var = None if pix_var is None else pix_var[sample.anchor_index]
-            per_class = info_nce(pix_mu[sample.anchor_index], anchor_var, keys,
-                                 temperature=self.temperature, reduction=self.mls_reduction,
-                                 include_const=self.mls_include_const, chunk_elements=self.chunk_elements)
-            loss = per_class.mean()
+            loss = info_nce(pix_mu[sample.anchor_index], anchor_var, keys, temperature=self.temperature,
+                            reduction=self.mls_reduction, include_const=self.mls_include_const,
+                            chunk_elements=self.chunk_elements).mean()
         if self.bank is not None:
             self.bank.enqueue(pix_label, pix_mu.detach(), None if pix_var is None else pix_var.detach(),
                               self.memory_bank_enqueue, generator)
         if self.record_sample:
             self.last_sample = sample
         return loss, self._stats(loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, pix_label)
+
+    @torch.no_grad()
+    def _keys(self, sample: ContrastSample, proto_mean: Tensor, proto_var: Optional[Tensor],
+              pix_mu: Tensor, pix_var: Optional[Tensor], generator: Optional[torch.Generator]):
+        """Key groups of Eq. 15 (positive prototype, real negatives, VNs, bank entries), all detached;
+        records the VN / bank draws in `sample`. Returns (keys, VN spread)."""
+        k = sample.anchor_classes.numel()
+        keys = [KeySet(proto_mean, proto_var, sample.anchor_classes.view(k, 1, 1)),
+                KeySet(pix_mu.detach(), None if pix_var is None else pix_var.detach(), sample.negative_index,
+                       sample.negative_valid[:, None].expand(k, self.num_negatives))]
+        vn_spread = proto_mean.new_zeros((), dtype=torch.float64)
+        if self.vn_enabled:
+            sample.vn, sample.vn_classes, vn_keys = self._virtual_negatives(
+                sample.anchor_classes, pix_mu.dtype, generator)
+            vn_spread = self._vn_spread(vn_keys, sample.vn_classes, proto_mean)
+            keys.append(vn_keys)
+        if self.bank is not None:
+            sample.bank_index, sample.bank_valid = self.bank.sample_index(
+                sample.anchor_classes, self.num_anchors, self.memory_bank_negatives, generator)
+            bank_mu, bank_var = self.bank.flat()
+            keys.append(KeySet(bank_mu, bank_var, sample.bank_index, sample.bank_valid))
+        return keys, vn_spread
 
     @torch.no_grad()
     def _vn_spread(self, vn_keys: KeySet, vn_classes: Tensor, proto_mean: Tensor) -> Tensor:

@@ -6,15 +6,17 @@ it is reachable. With none of them the call fails in seconds with a message nami
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
 import timm
+import torch
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 HUB_HOST = ("huggingface.co", 443)
+WEIGHTS_DIR = Path("~/.cache/prcl/weights").expanduser()
 
 
 class WeightsError(RuntimeError):
@@ -30,14 +32,36 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _weights_help(name: str) -> str:
-    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
-    source = cfg.get("url") or f"https://huggingface.co/{cfg.get('hf_hub_id')}"
-    target = Path("~/.cache/prcl/weights").expanduser() / f"{name}.pth"
+    cfg = get_pretrained_cfg(name)
+    source = (cfg.url or f"https://huggingface.co/{cfg.hf_hub_id}") if cfg else "(no ImageNet weights known to timm)"
+    target = WEIGHTS_DIR / f"{name}.pth"
     return (
         f"ImageNet weights for backbone '{name}' are not available offline. Download {source} "
-        f"and save it as {target} (or any path), then set model.weights={target}; or train from "
-        "scratch with model.pretrained=false."
+        f"and save it as {target} (picked up automatically), or anywhere and set model.weights=PATH; "
+        "or train from scratch with model.pretrained=false."
     )
+
+
+def cached_weights(name: str) -> Optional[Path]:
+    """A local copy of `name`'s ImageNet weights: ours, the Hugging Face cache, or torch.hub's."""
+    ours = WEIGHTS_DIR / f"{name}.pth"
+    if ours.is_file():
+        return ours
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(hit, str):
+                return Path(hit)
+    if cfg.url:
+        hit = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+        if hit.is_file():
+            return hit
+    return None
 
 
 def create_backbone(
@@ -48,7 +72,10 @@ def create_backbone(
     weights: Optional[str] = None,
     channels: Optional[Sequence[int]] = None,
 ) -> nn.Module:
-    """A timm `features_only` ResNet returning `[stride-4 features, last-stage features]`."""
+    """A timm `features_only` ResNet returning `[stride-4 features, last-stage features]`.
+
+    Weights: `weights` (a file) if given; else, when `pretrained`, a cached copy, else the hub when it
+    is reachable; else `WeightsError` at once (no minute-long download retries)."""
     kwargs = dict(features_only=True, out_indices=(1, 4), output_stride=output_stride)
     if channels is not None:
         kwargs["channels"] = tuple(channels)
@@ -56,26 +83,17 @@ def create_backbone(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"model.weights={weights} does not exist; {_weights_help(name)}")
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    if not pretrained:
+    elif pretrained:
+        path = cached_weights(name)
+        if path is None and not _hub_reachable():
+            raise WeightsError(_weights_help(name))
+    else:
         return timm.create_model(name, pretrained=False, **kwargs)
-    default = Path("~/.cache/prcl/weights").expanduser() / f"{name}.pth"
-    if default.is_file():
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(default)), **kwargs)
-    online = _hub_reachable()
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    if not online:  # only timm's local cache can help; don't let the hub client retry for a minute
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    overlay = dict(file=str(path)) if path is not None else None
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as err:  # hub/cache errors come in many types
-        raise WeightsError(_weights_help(name)) from err
-    finally:
-        if not online:
-            if previous is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = previous
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except (OSError, RuntimeError) as err:  # unreadable file, wrong architecture, failed download
+        raise WeightsError(f"loading ImageNet weights for '{name}' failed ({err}); {_weights_help(name)}") from err
 
 
 def backbone_channels(backbone: nn.Module) -> tuple[int, int]:
