@@ -1,0 +1,175 @@
+"""The paper's tables in miniature on the built-in synthetic dataset (CPU).
+
+Each experiment is a list of `prcl train` overrides; every (experiment, seed) runs as its own
+`python -m prcl train` process in `--runs/<name>-s<seed>/`, several at a time (`--jobs`, one thread
+each). Finished runs (with `summary.json`) are skipped, so the script resumes where it stopped, and
+the markdown table is rewritten after every run, so it fills in as results arrive.
+
+    python benchmarks/paper_tables.py --tables 1 --fractions 1_16 --seeds 0 1 2 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Experiment:
+    table: str
+    row: str
+    fraction: str
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"t{self.table}-{self.row.replace(' ', '_').replace('+', 'p')}-{self.fraction}"
+
+
+TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
+
+
+def experiments(tables: list[str], fractions: list[str], temperatures: list[float]) -> list[Experiment]:
+    out: list[Experiment] = []
+    for frac in fractions:
+        if "1" in tables:
+            out += [Experiment("1", m, frac, [f"method.name={m}"]) for m in TABLE1_METHODS]
+            if frac == fractions[0]:
+                out.append(Experiment("1", "supervised", "full", ["method.name=supervised"]))
+        if "8" in tables:
+            rows = {
+                "baseline": ["method.name=baseline"],
+                "+PR": ["method.name=baseline", "method.contrastive.pr=true"],
+                "+PR+GDP": ["method.name=prcl", "method.contrastive.vn.enabled=false"],
+                "+PR+VN": ["method.name=prcl", "method.contrastive.prototype=local"],
+                "+PR+GDP+VN": ["method.name=prcl"],
+            }
+            out += [Experiment("8", r, frac, o) for r, o in rows.items()]
+        if "7" in tables:
+            rows = {
+                "none": ["method.name=prcl", "method.contrastive.vn.enabled=false"],
+                "memory bank 30000": ["method.name=prcl", "method.contrastive.vn.enabled=false",
+                                      "method.contrastive.memory_bank.enabled=true",
+                                      "method.contrastive.memory_bank.size=30000"],
+                "VN": ["method.name=prcl"],
+            }
+            out += [Experiment("7", r, frac, o) for r, o in rows.items()]
+        if "tau" in tables:
+            out += [Experiment("tau", f"tau={t:g}", frac, ["method.name=prcl", f"method.contrastive.temperature={t}"])
+                    for t in temperatures]
+    seen, unique = set(), []
+    for e in out:  # the same run may serve several tables
+        key = (e.name, tuple(e.overrides))
+        if key not in seen:
+            seen.add(key)
+            unique.append(e)
+    return unique
+
+
+def run_one(exp: Experiment, seed: int, args: argparse.Namespace) -> Path:
+    run = args.runs / f"{exp.name}-s{seed}"
+    if (run / "summary.json").is_file():
+        return run
+    split = f"splits/{exp.fraction}"
+    overrides = [
+        *exp.overrides, f"seed={seed}", f"output_dir={args.runs}", f"name={run.name}", f"data.root={args.data}",
+        f"data.labeled_split={split}/labeled.txt", "train.threads=1", "data.num_workers=0",
+        f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
+        *(["data.unlabeled_split=null"] if exp.fraction == "full" else [f"data.unlabeled_split={split}/unlabeled.txt"]),
+        *args.extra,
+    ]
+    cmd = [sys.executable, "-m", "prcl", "train", *overrides, "--overwrite"]
+    log = args.runs / f"{run.name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run.name} failed (exit {proc.returncode}); see {log}")
+    return run
+
+
+def method_state_bytes(run: Path) -> int:
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    return sum(t.numel() * t.element_size() for t in state["method"].values() if torch.is_tensor(t))
+
+
+def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{scale * values[0]:.{digits}f} (1 seed)"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
+def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace, command: str) -> None:
+    lines = ["# The paper's tables in miniature (built-in synthetic dataset, CPU)", "",
+             f"Command: `{command}`", "",
+             f"Each run: {args.iterations} iterations, one CPU thread, demo model and data settings "
+             f"(see `configs/demo.yaml`); mIoU of the teacher (or student) on the 300 val images at the end; "
+             f"mean ± sample std over seeds {seeds}. Runs in `{args.runs}`.", ""]
+    for table in dict.fromkeys(e.table for e in exps):
+        lines += [f"## Table {table}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for e in (x for x in exps if x.table == table):
+            mious, secs, state = [], [], None
+            for s in seeds:
+                run = args.runs / f"{e.name}-s{s}"
+                if (run / "summary.json").is_file():
+                    summ = json.loads((run / "summary.json").read_text())
+                    mious.append(summ["miou"])
+                    secs.append(summ["wall_seconds"] / summ["iterations"])
+                    state = method_state_bytes(run)
+            sec = f"{statistics.mean(secs):.3f}" if secs else "–"
+            mem = "–" if state is None else f"{state / 1024:.1f} KiB"
+            lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {len(mious)}/{len(seeds)} | {sec} | {mem} |")
+        lines.append("")
+    args.out.write_text("\n".join(lines))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tables", nargs="+", default=["1", "8", "7", "tau"])
+    p.add_argument("--fractions", nargs="+", default=["1_16", "1_4"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--temperatures", nargs="+", type=float, default=[0.1, 0.5, 1.0, 10.0, 100.0])
+    p.add_argument("--iterations", type=int, default=1200)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "synthetic")
+    p.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables.md")
+    p.add_argument("extra", nargs="*", help="extra overrides for every run")
+    args = p.parse_args()
+    command = "python benchmarks/paper_tables.py " + " ".join(sys.argv[1:])
+    args.runs.mkdir(parents=True, exist_ok=True)
+    from prcl.data.synthetic import ensure_synthetic_dataset
+
+    ensure_synthetic_dataset(args.data, workers=args.jobs)  # once, before parallel runs race to do it
+    exps = experiments(args.tables, args.fractions, args.temperatures)
+    jobs = [(e, s) for s in args.seeds for e in exps]  # seed-major: every row gets a first seed early
+    write_table(exps, args.seeds, args, command)
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_one, e, s, args): (e, s) for e, s in jobs}
+        for fut in as_completed(futures):
+            e, s = futures[fut]
+            try:
+                fut.result()
+                print(f"[{time.time() - t0:7.0f}s] done {e.name} seed {s}", flush=True)
+            except Exception as err:  # keep the other runs going; the table shows what finished
+                print(f"[{time.time() - t0:7.0f}s] FAILED {e.name} seed {s}: {err}", flush=True)
+            write_table(exps, args.seeds, args, command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
