@@ -81,7 +81,8 @@ def run_one(name: str, args) -> dict:
 def gdp_bytes() -> dict:
     from prcl.probabilistic import GlobalDistributionPrototypes
 
-    return {name: GlobalDistributionPrototypes(c, 256).nbytes for name, c in (("VOC", 21), ("Cityscapes", 19))}
+    datasets = (("VOC", 21), ("Cityscapes", 19))
+    return {name: GlobalDistributionPrototypes(c, 256).nbytes for name, c in datasets}
 
 
 def main() -> None:

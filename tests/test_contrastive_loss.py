@@ -109,7 +109,8 @@ def _probs_rows(probs, labels, valid):
 
 @pytest.mark.parametrize("method,extra", [("prcl", dict(memory_bank_size=40)),
                                           ("baseline", {}), ("baseline_plus", {}),
-                                          ("prcl", dict(prototype="local", vn_enabled=False, memory_bank_size=0))])
+                                          ("prcl", dict(prototype="local", vn_enabled=False,
+                                                        memory_bank_size=0))])
 def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
     tau = 0.7
     loss_fn = PRCLContrastiveLoss.for_method(method, C, D, temperature=tau, **{**SMALL, **extra})
@@ -117,7 +118,8 @@ def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
     prob = loss_fn.probabilistic
     step1, step2 = _batch(1, probabilistic=prob), _batch(2, classes=(0, 1, 3), probabilistic=prob)
     loss_fn(*step1, generator=_gen(10))
-    bank = None if loss_fn.bank is None else tuple(None if t is None else t.clone() for t in loss_fn.bank.flat())
+    bank = None if loss_fn.bank is None else \
+        tuple(None if t is None else t.clone() for t in loss_fn.bank.flat())
     loss, stats = loss_fn(*step2, generator=_gen(11))
     loss.backward()
     sample = loss_fn.last_sample
@@ -177,17 +179,19 @@ def test_gradcheck_info_nce_with_fixed_indices():
     k, a_n = 2, 3
     anchors = torch.randn(k, a_n, D, generator=g, dtype=F64, requires_grad=True)
     anchor_var = (0.2 + torch.rand(k, a_n, D, generator=g, dtype=F64)).requires_grad_()
-    protos, proto_var = torch.randn(C, D, generator=g, dtype=F64), 0.01 * torch.rand(C, D, generator=g, dtype=F64)
+    protos = torch.randn(C, D, generator=g, dtype=F64)
+    proto_var = 0.01 * torch.rand(C, D, generator=g, dtype=F64)
     pixels, pixel_var = torch.randn(10, D, generator=g, dtype=F64), torch.rand(10, D, generator=g, dtype=F64)
     vns = torch.randn(k * 4, D, generator=g, dtype=F64)
     keys = [KeySet(protos, proto_var, torch.tensor([1, 2]).view(k, 1, 1)),
             KeySet(pixels, pixel_var, torch.randint(10, (k, a_n, 5), generator=g)),
-            KeySet(vns, torch.zeros_like(vns), torch.arange(k * 4).view(k, 1, 4),
-                   torch.tensor([[True, False, True, True], [False, True, True, False]]))]
+            KeySet(vns, None, torch.arange(k * 4).view(k, 1, 4),  # shared points: the matmul path
+                   torch.tensor([[True, False, True, True], [False, True, True, False]]), points=True),
+            KeySet(vns, torch.zeros_like(vns), torch.randint(k * 4, (k, a_n, 2), generator=g))]
     for chunk in (7, 1 << 20):
         assert torch.autograd.gradcheck(
             lambda m, v: info_nce(m, v, keys, temperature=0.5, chunk_elements=chunk), (anchors, anchor_var))
-    cos_keys = [KeySet(ks.mu, None, ks.index, ks.valid) for ks in keys]
+    cos_keys = [KeySet(ks.mu, None, ks.index, ks.valid, ks.points) for ks in keys]
     assert torch.autograd.gradcheck(lambda m: info_nce(m, None, cos_keys, temperature=0.5), (anchors,))
 
 
@@ -222,7 +226,8 @@ def test_sampling_follows_class_distribution_and_masks():
     hard = torch.ones(15, dtype=torch.bool)
     hard[12:] = False  # class 2 has no hard pixel -> no anchors, but serves as a negative
     logits = torch.tensor([[0.0, 1.0, -0.5, 3.0], [0.3, 0.0, 0.0, 0.0], [0.0] * 4, [0.0] * 4])
-    s = sample_anchors_and_negatives(labels, hard, logits, num_anchors=64, num_negatives=512, generator=_gen(7))
+    s = sample_anchors_and_negatives(labels, hard, logits, num_anchors=64, num_negatives=512,
+                                     generator=_gen(7))
     assert s.anchor_classes.tolist() == [0, 1] and s.negative_valid.tolist() == [True, True]
     neg_cls = labels[s.negative_index[0]].flatten().double()
     want = math.exp(-0.5) / (math.exp(1.0) + math.exp(-0.5))  # class 3 absent, class 0 = own
@@ -285,7 +290,8 @@ def test_memory_bank_is_a_fifo_of_fixed_size():
     first = bank.entries(0)[0][:, 0]
     assert first.numel() == 3 and first.unique().numel() == 3 and bank.filled.tolist() == [3, 5]
     index, valid = bank.sample_index(torch.tensor([0, 1]), num_anchors=2, per_class=2, generator=_gen(6))
-    assert index.shape == (2, 2, 4) and valid.tolist() == [[False, False, True, True], [True, True, False, False]]
+    assert index.shape == (2, 2, 4)
+    assert valid.tolist() == [[False, False, True, True], [True, True, False, False]]
     assert (index[..., 2:] // 5 == 1).all() and (index[..., 2:] % 5 < 5).all()
     with pytest.raises(ValueError, match="memory_bank_size"):
         ClassMemoryBank(4, 3, 3, with_var=False)
@@ -337,3 +343,20 @@ def test_gdp_drift_stat_and_integer_label_dtypes():
     assert stats["gdp_drift"] == pytest.approx(want, rel=1e-9) and want > 0
     _, stats_int = twin(mu, var, labels.int(), valid, probs, generator=_gen(2))
     assert stats_int == stats
+
+
+def test_shared_point_matmul_path_matches_direct_mls():
+    """VNs (variance 0, shared by a class's anchors) use an expanded matmul form: same values in
+    float64, and float32 stays within 1e-5 of float64 at paper-like values (D=256, unit means)."""
+    from prcl.losses.pairwise import shared_point_similarity
+    g = _gen(17)
+    mu = torch.nn.functional.normalize(torch.randn(2, 3, 256, generator=g, dtype=F64), dim=-1)
+    var = torch.sigmoid(torch.randn(2, 3, 256, generator=g, dtype=F64) - 3)  # ~0.05, as the release
+    noise = 0.3 * torch.randn(2, 4, 256, generator=g, dtype=F64)
+    points = torch.nn.functional.normalize(mu[:, :1] + noise, dim=-1)
+    direct = mutual_likelihood_score(mu[:, :, None], var[:, :, None], points[:, None],
+                                     torch.zeros_like(points)[:, None], normalize=False)
+    torch.testing.assert_close(shared_point_similarity(mu, var, points), direct, rtol=1e-12, atol=1e-12)
+    single = shared_point_similarity(mu.float(), var.float(), points.float())
+    assert (single.double() - direct).abs().max() < 1e-5
+    torch.testing.assert_close(shared_point_similarity(mu, None, points), mu @ points.transpose(1, 2))

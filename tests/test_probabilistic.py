@@ -138,7 +138,8 @@ def test_gdp_update_from_pixel_sums_matches_prototype_update_and_round_trips():
     ids = by_sums.update_from_sums(*class_natural_sums(labels, mu, var, 3))
     assert ids.tolist() == [0, 2]
     for c in (0, 2):
-        by_protos.update(torch.tensor([c]), *(t[None] for t in local_prototype(mu[labels == c], var[labels == c])))
+        local_mu, local_var = local_prototype(mu[labels == c], var[labels == c])
+        by_protos.update(torch.tensor([c]), local_mu[None], local_var[None])
     for name in ("mean", "var"):
         np.testing.assert_allclose(getattr(by_sums, name)[[0, 2]].numpy(),
                                    getattr(by_protos, name)[[0, 2]].numpy(), rtol=1e-12)
@@ -185,7 +186,8 @@ def test_class_natural_sums_match_brute_force():
         np.testing.assert_allclose(precision[c].numpy(), want_p.numpy(), rtol=1e-13)
         np.testing.assert_allclose(weighted[c].numpy(), want_w.numpy(), rtol=1e-13)
     counts, precision, weighted = class_natural_sums(labels, mu, None, 4)  # deterministic: means
-    np.testing.assert_allclose((weighted[1] / precision[1]).numpy(), mu[[0, 1, 3]].mean(0).numpy(), rtol=1e-13)
+    np.testing.assert_allclose((weighted[1] / precision[1]).numpy(), mu[[0, 1, 3]].mean(0).numpy(),
+                               rtol=1e-13)
 
 
 def _ddp_worker(rank, world, init_file, out_dir):

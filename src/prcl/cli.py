@@ -23,6 +23,17 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError, NonFiniteL
                FileNotFoundError, PermissionError)
 
 
+def _one_line(err: BaseException) -> str:
+    """The error's own message; for one re-raised from a DataLoader worker (whose text embeds the
+    worker's traceback), just the original exception's message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        kind = type(err)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        text = text.rsplit(f"\n{name}: ", 1)[-1].strip()
+    return text
+
+
 def _free_run_name(cfg: Config) -> None:
     """The default demo run gets a fresh name (demo-2, demo-3, ...) instead of refusing to start."""
     base, n = cfg.name, 2
@@ -116,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("PRCL_DEBUG"):
             raise
-        print(f"prcl {args.command}: error: {err}", file=sys.stderr)
+        print(f"prcl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

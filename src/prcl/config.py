@@ -128,6 +128,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     threads: Optional[int] = None  # torch CPU threads; null = torch default
+    skip_nonfinite: bool = False  # on a NaN/Inf loss or gradient: false = stop (naming the last good
+    # checkpoint), true = skip that step (undoing its BatchNorm/prototype updates) and count it
 
 
 @dataclass

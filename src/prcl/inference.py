@@ -30,15 +30,21 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
     raise CheckpointError(f"no checkpoint at {path} (expected a .pt file or a run directory with checkpoints/)")
 
 
-def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[DeepLabV3Plus, Config, dict]:
-    """The evaluated network of a checkpoint (the teacher when the method has one) in eval mode."""
+def model_from_checkpoint(
+    path: Path, device: torch.device | str = "cpu", which: str = "evaluated"
+) -> tuple[DeepLabV3Plus, Config, dict]:
+    """A network of a checkpoint in eval mode: `which="evaluated"` is the teacher when the method
+    has one (without representation/probability heads), `"student"` the student with all its heads."""
+    if which not in ("evaluated", "student"):
+        raise ValueError(f"which must be 'evaluated' or 'student', got {which!r}")
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
     cfg.model.pretrained, cfg.model.weights = False, None  # weights come from the checkpoint
     model = build_model(cfg, state["num_classes"])
-    weights = state["teacher"] if state.get("teacher") is not None else state["model"]
+    use_teacher = which == "evaluated" and state.get("teacher") is not None
+    weights = state["teacher"] if use_teacher else state["model"]
     try:
-        model.load_state_dict(weights, strict=state.get("teacher") is None)
+        model.load_state_dict(weights, strict=not use_teacher)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match its own config: {str(err).splitlines()[0]}") from err
     return model.to(device).eval(), cfg, state

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,7 +36,7 @@ from prcl.models import build_model
 # Keys that may change when a run is resumed without --force: they do not alter the experiment.
 RESUME_SAFE_KEYS = (
     "train.eval_every", "train.checkpoint_every", "train.log_every", "train.device", "train.threads",
-    "data.num_workers", "output_dir",
+    "data.num_workers", "output_dir", "train.skip_nonfinite",
 )
 
 
@@ -78,6 +79,8 @@ class Trainer:
         self.main = dist.is_main_process()
         state = self._resume_state(force) if resume else None
         self.start_iteration = state["iteration"] if state else 0
+        self.saved_iteration: Optional[int] = self.start_iteration if state else None  # of last.pt
+        self.skipped_steps = 0  # steps skipped for a non-finite loss/gradient (train.skip_nonfinite)
         self.best_miou = state["best_miou"] if state else float("nan")
 
         data = build_train_data(
@@ -112,6 +115,8 @@ class Trainer:
         )
         if not resume:
             self._create_run_dir(overwrite)
+        elif self.main:
+            self._drop_records_after_checkpoint()
         self.tb = None
         self._stop_signal: Optional[int] = None
 
@@ -140,11 +145,25 @@ class Trainer:
             try:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise OSError(f"cannot create run directory {self.run_dir}: {err}; set output_dir=... to a writable place") from err
+                raise ConfigError(f"cannot create run directory {self.run_dir} ({err.strerror}); "
+                                  "set output_dir=... to a writable place") from err
             save_config(self.cfg, self.run_dir / "config.yaml")
             d = self.cfg.data
             copy_split(d.dataset, Path(d.root), {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split,
                                                  "val": d.val_split}, self.run_dir / "split")
+
+    def _drop_records_after_checkpoint(self) -> None:
+        """On resume, drop log records written after the checkpoint (by a run killed between the two),
+        so the logs read like one uninterrupted run; TensorBoard purges them via `purge_step`."""
+        for name in ("metrics.jsonl", "train_log.jsonl"):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            keep = [line for line in lines if _logged_by(line, self.start_iteration)]
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(path)
 
     def state_dict(self, iteration: int) -> dict[str, Any]:
         return {
@@ -160,15 +179,23 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "best_miou": self.best_miou,
+            "skipped_steps": self.skipped_steps,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        last = self.ckpt_dir / "last.pt"
         if state["num_classes"] != self.info.num_classes:
-            raise CheckpointError(f"checkpoint has {state['num_classes']} classes, the dataset {self.info.num_classes}")
-        self.model.load_state_dict(state["model"])
-        if self.teacher is not None:
-            self.teacher.model.load_state_dict(state["teacher"])
-        self.method.load_state_dict(state["method"])
+            raise CheckpointError(f"{last} has {state['num_classes']} classes but {self.cfg.data.dataset} has "
+                                  f"{self.info.num_classes}; resume it with its own dataset, or train under a new name")
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.teacher is not None:
+                self.teacher.model.load_state_dict(state["teacher"])
+            self.method.load_state_dict(state["method"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{last} does not fit this model/method ({' '.join(str(err).split())[:300]}); "
+                                  "resume with the run's own config, or train under a new name") from err
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -178,7 +205,14 @@ class Trainer:
     def save(self, iteration: int, name: str = "last.pt") -> Path:
         path = self.ckpt_dir / name
         if self.main:
-            save_checkpoint(self.state_dict(iteration), path)
+            try:
+                save_checkpoint(self.state_dict(iteration), path)
+            except OSError as err:
+                kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+                raise CheckpointError(f"cannot write checkpoint {path} ({err.strerror or err}); {kept}. Free disk "
+                                      f"space, then resume with `prcl train --resume {self.run_dir}`") from err
+        if name == "last.pt":
+            self.saved_iteration = iteration
         dist.barrier()
         return path
 
@@ -196,25 +230,64 @@ class Trainer:
         labelled = self._next(self.labelled)
         unlabelled = self._next(self.unlabelled) if self.unlabelled is not None else None
         progress = iteration / self.cfg.train.iterations
+        undo = self._snapshot() if self.cfg.train.skip_nonfinite else None
         with self._autocast():
             terms, stats = self.method.losses(self.student, self.teacher, labelled, unlabelled, progress)
         loss = sum(terms.values())
         values = {k: float(v.detach()) for k, v in terms.items()}
-        if not math.isfinite(float(loss.detach())):
+        values["total"] = float(loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        problem = self._backward(loss)
+        if problem is None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self._skip_step(iteration, problem, values, undo)  # raises unless train.skip_nonfinite
+        self.scheduler.step()
+        if problem is None:
+            dist.average_buffers(self.model)
+            if self.teacher is not None:
+                self.teacher.update(self.model, iteration)
+        values["skipped_steps"] = self.skipped_steps
+        return values, stats
+
+    # ----------------------------------------------------------------- numerical guards
+    def _backward(self, loss: torch.Tensor) -> Optional[str]:
+        """Backpropagate a finite loss. Returns what is non-finite ("loss" or "gradient") or None,
+        the same answer on every process, so all ranks stop or skip together."""
+        if not _finite_everywhere(loss):
+            return "loss"
+        self.scaler.scale(loss).backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.scaler.is_enabled() or not grads:  # fp16: the scaler skips overflowing steps itself
+            return None
+        return None if _finite_everywhere(torch.nn.utils.get_total_norm(grads)) else "gradient"
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Copies of what a forward pass changes (BatchNorm statistics, prototypes, memory bank)."""
+        return {"model": [b.detach().clone() for b in self.model.buffers()],
+                "method": {k: v.detach().clone() for k, v in self.method.state_dict().items()}}
+
+    def _skip_step(self, iteration: int, problem: str, values: dict[str, float], undo: Optional[dict]) -> None:
+        """Stop with a message naming the iteration, the loss terms and the last good checkpoint, or (with
+        train.skip_nonfinite) undo the forward pass's state changes and count the skipped step."""
+        if undo is None:
+            last = self.ckpt_dir / "last.pt"
+            saved = (f"the last good checkpoint is {last} (iteration {self.saved_iteration})"
+                     if self.saved_iteration is not None else "no checkpoint was written yet")
             raise NonFiniteLossError(
-                f"non-finite loss at iteration {iteration}: {values}; the last good checkpoint is "
-                f"{self.ckpt_dir / 'last.pt'} (resume with `prcl train --resume {self.run_dir}`)"
+                f"non-finite {problem} at iteration {iteration + 1}, loss terms {values}; {saved}. Lower optim.lr and "
+                f"resume with `prcl train --resume {self.run_dir}`, or add train.skip_nonfinite=true to skip such steps"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        dist.average_buffers(self.model)
-        if self.teacher is not None:
-            self.teacher.update(self.model, iteration)
-        values["total"] = float(loss.detach())
-        return values, stats
+        with torch.no_grad():
+            for buffer, saved_buffer in zip(self.model.buffers(), undo["model"]):
+                buffer.copy_(saved_buffer)
+        self.method.load_state_dict(undo["method"])
+        self.skipped_steps += 1
+        if self.main:
+            tqdm.write(f"skipped iteration {iteration + 1}: non-finite {problem}, loss terms {values} "
+                       f"({self.skipped_steps} skipped so far)")
 
     # ----------------------------------------------------------------- evaluation and logging
     def evaluate(self) -> tuple[float, list[float]]:
@@ -234,13 +307,19 @@ class Trainer:
         if self.tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = self.start_iteration + 1 if self.start_iteration else None  # hide events after the checkpoint
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         for k, v in record.items():
             if k != "iteration" and isinstance(v, (int, float)) and v is not None:
                 self.tb.add_scalar(f"{prefix}/{k}", v, record["iteration"])
 
     def _handle_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second signal: stop at once, without a checkpoint
+            raise KeyboardInterrupt
         self._stop_signal = signum
+        if self.main:
+            print(f"signal {signum}: saving a checkpoint after this step (send it again to stop at once)",
+                  file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
@@ -271,12 +350,15 @@ class Trainer:
                         self.save(done, "best.pt")
                 if done % cfg.train.checkpoint_every == 0 or done == T:
                     self.save(done)
-                if self._stop_signal is not None:
-                    self.save(done)
+                stop = torch.tensor([float(self._stop_signal is not None)], device=self.device)
+                if dist.all_reduce_sum(stop).item():  # under DDP every rank stops after the same step
+                    signum = int(self._stop_signal or signal.SIGTERM)
+                    if self.saved_iteration != done:
+                        self.save(done)
                     bar.close()
-                    print(f"stopped by signal {self._stop_signal} at iteration {done}; checkpoint saved. "
+                    print(f"stopped by signal {signum} at iteration {done}; checkpoint saved. "
                           f"Resume with: prcl train --resume {self.run_dir}")
-                    raise SystemExit(128 + self._stop_signal)
+                    raise SystemExit(128 + signum)
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -291,11 +373,26 @@ class Trainer:
             "iterations": T,
             "wall_seconds": time.time() - t0,
             "images_per_second": images_per_it * run_its / train_seconds if train_seconds else None,
+            "skipped_steps": self.skipped_steps,
             "run_dir": str(self.run_dir),
         }
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _logged_by(line: str, iteration: int) -> bool:
+    """Whether a JSON-lines log record is complete and from an iteration <= `iteration`."""
+    try:
+        return json.loads(line)["iteration"] <= iteration and line.endswith("\n")
+    except (ValueError, KeyError, TypeError):
+        return False  # a line torn by a crash
+
+
+def _finite_everywhere(x: torch.Tensor) -> bool:
+    """Whether `x` is finite on every process (one tiny all-reduce under DDP)."""
+    bad = (~torch.isfinite(x.detach())).any().float().reshape(1)
+    return dist.all_reduce_sum(bad).item() == 0
 
 
 def _method_uses_teacher(cfg: Config) -> bool:

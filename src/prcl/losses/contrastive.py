@@ -12,9 +12,14 @@ Decisions where the paper is silent (documented once, here):
   pixel and prototypes, GDP, VNs and the bank are built from the unit vectors (prototype means
   and VNs are re-normalised before use). The release averages raw mu and normalises the average.
 - Classes without hard pixels get no anchors (the release skips them); a class whose anchors
-  would have no valid negative at all is skipped too. Eq. 15's |C| counts the classes kept.
+  would have no valid negative at all is skipped too. Eq. 15's |C| counts the classes kept (the
+  release divides by all classes with valid pixels, skipped ones included).
+- VNs are drawn afresh for every anchor class (Algorithm 1, line 23) and shared by its anchors,
+  which lets their MLS (variance 0) run as matmuls.
 - Real negatives need another class present in the local batch; with VNs or a bank a class can
   still be contrasted when it is alone in the batch.
+- The negative-class distribution softmax(sim(prototype_c, prototype_c') / tau) uses the same
+  prototypes as the positive (GDP, local or EMA) and the same tau, as the release does.
 - Memory bank: negatives *in addition* to the batch ones: per anchor, `memory_bank_negatives`
   uniform entries of every other class in the bank (like VNs, which are `vn_num` per other
   class); the batch is enqueued after the loss (MoCo style), so the bank holds past steps only.
@@ -156,7 +161,8 @@ class PRCLContrastiveLoss(nn.Module):
                  f"labels must be an integer tensor [B, H, W] = {(b, h, w)} at feature resolution, got "
                  f"{tuple(labels.shape)} {labels.dtype}")
         _require(valid.shape == (b, h, w) and valid.dtype == torch.bool,
-                 f"valid must be a bool tensor [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)} {valid.dtype}")
+                 f"valid must be a bool tensor [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)} "
+                 f"{valid.dtype}")
         _require(probs.shape == (b, self.num_classes, h, w),
                  f"probs must be [B, C, H, W] = {(b, self.num_classes, h, w)}, got {tuple(probs.shape)}")
 
@@ -213,7 +219,7 @@ class PRCLContrastiveLoss(nn.Module):
         table = table.reshape(-1, self.dim).to(dtype)
         index = torch.arange(k * g * v, device=raw.device).view(k, 1, g * v)
         valid = classes != anchor_classes[:, None]
-        return raw, classes, KeySet(table, torch.zeros_like(table), index, valid)
+        return raw, classes, KeySet(table, None, index, valid, points=True)
 
     def _has_negatives(self, sample: ContrastSample) -> Tensor:
         """[K] bool: the anchor class has at least one valid real, virtual or bank negative."""
@@ -239,8 +245,9 @@ class PRCLContrastiveLoss(nn.Module):
         mask = valid & (labels != IGNORE_INDEX)
         pix_label = labels[mask].long()
         if pix_label.numel() and (int(pix_label.min()) < 0 or int(pix_label.max()) >= self.num_classes):
+            low, high = int(pix_label.min()), int(pix_label.max())
             raise ValueError(f"labels of valid pixels must lie in [0, {self.num_classes}) or be "
-                             f"{IGNORE_INDEX}; got values in [{int(pix_label.min())}, {int(pix_label.max())}]")
+                             f"{IGNORE_INDEX}; got values in [{low}, {high}]")
         dtype = torch.promote_types(mu.dtype, torch.float32)
         pix_mu = mu.permute(0, 2, 3, 1)[mask].to(dtype)
         pix_var = var.permute(0, 2, 3, 1)[mask].to(dtype) if var is not None else None

@@ -3,6 +3,8 @@
 `size` slots in total, split evenly over the classes (size // C each). Every step a random subset
 of each class's valid pixels is enqueued (oldest entries are overwritten first); the contrastive
 loss draws extra negatives from it (see `PRCLContrastiveLoss`). Buffers, so checkpoints carry it.
+Enqueueing replaces the queue tensors instead of writing into them (a loss computed earlier may
+still need the old ones for its backward), so the bank briefly exists twice.
 """
 
 from __future__ import annotations

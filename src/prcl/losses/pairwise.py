@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -46,6 +46,12 @@ def _gather(table: Tensor, index: Tensor, out: Optional[Tensor] = None) -> Tenso
         return table.index_select(0, flat).view(*index.shape, table.shape[1])
     buf = out.view(-1)[: flat.numel() * table.shape[1]].view(flat.numel(), table.shape[1])
     return torch.index_select(table, 0, flat, out=buf).view(*index.shape, table.shape[1])
+
+
+def _mls_constants(dim: int, reduction: str, include_const: bool) -> Tuple[float, float]:
+    """(scale, const) with MLS = scale * sum_l (d^2 / v + log v) + const (Eq. 3; mean = sum / D)."""
+    scale = -0.5 / dim if reduction == "mean" else -0.5
+    return scale, (scale * LOG_2PI * dim if include_const else 0.0)
 
 
 _GROUPED_LOG_MAX = 1e9
@@ -159,24 +165,66 @@ def pairwise_similarity(
         if anchor_var is not None or key_var is not None:
             raise ValueError("pairwise_similarity needs variances for both anchors and keys, or neither")
         return _PairwiseDot.apply(anchor_mu, key_mu, index, chunk_elements)
-    dim = anchor_mu.shape[1]
-    scale = -0.5 / dim if reduction == "mean" else -0.5
-    const = scale * LOG_2PI * dim if include_const else 0.0
+    scale, const = _mls_constants(anchor_mu.shape[1], reduction, include_const)
     key_var = key_var.detach().to(anchor_var.dtype)
     return _PairwiseMLS.apply(anchor_mu, anchor_var, key_mu, key_var, index, scale, const,
                               chunk_elements)
+
+
+def shared_point_similarity(
+    anchor_mu: Tensor,
+    anchor_var: Optional[Tensor],
+    points: Tensor,
+    *,
+    reduction: str = "mean",
+    include_const: bool = False,
+) -> Tensor:
+    """Similarity of anchors [K, A, D] to keys shared by all the anchors of a class, points
+    [K, n, D] with variance 0 (virtual negatives) -> [K, A, n]. Then v = clamp(va) does not depend
+    on the key and the MLS expands into matmuls: sum (a - z)^2 / v = sum a^2/v - 2 (a/v).z + (1/v).z^2.
+    (In float32 the expansion rounds to ~1e-7 of sum (a^2 + z^2) / v instead of sum (a - z)^2 / v.)
+    Without variances: the dot product. Plain autograd; the points get no gradient."""
+    points = points.detach()
+    if anchor_var is None:
+        return torch.bmm(anchor_mu, points.transpose(1, 2))
+    va = anchor_var.clamp(min=VAR_EPS)
+    inv = va.reciprocal()
+    own = ((anchor_mu.square() * inv).sum(-1) + va.log().sum(-1)).unsqueeze(-1)  # [K, A, 1]
+    cross = torch.baddbmm(own, anchor_mu * inv, points.transpose(1, 2), alpha=-2.0)
+    total = torch.baddbmm(cross, inv, points.square().transpose(1, 2))
+    scale, const = _mls_constants(anchor_mu.shape[-1], reduction, include_const)
+    return total * scale + const
 
 
 @dataclass
 class KeySet:
     """One group of keys for the K anchor classes: a detached table `mu` [T, D] (and `var` [T, D]
     for probabilistic keys) referenced by `index` [K, A or 1, n] (1 = shared by all the anchors of
-    a class); `valid` [K, n] masks slots out of the softmax (None = all valid)."""
+    a class); `valid` [K, n] masks slots out of the softmax (None = all valid). `points=True`
+    marks keys of variance 0 (VNs; `var` is ignored): shared ones take the matmul path."""
 
     mu: Tensor
     var: Optional[Tensor]
     index: Tensor
     valid: Optional[Tensor] = None
+    points: bool = False
+
+
+def _keyset_similarity(ks: KeySet, anchor_mu: Tensor, anchor_var: Optional[Tensor], reduction: str,
+                       include_const: bool, chunk_elements: Optional[int]) -> Tensor:
+    """[K*A, n] similarities of the anchors [K, A, D] to one KeySet."""
+    num_classes, num_anchors, dim = anchor_mu.shape
+    n = ks.index.shape[-1]
+    if ks.points and ks.index.shape[1] == 1:
+        points = ks.mu.index_select(0, ks.index.reshape(-1)).view(num_classes, n, dim).to(anchor_mu.dtype)
+        return shared_point_similarity(anchor_mu, anchor_var, points, reduction=reduction,
+                                       include_const=include_const).reshape(-1, n)
+    key_var = torch.zeros_like(ks.mu) if ks.points and anchor_var is not None else ks.var
+    flat_var = None if anchor_var is None else anchor_var.reshape(-1, dim)
+    index = ks.index.expand(num_classes, num_anchors, n).reshape(-1, n)
+    return pairwise_similarity(anchor_mu.reshape(-1, dim), flat_var, ks.mu, key_var, index,
+                               reduction=reduction, include_const=include_const,
+                               chunk_elements=chunk_elements)
 
 
 def info_nce(
@@ -191,16 +239,12 @@ def info_nce(
 ) -> Tensor:
     """Eq. 15 per anchor class: anchors [K, A, D] against keys (the first KeySet holds the one
     positive per anchor) -> [K], the mean over a class's anchors of -log softmax(s / tau)[positive]."""
-    num_classes, num_anchors, dim = anchor_mu.shape
-    flat_mu = anchor_mu.reshape(-1, dim)
-    flat_var = None if anchor_var is None else anchor_var.reshape(-1, dim)
+    num_classes, num_anchors, _ = anchor_mu.shape
     logits, masks = [], []
     for ks in keys:
         n = ks.index.shape[-1]
-        index = ks.index.expand(num_classes, num_anchors, n).reshape(-1, n)
-        logits.append(pairwise_similarity(flat_mu, flat_var, ks.mu, ks.var, index, reduction=reduction,
-                                          include_const=include_const, chunk_elements=chunk_elements))
-        valid = ks.valid if ks.valid is not None else index.new_ones(num_classes, n, dtype=torch.bool)
+        logits.append(_keyset_similarity(ks, anchor_mu, anchor_var, reduction, include_const, chunk_elements))
+        valid = ks.valid if ks.valid is not None else ks.index.new_ones(num_classes, n, dtype=torch.bool)
         masks.append(valid[:, None].expand(num_classes, num_anchors, n).reshape(-1, n))
     scores = torch.cat(logits, 1) / temperature  # [K*A, 1 + keys]
     scores = scores.masked_fill(~torch.cat(masks, 1), -math.inf)

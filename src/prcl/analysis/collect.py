@@ -1,0 +1,192 @@
+"""What `prcl analyze` reads from a run: its networks and logs, and one pass over the val set.
+
+The pass runs the *student* (the only network with the representation and probability heads)
+for μ / σ² / the fused feature, and the *evaluated* network (the teacher when the method has one)
+for predictions, which are also the pseudo-labels of Fig. 7.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prcl import IGNORE_INDEX
+from prcl.analysis.embedding import ClassReservoir
+from prcl.analysis.prototypes import TRAJECTORY_FILE, Prototypes, load_prototype_trajectory, method_prototypes
+from prcl.config import Config, apply_overrides
+from prcl.data.transforms import denormalize
+from prcl.engine.evaluate import predict_logits
+from prcl.inference import model_from_checkpoint, resolve_checkpoint
+from prcl.methods.contrastive import to_feature_resolution
+
+UNCERTAINTY_PIXELS_PER_IMAGE = 4096  # pixels per image kept to compute the AUROC of σ²
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines log ([] when the file does not exist)."""
+    if not path.is_file():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {n}: not JSON ({err}); remove the line") from err
+    return records
+
+
+@dataclass
+class RunData:
+    """A trained run: config, checkpoint, the two networks, logs and prototype state."""
+
+    label: str
+    run_dir: Optional[Path]  # None when only a checkpoint file was given
+    checkpoint: Path
+    cfg: Config
+    state: dict
+    evaluated: torch.nn.Module
+    student: torch.nn.Module
+    train_log: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    trajectory: Optional[dict] = None
+    prototypes: Optional[Prototypes] = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.state["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.state.get("class_names") or [str(c) for c in range(self.num_classes)])
+
+    @property
+    def has_variance(self) -> bool:
+        return getattr(self.student, "prob_head", None) is not None
+
+    @property
+    def feature(self) -> str:
+        """The representation analysed: μ of the representation head, else the 304-ch fused feature."""
+        return "mu" if getattr(self.student, "rep_head", None) is not None else "fused"
+
+    @property
+    def normalized(self) -> bool:
+        """μ is L2-normalised where the contrastive loss normalises it (cosine, or MLS with normalize)."""
+        c = self.cfg.method.contrastive
+        return self.feature == "mu" and (c.mls.normalize or not c.pr)
+
+
+def load_run(path: Path, *, checkpoint: str = "last", device: torch.device | str = "cpu",
+             label: Optional[str] = None, overrides: Sequence[str] = ()) -> RunData:
+    """Load a run directory (or one checkpoint file) for analysis; `overrides` patch its config
+    (e.g. `data.root=...` when the data moved since training)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"run {path} does not exist; give a run directory (runs/<name>) or a .pt file")
+    ckpt = resolve_checkpoint(path, checkpoint)
+    evaluated, cfg, state = model_from_checkpoint(ckpt, device)
+    student = model_from_checkpoint(ckpt, device, which="student")[0] if state.get("teacher") is not None else evaluated
+    apply_overrides(cfg, overrides)
+    run_dir = path if path.is_dir() else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None)
+    run = RunData(label or (run_dir or ckpt).name, run_dir, ckpt, cfg, state, evaluated, student,
+                  prototypes=method_prototypes(state.get("method") or {}))
+    if run_dir is not None:
+        run.train_log = read_jsonl(run_dir / "train_log.jsonl")
+        run.metrics = read_jsonl(run_dir / "metrics.jsonl")
+        if (run_dir / TRAJECTORY_FILE).is_file():
+            run.trajectory = load_prototype_trajectory(run_dir / TRAJECTORY_FILE)
+    return run
+
+
+@dataclass
+class ValPass:
+    """Everything the figures and metrics need from the val images."""
+
+    features: np.ndarray  # [N, D] float32, at most max_per_class rows per class
+    labels: np.ndarray  # [N]
+    pixels_per_class: np.ndarray  # [C] labelled stride-4 pixels seen per class
+    examples: list[dict]  # the first images: image [H,W,3], gt, pred [H,W], var [H,W] or None
+    uncertainty: Optional[dict]  # σ² on wrong vs correct pseudo-labels (runs with σ²)
+    num_images: int
+
+
+class _UncertaintyStats:
+    """Mean σ² (mean over D) on correctly vs wrongly pseudo-labelled labelled pixels, and its AUROC
+    as a detector of wrong pseudo-labels (on up to UNCERTAINTY_PIXELS_PER_IMAGE pixels per image)."""
+
+    def __init__(self, seed: int) -> None:
+        self.sums, self.counts = np.zeros(2), np.zeros(2, dtype=np.int64)  # [correct, wrong]
+        self.scores: list[np.ndarray] = []
+        self.wrong: list[np.ndarray] = []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, var_mean: np.ndarray, wrong: np.ndarray) -> None:
+        for k in (0, 1):
+            sel = wrong == bool(k)
+            self.sums[k] += float(var_mean[sel].astype(np.float64).sum())
+            self.counts[k] += int(sel.sum())
+        keep = self.rng.permutation(wrong.size)[:UNCERTAINTY_PIXELS_PER_IMAGE]
+        self.scores.append(var_mean[keep])
+        self.wrong.append(wrong[keep])
+
+    def result(self) -> dict:
+        from sklearn.metrics import roc_auc_score
+
+        means = [float(self.sums[k] / self.counts[k]) if self.counts[k] else None for k in (0, 1)]
+        wrong = np.concatenate(self.wrong) if self.wrong else np.zeros(0, dtype=bool)
+        both = 0 < wrong.sum() < wrong.size
+        return {
+            "mean_var_correct": means[0], "mean_var_wrong": means[1],
+            "ratio_wrong_to_correct": means[1] / means[0] if None not in means and means[0] > 0 else None,
+            "auroc_var_detects_wrong": float(roc_auc_score(wrong, np.concatenate(self.scores))) if both else None,
+            "pixels_correct": int(self.counts[0]), "pixels_wrong": int(self.counts[1]),
+        }
+
+
+def _pixels(feat: torch.Tensor) -> np.ndarray:
+    """[1, D, h, w] -> [h*w, D] float32 numpy."""
+    return feat[0].flatten(1).t().float().cpu().numpy()
+
+
+@torch.no_grad()
+def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: int = 500,
+                max_images: Optional[int] = None, seed: int = 0) -> ValPass:
+    """One pass over `dataset` (samples with `image` and `mask`), one image at a time."""
+    device = next(run.student.parameters()).device
+    e, c = run.cfg.eval, run.num_classes
+    mode = "sliding" if e.mode == "sliding" else "whole"
+    reservoir = ClassReservoir(c, max_per_class, seed)
+    stats = _UncertaintyStats(seed) if run.has_variance else None
+    examples: list[dict] = []
+    total = len(dataset) if max_images is None else min(len(dataset), max_images)
+    for i in range(total):
+        sample = dataset[i]
+        x, mask = sample["image"][None].to(device), sample["mask"]
+        out = run.student(x)
+        feat = out[run.feature]  # [1, D, h, w]
+        if run.normalized:
+            feat = F.normalize(feat, dim=1)
+        size = feat.shape[-2:]
+        pred = predict_logits(run.evaluated, x, c, mode, e.crop_size, e.stride).argmax(1)[0].cpu()  # [H, W]
+        gt_small = to_feature_resolution(mask[None], size)[0].flatten().numpy()
+        labelled = gt_small != IGNORE_INDEX
+        reservoir.add(_pixels(feat)[labelled], gt_small[labelled])
+        var_map = None
+        if stats is not None:
+            var_mean = out["var"].float().mean(1)  # [1, h, w]: σ² averaged over D
+            pred_small = to_feature_resolution(pred[None], size)[0].flatten().numpy()
+            stats.add(var_mean.flatten().cpu().numpy()[labelled], (pred_small != gt_small)[labelled])
+            if i < num_images:
+                up = F.interpolate(var_mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+                var_map = (up / up.sum()).squeeze().cpu().numpy()  # ℓ1-normalised over the image
+        if i < num_images:
+            examples.append({"image": denormalize(x[0]).permute(1, 2, 0).cpu().numpy(),
+                             "gt": mask.numpy(), "pred": pred.numpy(), "var": var_map})
+    feats, labels = reservoir.sample()
+    return ValPass(feats, labels, reservoir.offered, examples, stats.result() if stats else None, total)
