@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import davies_bouldin_score, silhouette_score
 
 from conftest import tiny_config
-from prcl.analysis import add_analyze_command, analyze_run, representation_quality, sample_per_class
+from prcl.analysis import AnalysisError, add_analyze_command, analyze_run, representation_quality, sample_per_class
 from prcl.analysis.embedding import ClassReservoir
 from prcl.analysis.prototypes import load_prototype_trajectory, method_prototypes, trajectory_drift
 from prcl.data.loaders import build_val_dataset
@@ -251,3 +252,13 @@ def test_student_and_evaluated_networks_of_a_checkpoint(runs):
 def test_missing_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist; give a run directory"):
         analyze_run(tmp_path / "nope")
+
+
+def test_trajectory_of_another_run_is_refused_before_any_work(runs, tmp_path):
+    cfg, _ = runs
+    run = tmp_path / "copy"
+    shutil.copytree(cfg.run_dir, run)
+    fake_trajectory(run / "prototype_trajectory.pt", 3, cfg.model.rep_dim)
+    with pytest.raises(AnalysisError, match=r"prototype_trajectory\.pt has 3 classes but the checkpoint 8; delete"):
+        analyze_run(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

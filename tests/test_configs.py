@@ -199,10 +199,6 @@ def test_representative_models_build(rel, classes, stem_convs, stride):
     assert out["mu"].shape == out["var"].shape == (1, 256, 16, 16)
 
 
-PR_VN_XFAIL = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="PRCLContrastiveLoss requires prototype=gdp for VNs; Table 8 'PR+VN' needs the GDPs kept for the "
-           "VNs while the positive is the local prototype")
 # config -> the contrastive loss it must build: (probabilistic, prototype, VNs, VN beta, memory bank)
 METHOD_VARIANTS = [
     ("voc/classic/92/baseline.yaml", (False, "local", False, 1.0, False)),
@@ -212,7 +208,7 @@ METHOD_VARIANTS = [
     ("ablations/92/pr_gdp.yaml", (True, "gdp", False, 1.0, False)),
     ("ablations/92/pr_gdp_mb65536.yaml", (True, "gdp", False, 1.0, True)),
     ("ablations/92/prcl_beta0.8.yaml", (True, "gdp", True, 0.8, False)),
-    pytest.param("ablations/92/pr_vn.yaml", (True, "local", True, 1.0, False), marks=PR_VN_XFAIL),
+    ("ablations/92/pr_vn.yaml", (True, "local", True, 1.0, False)),  # GDP kept only as the VN source
 ]
 
 

@@ -188,9 +188,10 @@ def test_gradcheck_info_nce_with_fixed_indices():
             KeySet(vns, None, torch.arange(k * 4).view(k, 1, 4),  # shared points: the matmul path
                    torch.tensor([[True, False, True, True], [False, True, True, False]]), points=True),
             KeySet(vns, torch.zeros_like(vns), torch.randint(k * 4, (k, a_n, 2), generator=g))]
-    for chunk in (7, 1 << 20):
+    for chunk, fast in ((7, True), (1 << 20, False)):  # tiny chunks: many loop iterations
         assert torch.autograd.gradcheck(
-            lambda m, v: info_nce(m, v, keys, temperature=0.5, chunk_elements=chunk), (anchors, anchor_var))
+            lambda m, v: info_nce(m, v, keys, temperature=0.5, chunk_elements=chunk), (anchors, anchor_var),
+            fast_mode=fast)
     cos_keys = [KeySet(ks.mu, None, ks.index, ks.valid, ks.points) for ks in keys]
     assert torch.autograd.gradcheck(lambda m: info_nce(m, None, cos_keys, temperature=0.5), (anchors,))
 
@@ -301,7 +302,7 @@ def test_memory_bank_is_a_fifo_of_fixed_size():
     (dict(temperature=0.0), "temperature"),
     (dict(prototype="mean"), "prototype"),
     (dict(probabilistic=False), "prototype='gdp' needs probabilistic"),
-    (dict(prototype="local"), "vn_enabled=True needs"),
+    (dict(probabilistic=False, prototype="local"), "vn_enabled=True needs"),
     (dict(strong_threshold=1.5), "strong_threshold"),
     (dict(vn_scale="sigma"), "vn_scale"),
     (dict(mls_reduction="max"), "mls_reduction"),
@@ -360,3 +361,20 @@ def test_shared_point_matmul_path_matches_direct_mls():
     single = shared_point_similarity(mu.float(), var.float(), points.float())
     assert (single.double() - direct).abs().max() < 1e-5
     torch.testing.assert_close(shared_point_similarity(mu, None, points), mu @ points.transpose(1, 2))
+
+
+def test_local_positive_with_gdp_virtual_negatives():
+    """Table 8 '+PR+VN': local prototypes are the positives, VNs still come from a maintained GDP."""
+    torch.manual_seed(0)
+    loss_fn = PRCLContrastiveLoss(4, 8, temperature=0.5, prototype="local", num_anchors=4, num_negatives=4)
+    assert loss_fn.gdp is not None and loss_fn.vn_enabled
+    mu = torch.randn(2, 8, 5, 5, requires_grad=True)
+    var = torch.rand(2, 8, 5, 5) + 0.1
+    labels = torch.randint(0, 4, (2, 5, 5))
+    probs = torch.full((2, 4, 5, 5), 0.25)
+    loss, stats = loss_fn(mu, var, labels, torch.ones(2, 5, 5, dtype=torch.bool), probs)
+    loss.backward()
+    assert torch.isfinite(loss) and mu.grad is not None
+    assert loss_fn.gdp.initialized.all() and stats["vn_spread"] > 0
+    present = torch.isfinite(loss_fn.last_local_mean).all(1)
+    assert present.all()

@@ -67,3 +67,14 @@ def test_existing_run_dir_and_changed_resume_are_refused(make_config):
         Trainer(changed, resume=True)
     Trainer(changed, resume=True, force=True)  # allowed when forced
     Trainer(cfg, overwrite=True)
+
+
+def test_prototype_trajectory_is_logged(make_config):
+    cfg = make_config("method.name=prcl", "train.iterations=6", "train.eval_every=6", "data.max_val_images=2",
+                      "train.log_prototypes_every=2")
+    train(cfg)
+    traj = torch.load(cfg.run_dir / "prototype_trajectory.pt", weights_only=True)
+    assert traj["iterations"].tolist() == [2, 4, 6]
+    assert traj["local"].shape == traj["gdp"].shape == (3, 8, 16)
+    seen = torch.isfinite(traj["gdp"]).all(2)
+    assert seen[0].any() and (seen[1:] >= seen[:-1]).all()  # a class once seen keeps its GDP

@@ -128,6 +128,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     threads: Optional[int] = None  # torch CPU threads; null = torch default
+    log_prototypes_every: int = 0  # >0: record prototypes every K iterations (prototype_trajectory.pt, Fig. 8)
     skip_nonfinite: bool = False  # on a NaN/Inf loss or gradient: false = stop (naming the last good
     # checkpoint), true = skip that step (undoing its BatchNorm/prototype updates) and count it
 
@@ -174,7 +175,7 @@ UNIT_INTERVAL = (
     "method.contrastive.weak_threshold", "method.contrastive.ema_momentum",
     "method.contrastive.gdp_forgetting", "data.color_jitter", "data.blur", "optim.momentum",
 )
-NON_NEGATIVE = ("optim.prob_head_lr", "optim.weight_decay", "data.num_workers", "method.contrastive.vn.num")
+NON_NEGATIVE = ("train.log_prototypes_every", "optim.prob_head_lr", "optim.weight_decay", "data.num_workers", "method.contrastive.vn.num")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
 from prcl.analysis.embedding import ClassReservoir
+from prcl.analysis.errors import AnalysisError
 from prcl.analysis.prototypes import TRAJECTORY_FILE, Prototypes, load_prototype_trajectory, method_prototypes
 from prcl.config import Config, apply_overrides
 from prcl.data.transforms import denormalize
@@ -38,7 +39,7 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {n}: not JSON ({err}); remove the line") from err
+                raise AnalysisError(f"{path}, line {n}: not JSON ({err}); remove the line") from err
     return records
 
 
@@ -101,6 +102,10 @@ def load_run(path: Path, *, checkpoint: str = "last", device: torch.device | str
         run.metrics = read_jsonl(run_dir / "metrics.jsonl")
         if (run_dir / TRAJECTORY_FILE).is_file():
             run.trajectory = load_prototype_trajectory(run_dir / TRAJECTORY_FILE)
+            classes = next(v for k, v in run.trajectory.items() if k != "iterations").shape[1]
+            if classes != run.num_classes:
+                raise AnalysisError(f"{run_dir / TRAJECTORY_FILE} has {classes} classes but the checkpoint "
+                                    f"{run.num_classes}; delete the file (it is from another run)")
     return run
 
 
@@ -188,5 +193,8 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
         if i < num_images:
             examples.append({"image": denormalize(x[0]).permute(1, 2, 0).cpu().numpy(),
                              "gt": mask.numpy(), "pred": pred.numpy(), "var": var_map})
+    if not reservoir.offered.any():
+        raise AnalysisError(f"no labelled pixel in the {total} val images of {run.label} "
+                            f"({run.cfg.data.dataset} at {run.cfg.data.root}); check the val masks or --max-images")
     feats, labels = reservoir.sample()
     return ValPass(feats, labels, reservoir.offered, examples, stats.result() if stats else None, total)

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from prcl.analysis.errors import AnalysisError
 from prcl.probabilistic import EMAPrototypes, GlobalDistributionPrototypes
 
 TRAJECTORY_FILE = "prototype_trajectory.pt"
@@ -59,13 +60,14 @@ def method_prototypes(method_state: dict) -> Optional[Prototypes]:
 
 
 def load_prototype_trajectory(path: Path) -> dict[str, np.ndarray]:
-    """Read and check `prototype_trajectory.pt`: {"iterations": [T], kind: [T, C, D] float64}."""
+    """Read and check `prototype_trajectory.pt`: {"iterations": [T], kind: [T, C, D] float64};
+    raises AnalysisError naming the file when it does not have that format."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a loadable prototype trajectory ({type(err).__name__}: {err})") from err
+        raise AnalysisError(f"{path} is not a loadable prototype trajectory ({type(err).__name__}: {err})") from err
     if not isinstance(data, dict) or "iterations" not in data:
-        raise ValueError(f"{path} must hold a dict with 'iterations' and some of {TRAJECTORY_KINDS}")
+        raise AnalysisError(f"{path} must hold a dict with 'iterations' and some of {TRAJECTORY_KINDS}")
     iterations = torch.as_tensor(data["iterations"]).long().numpy()
     out: dict[str, np.ndarray] = {"iterations": iterations}
     for kind in TRAJECTORY_KINDS:
@@ -73,14 +75,14 @@ def load_prototype_trajectory(path: Path) -> dict[str, np.ndarray]:
             continue
         arr = torch.as_tensor(data[kind]).double().numpy()
         if arr.ndim != 3 or arr.shape[0] != iterations.shape[0]:
-            raise ValueError(f"{path}: '{kind}' must be [T, C, D] with T = len(iterations) = "
+            raise AnalysisError(f"{path}: '{kind}' must be [T, C, D] with T = len(iterations) = "
                              f"{iterations.shape[0]}, got {list(arr.shape)}")
         out[kind] = arr
     if len(out) == 1:
-        raise ValueError(f"{path} holds none of the prototype kinds {TRAJECTORY_KINDS}")
+        raise AnalysisError(f"{path} holds none of the prototype kinds {TRAJECTORY_KINDS}")
     shapes = {out[k].shape[1:] for k in TRAJECTORY_KINDS if k in out}
     if len(shapes) != 1:
-        raise ValueError(f"{path}: the prototype kinds disagree on [C, D]: {sorted(shapes)}")
+        raise AnalysisError(f"{path}: the prototype kinds disagree on [C, D]: {sorted(shapes)}")
     return out
 
 

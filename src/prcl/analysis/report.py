@@ -12,6 +12,7 @@ with `metrics.json`, PNGs and a `report.md` that embeds them.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from prcl.analysis.collect import RunData, ValPass, collect_val, load_run
 from prcl.analysis.embedding import pca_2d, representation_quality, sample_per_class, tsne_2d
+from prcl.analysis.errors import AnalysisError
 from prcl.analysis.figures import (Cell, EmbeddingPanel, Markers, RunLogs, plot_curves,
                                    plot_embedding_panels, plot_image_grid, plot_trajectories)
 from prcl.analysis.markdown import write_report
@@ -111,7 +113,7 @@ def _trajectory_figure(run: RunData, out: Path, suffix: str) -> tuple[Path, dict
     finite = {k: np.isfinite(traj[k]).all(-1) for k in kinds}  # [T, C]
     rows = np.concatenate([traj[k][finite[k]] for k in kinds])
     if rows.shape[0] < 2:
-        raise ValueError(f"{TRAJECTORY_FILE} holds fewer than 2 defined prototype positions")
+        raise AnalysisError(f"{run.run_dir / TRAJECTORY_FILE} holds fewer than 2 defined prototype positions")
     flat = pca_2d(rows)
     projected, start = {}, 0
     for k in kinds:
@@ -212,19 +214,21 @@ def analyze_run(
     device: Optional[str] = None, overrides: Sequence[str] = (),
 ) -> dict:
     """Analyse `run` (a run directory or checkpoint), compared with `other` when given; writes
-    metrics.json, the PNGs and report.md to `out` (default `<run>/analysis`) and returns the metrics
-    with the figure paths. `max_images` limits the val images scored (default: all)."""
+    metrics.json, the PNGs and report.md to `out` (default `<run>/analysis`, or
+    `<run>/analysis_vs_<other>`) and returns the metrics with the figure paths. Both runs are scored on
+    the val set of `run`'s config; `max_images` limits the val images scored (default: all)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = [Path(run)] + ([Path(other)] if other is not None else [])
     runs = [load_run(p, checkpoint=checkpoint, device=dev, label=label, overrides=overrides)
             for p, label in zip(paths, _labels(paths))]
     base = runs[0].run_dir or runs[0].checkpoint.parent
-    out = Path(out) if out is not None else base / "analysis"
+    default = "analysis" if len(runs) == 1 else "analysis_vs_" + re.sub(r"[^\w.-]+", "_", runs[1].label)
+    out = Path(out) if out is not None else base / default
     out.mkdir(parents=True, exist_ok=True)
     info, val = build_val_dataset(runs[0].cfg)
     for r in runs:
         if r.num_classes != info.num_classes:
-            raise ValueError(f"{r.checkpoint} predicts {r.num_classes} classes but the val set of "
+            raise AnalysisError(f"{r.checkpoint} predicts {r.num_classes} classes but the val set of "
                              f"{runs[0].label} ({runs[0].cfg.data.dataset}) has {info.num_classes}")
     notes: list[str] = []
     figures: dict[str, Path] = {}

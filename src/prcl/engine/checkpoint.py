@@ -58,6 +58,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch: every state that `rng_state` captures starts reproducibly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """RNG states of python, numpy and torch in a `weights_only`-loadable form."""
     np_state = np.random.get_state()

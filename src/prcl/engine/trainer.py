@@ -26,8 +26,10 @@ from prcl.config import Config, ConfigError, save_config, to_dict
 from prcl.data.loaders import build_train_data
 from prcl.data.sources import copy_split
 from prcl.engine import distributed as dist
-from prcl.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from prcl.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_all,
+                                    set_rng_state)
 from prcl.engine.ema import EMATeacher
+from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
 from prcl.engine.schedules import poly_scheduler
 from prcl.methods import build_method
@@ -105,7 +107,7 @@ class Trainer:
         )
         self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, o.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16" and self.device.type == "cuda")
-        torch.manual_seed(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
+        seed_all(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
         if state:
             self._load_state(state)
         self.student = (
@@ -118,6 +120,7 @@ class Trainer:
         elif self.main:
             self._drop_records_after_checkpoint()
         self.tb = None
+        self.trajectory = PrototypeTrajectory(self.run_dir / "prototype_trajectory.pt")
         self._stop_signal: Optional[int] = None
 
     # ----------------------------------------------------------------- run directory and state
@@ -213,6 +216,8 @@ class Trainer:
                                       f"space, then resume with `prcl train --resume {self.run_dir}`") from err
         if name == "last.pt":
             self.saved_iteration = iteration
+            if self.main:
+                self.trajectory.save()
         dist.barrier()
         return path
 
@@ -336,6 +341,8 @@ class Trainer:
                 values, stats = self.train_step(it)
                 train_seconds += time.time() - tic
                 done = it + 1
+                if cfg.train.log_prototypes_every and done % cfg.train.log_prototypes_every == 0:
+                    self.trajectory.record(done, getattr(self.method, "contrastive", None))
                 if done % cfg.train.log_every == 0 or done == T:
                     lr = self.optimizer.param_groups[0]["lr"]
                     bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")

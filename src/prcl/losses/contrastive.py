@@ -104,9 +104,9 @@ class PRCLContrastiveLoss(nn.Module):
                  f"prototype must be 'gdp', 'local' or 'ema', got {prototype!r}")
         _require(probabilistic or prototype != "gdp",
                  "prototype='gdp' needs probabilistic=True (the GDP is a Gaussian); use 'local' or 'ema'")
-        _require(not vn_enabled or (probabilistic and prototype == "gdp"),
-                 "vn_enabled=True needs probabilistic=True and prototype='gdp' (VNs are drawn from the "
-                 "GDP); set vn_enabled=False")
+        _require(not vn_enabled or probabilistic,
+                 "vn_enabled=True needs probabilistic=True (VNs are drawn from the GDP, a Gaussian); "
+                 "set vn_enabled=False")
         _require(vn_num >= 1 and vn_beta >= 0, f"vn_num must be >= 1 and vn_beta >= 0, got "
                  f"{vn_num} and {vn_beta}")
         _require(vn_scale in ("variance", "std"), f"vn_scale must be 'variance' or 'std', got {vn_scale!r}")
@@ -125,14 +125,17 @@ class PRCLContrastiveLoss(nn.Module):
         self.normalize = mls_normalize or not probabilistic
         self.mls_reduction, self.mls_include_const = mls_reduction, mls_include_const
         self.chunk_elements = chunk_elements
+        # The GDP is kept whenever it is the positive or the source of VNs (Table 8 "+PR+VN" uses
+        # local prototypes as positives and GDP-drawn VNs).
         self.gdp = (GlobalDistributionPrototypes(num_classes, dim, forgetting=gdp_forgetting)
-                    if prototype == "gdp" else None)
+                    if prototype == "gdp" or vn_enabled else None)
         self.ema = (EMAPrototypes(num_classes, dim, momentum=ema_momentum, with_var=probabilistic)
                     if prototype == "ema" else None)
         self.bank = (ClassMemoryBank(num_classes, dim, memory_bank_size, with_var=probabilistic)
                      if memory_bank_size > 0 else None)
         self.record_sample = False
         self.last_sample: Optional[ContrastSample] = None
+        self.last_local_mean: Optional[Tensor] = None
 
     @classmethod
     def for_method(cls, method: str, num_classes: int, dim: int, *, temperature: float,
@@ -180,6 +183,9 @@ class PRCLContrastiveLoss(nn.Module):
             moved = present & was
             if moved.any():
                 drift = (self.gdp.mean[moved] - before[moved]).norm(dim=1).mean()
+        # [C, D] local prototypes of this step, NaN for absent classes (prototype trajectories, Fig. 8)
+        self.last_local_mean = torch.where(present[:, None], local_mean, torch.full_like(local_mean, float("nan")))
+        if self.prototype == "gdp":
             mean, var, ok = self.gdp.mean, self.gdp.var, self.gdp.initialized
         elif self.ema is not None:
             ids = torch.nonzero(present).flatten()
@@ -297,7 +303,7 @@ class PRCLContrastiveLoss(nn.Module):
         if self.vn_enabled:
             sample.vn, sample.vn_classes, vn_keys = self._virtual_negatives(
                 sample.anchor_classes, pix_mu.dtype, generator)
-            vn_spread = self._vn_spread(vn_keys, sample.vn_classes, proto_mean)
+            vn_spread = self._vn_spread(vn_keys, sample.vn_classes)
             keys.append(vn_keys)
         if self.bank is not None:
             sample.bank_index, sample.bank_valid = self.bank.sample_index(
@@ -307,9 +313,12 @@ class PRCLContrastiveLoss(nn.Module):
         return keys, vn_spread
 
     @torch.no_grad()
-    def _vn_spread(self, vn_keys: KeySet, vn_classes: Tensor, proto_mean: Tensor) -> Tensor:
+    def _vn_spread(self, vn_keys: KeySet, vn_classes: Tensor) -> Tensor:
         """Mean L2 distance of the VNs to their GDP mean, in the space the similarity sees."""
-        return (vn_keys.mu.view(*vn_classes.shape, -1) - proto_mean[vn_classes]).norm(dim=2).mean().double()
+        gdp_mean = self.gdp.mean.to(vn_keys.mu.dtype)
+        if self.normalize:
+            gdp_mean = F.normalize(gdp_mean, dim=1)
+        return (vn_keys.mu.view(*vn_classes.shape, -1) - gdp_mean[vn_classes]).norm(dim=2).mean().double()
 
     @torch.no_grad()
     def _stats(self, loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, pix_label) -> Dict[str, float]:
