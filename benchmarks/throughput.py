@@ -4,10 +4,10 @@ Runs the real `Trainer.train_step` (data loading included) on the built-in datas
 On CUDA the peak is `torch.cuda.max_memory_allocated`; on CPU the growth of the process's peak RSS
 (coarse: it includes allocator caching).
 
-    python benchmarks/throughput.py --methods supervised classmix baseline prcl --steps 5 \
+    python benchmarks/throughput.py --methods supervised,classmix,baseline,prcl --steps 5 \
         model.backbone=resnet18 data.crop_size=96 data.batch_size=8
     # paper setting on a GPU (needs ImageNet weights or model.pretrained=false):
-    python benchmarks/throughput.py --device cuda --methods baseline prcl model.backbone=resnet101 \
+    python benchmarks/throughput.py --device cuda --methods baseline,prcl model.backbone=resnet101 \
         model.backbone_channels=null model.output_stride=8 data.crop_size=512 data.batch_size=8 train.amp=bf16
 """
 
@@ -56,7 +56,7 @@ def measure(method: str, overrides: list[str], steps: int, warmup: int, device: 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=["supervised", "classmix", "baseline", "prcl"])
+    p.add_argument("--methods", default="supervised,classmix,baseline,prcl", help="comma-separated")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -69,7 +69,7 @@ def main() -> int:
     print(f"device={args.device} threads={torch.get_num_threads()} overrides={' '.join(args.overrides)}")
     print("| method | s / iteration | images / s | peak memory (MiB) |")
     print("| --- | --- | --- | --- |")
-    for m in args.methods:
+    for m in args.methods.split(","):
         r = measure(m, args.overrides, args.steps, args.warmup, args.device)
         print(f"| {m} | {r['seconds_per_iteration']:.3f} | {r['images_per_second']:.1f} | {r['peak_memory_mib']:.0f} |",
               flush=True)

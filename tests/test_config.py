@@ -83,3 +83,10 @@ def test_apply_overrides_revalidates():
     assert cfg.data.root == "/elsewhere"
     with pytest.raises(ConfigError):
         apply_overrides(cfg, ["eval.mode=tiles"])
+
+
+def test_demo_yaml_equals_the_defaults():
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert to_dict(load_config(demo)) == to_dict(load_config())

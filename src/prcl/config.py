@@ -30,7 +30,7 @@ class DataConfig:
     val_split: str = "splits/val.txt"
     crop_size: int = 96  # square training crop (paper: 512 VOC, 768 Cityscapes)
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop
-    batch_size: int = 8  # global labelled batch (split across processes)
+    batch_size: int = 4  # global labelled batch (split across processes)
     unlabeled_batch_size: Optional[int] = None  # global unlabelled batch; null = batch_size
     num_workers: int = 2
     color_jitter: float = 0.5  # probability of colour jitter on the strong view
@@ -45,10 +45,10 @@ class ModelConfig:
     output_stride: int = 16  # 8 or 16
     pretrained: bool = False  # ImageNet weights (timm cache / hub, or `weights`)
     weights: Optional[str] = None  # local ImageNet checkpoint file for the backbone
-    aspp_channels: int = 256
-    low_level_channels: int = 48  # fused feature = aspp_channels + low_level_channels (304)
-    head_channels: int = 256  # hidden width of segmentation/representation heads
-    rep_dim: int = 256  # D, the representation dimension
+    aspp_channels: int = 64  # paper: 256
+    low_level_channels: int = 48  # fused feature = aspp_channels + low_level_channels (paper: 256 + 48 = 304)
+    head_channels: int = 64  # hidden width of segmentation/representation heads (paper: 256)
+    rep_dim: int = 64  # D, the representation dimension (paper: 256)
     prob_activation: str = "sigmoid"  # sigmoid | softplus: output of the probability head (σ²)
 
 
@@ -121,8 +121,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1200
-    eval_every: int = 400
+    iterations: int = 1000
+    eval_every: int = 500
     checkpoint_every: int = 200
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda

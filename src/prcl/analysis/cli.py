@@ -27,7 +27,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze_run(
         args.run, args.out, args.other, num_images=args.num_images, max_per_class=args.max_per_class,
         seed=args.seed, checkpoint=args.checkpoint, max_images=args.max_images, device=args.device,
-        tsne_per_class=args.tsne_per_class, vn_betas=args.vn_betas, overrides=args.override,
+        tsne_per_class=args.tsne_per_class, vn_betas=args.vn_betas, vn_per_class=args.vn_per_class,
+        overrides=args.override,
     )
     _print_summary(result)
     return 0
@@ -47,6 +48,7 @@ def add_analyze_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="score only the first N val images (default: all)")
     p.add_argument("--tsne-per-class", type=int, default=200, help="pixels per class in the t-SNE plots")
     p.add_argument("--vn-betas", type=float, nargs=2, metavar="BETA", help="the two β of Fig. 9 (default: β, 10β)")
+    p.add_argument("--vn-per-class", type=int, default=20, help="virtual negatives drawn per class for Fig. 9")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",

@@ -51,13 +51,13 @@ class RunData:
     run_dir: Optional[Path]  # None when only a checkpoint file was given
     checkpoint: Path
     cfg: Config
-    state: dict
+    state: dict  # iteration, num_classes, class_names of the checkpoint
     evaluated: torch.nn.Module
     student: torch.nn.Module
     train_log: list[dict] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
     trajectory: Optional[dict] = None
-    prototypes: Optional[Prototypes] = None
+    prototypes: dict[str, Prototypes] = field(default_factory=dict)  # by kind: gdp, ema
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +73,7 @@ class RunData:
 
     @property
     def feature(self) -> str:
-        """The representation analysed: μ of the representation head, else the 304-ch fused feature."""
+        """The representation analysed: μ of the representation head, else the fused decoder feature."""
         return "mu" if getattr(self.student, "rep_head", None) is not None else "fused"
 
     @property
@@ -95,7 +95,8 @@ def load_run(path: Path, *, checkpoint: str = "last", device: torch.device | str
     student = model_from_checkpoint(ckpt, device, which="student")[0] if state.get("teacher") is not None else evaluated
     apply_overrides(cfg, overrides)
     run_dir = path if path.is_dir() else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None)
-    run = RunData(label or (run_dir or ckpt).name, run_dir, ckpt, cfg, state, evaluated, student,
+    slim = {k: state.get(k) for k in ("iteration", "num_classes", "class_names")}  # drop weights, optimiser
+    run = RunData(label or (run_dir or ckpt).name, run_dir, ckpt, cfg, slim, evaluated, student,
                   prototypes=method_prototypes(state.get("method") or {}))
     if run_dir is not None:
         run.train_log = read_jsonl(run_dir / "train_log.jsonl")
@@ -178,7 +179,9 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
         if run.normalized:
             feat = F.normalize(feat, dim=1)
         size = feat.shape[-2:]
-        pred = predict_logits(run.evaluated, x, c, mode, e.crop_size, e.stride).argmax(1)[0].cpu()  # [H, W]
+        same = run.evaluated is run.student and mode == "whole"
+        logits = out["logits"] if same else predict_logits(run.evaluated, x, c, mode, e.crop_size, e.stride)
+        pred = logits.argmax(1)[0].cpu()  # [H, W]
         gt_small = to_feature_resolution(mask[None], size)[0].flatten().numpy()
         labelled = gt_small != IGNORE_INDEX
         reservoir.add(_pixels(feat)[labelled], gt_small[labelled])

@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from prcl.analysis.errors import AnalysisError
+
 
 def sample_per_class(labels: np.ndarray, max_per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of at most `max_per_class` items of every class in `labels` [N], drawn uniformly
@@ -98,12 +100,12 @@ def representation_quality(
 
 def tsne_2d(points: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """t-SNE [N, D] -> [N, 2] (scikit-learn, PCA initialisation); the perplexity is lowered for
-    small N (it must stay below N)."""
+    small N (it must stay below N). Raises AnalysisError below 4 points."""
     from sklearn.manifold import TSNE
 
     n = points.shape[0]
     if n < 4:
-        raise ValueError(f"t-SNE needs at least 4 points, got {n}")
+        raise AnalysisError(f"t-SNE needs at least 4 points, got {n}")
     perplexity = min(perplexity, (n - 1) / 3)
     tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
     return tsne.fit_transform(np.asarray(points, dtype=np.float64))

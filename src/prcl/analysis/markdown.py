@@ -12,7 +12,9 @@ SECTIONS = (
     ("predictions", "Predictions (Figs. 4-5)",
      "Image | ground truth | prediction of the evaluated network (the teacher when the method has one)."),
     ("tsne", "Representations, t-SNE (Fig. 6)",
-     "Pixel representations of val images coloured by ground-truth class; ★ = prototypes."),
+     "Pixel representations of val images (the student's, stride 4) coloured by ground-truth class; ★ = the "
+     "prototypes of the checkpoint (GDP or EMA; class means of the sample for methods without). One t-SNE per "
+     "run, shared with the virtual negatives below."),
     ("virtual_negatives", "Virtual negatives (Fig. 9)",
      "Virtual negatives (Eq. 10, ▲) drawn from the GDP of the last checkpoint (★) for two virtual radii β, "
      "embedded in the same t-SNE as the pixels (faded). The title gives their mean distance to the GDP mean "

@@ -41,22 +41,24 @@ def _submodule_state(method_state: dict, name: str) -> tuple[str, dict]:
     return prefix, {k[len(prefix):]: v for k, v in method_state.items() if k.startswith(prefix)}
 
 
-def method_prototypes(method_state: dict) -> Optional[Prototypes]:
-    """The GDP (Eq. 9) or EMA prototypes (Eq. 16) held in a checkpoint's `method` state, else None."""
+def method_prototypes(method_state: dict) -> dict[str, Prototypes]:
+    """The GDP (Eq. 9) and/or EMA prototypes (Eq. 16) held in a checkpoint's `method` state, by kind
+    ({} for methods without; a run whose positives are local prototypes may still keep a GDP for VNs)."""
+    found: dict[str, Prototypes] = {}
     _, gdp = _submodule_state(method_state, "gdp")
     if "precision" in gdp:
         c, d = gdp["precision"].shape
         module = GlobalDistributionPrototypes(c, d)
         module.load_state_dict(gdp)
-        return Prototypes("gdp", module.mean.numpy(), module.var.numpy(), module.initialized.numpy())
+        found["gdp"] = Prototypes("gdp", module.mean.numpy(), module.var.numpy(), module.initialized.numpy())
     _, ema = _submodule_state(method_state, "ema")
     if "mean" in ema:
         c, d = ema["mean"].shape
         module = EMAPrototypes(c, d, with_var=ema.get("var") is not None)
         module.load_state_dict(ema)
         var = None if module.var is None else module.var.numpy()
-        return Prototypes("ema", module.mean.numpy(), var, module.initialized.numpy())
-    return None
+        found["ema"] = Prototypes("ema", module.mean.numpy(), var, module.initialized.numpy())
+    return found
 
 
 def load_prototype_trajectory(path: Path) -> dict[str, np.ndarray]:

@@ -48,9 +48,11 @@ def _unit(x: np.ndarray, on: bool) -> np.ndarray:
 
 
 def _prototype_points(run: RunData, vp: ValPass) -> tuple[np.ndarray, np.ndarray, str]:
-    """Points to mark in Fig. 6: the checkpoint's GDP / EMA prototypes, else the class means of
-    the pixel sample; in the space of the sample (unit vectors when μ is normalised)."""
-    p = run.prototypes
+    """Points to mark in Fig. 6: the checkpoint's prototypes (those of `method.contrastive.prototype`
+    when kept, else its GDP), else the class means of the pixel sample; in the space of the sample
+    (unit vectors when μ is normalised)."""
+    kind = run.cfg.method.contrastive.prototype
+    p = run.prototypes.get(kind) or run.prototypes.get("gdp")
     if p is not None and run.feature == "mu" and p.initialized.any():
         ids = np.flatnonzero(p.initialized)
         return _unit(p.mean[ids], run.normalized), ids, {"gdp": "GDP mean", "ema": "EMA prototype"}[p.kind]
@@ -62,7 +64,7 @@ def _prototype_points(run: RunData, vp: ValPass) -> tuple[np.ndarray, np.ndarray
 def _virtual_negatives(run: RunData, betas: Sequence[float], per_class: int, seed: int) -> dict:
     """Eq. 10 VNs of every initialised GDP class for each β, as the loss draws them (normalised
     afterwards when μ is); returns {β: (points [G*n, D], classes [G*n], mean distance to the mean)}."""
-    p = run.prototypes
+    p = run.prototypes["gdp"]
     ids = np.flatnonzero(p.initialized)
     mean, var = torch.from_numpy(p.mean[ids]), torch.from_numpy(p.var[ids])
     scale = run.cfg.method.contrastive.vn.scale
@@ -80,11 +82,12 @@ def _virtual_negatives(run: RunData, betas: Sequence[float], per_class: int, see
 
 def _embedding_figures(run: RunData, vp: ValPass, out: Path, suffix: str, *, seed: int, per_class: int,
                        betas: Sequence[float], vn_per_class: int) -> tuple[dict, Optional[dict]]:
-    """Figs. 6 and 9 from one t-SNE of [pixels, prototypes, VNs(β1), VNs(β2)]."""
+    """Figs. 6 and 9 from one t-SNE of [pixels, prototypes, VNs(β1), VNs(β2)]; VNs are drawn
+    from the checkpoint's GDP."""
     keep = sample_per_class(vp.labels, per_class, seed)
     feats, labels = vp.features[keep].astype(np.float64), vp.labels[keep]
     protos, proto_ids, proto_name = _prototype_points(run, vp)
-    has_gdp = run.prototypes is not None and run.prototypes.kind == "gdp" and run.feature == "mu"
+    has_gdp = "gdp" in run.prototypes and run.prototypes["gdp"].initialized.any() and run.feature == "mu"
     vns = _virtual_negatives(run, betas, vn_per_class, seed) if has_gdp else {}
     blocks = [feats, protos] + [v[0] for v in vns.values()]
     emb = tsne_2d(np.concatenate(blocks), seed)
@@ -97,7 +100,7 @@ def _embedding_figures(run: RunData, vp: ValPass, out: Path, suffix: str, *, see
     if not vns:
         return figures, None
     panels = [EmbeddingPanel(f"{run.label}: virtual negatives, β = {beta:g} (mean distance {v[2]:.2g})",
-                             parts[0], labels, [Markers(part, v[1], "^", "virtual negative", 28), proto_markers],
+                             parts[0], labels, [proto_markers, Markers(part, v[1], "^", "virtual negative", 28)],
                              alpha=0.25)
               for (beta, v), part in zip(vns.items(), parts[2:])]
     figures[f"virtual_negatives{suffix}"] = plot_embedding_panels(panels, run.class_names,
@@ -187,9 +190,13 @@ def _analyze_one(run: RunData, vp: ValPass, out: Path, suffix: str, notes: list[
     metrics["uncertainty"] = vp.uncertainty
     beta = run.cfg.method.contrastive.vn.beta
     betas = list(vn_betas) if vn_betas else [beta, 10 * beta if beta > 0 else 1.0]
-    figures, metrics["virtual_negatives"] = _embedding_figures(
-        run, vp, out, suffix, seed=seed, per_class=tsne_per_class, betas=betas, vn_per_class=vn_per_class)
-    if metrics["virtual_negatives"] is None:
+    try:
+        figures, metrics["virtual_negatives"] = _embedding_figures(
+            run, vp, out, suffix, seed=seed, per_class=tsne_per_class, betas=betas, vn_per_class=vn_per_class)
+    except AnalysisError as err:
+        figures, metrics["virtual_negatives"] = {}, None
+        notes.append(f"{run.label}: no t-SNE figures (Figs. 6, 9): {err}")
+    if metrics["virtual_negatives"] is None and f"tsne{suffix}" in figures:
         kind = "no representation head" if run.feature == "fused" else \
             f"prototype={run.cfg.method.contrastive.prototype}"
         notes.append(f"{run.label}: no virtual-negative figure (Fig. 9): its checkpoint holds no GDP "
@@ -200,7 +207,11 @@ def _analyze_one(run: RunData, vp: ValPass, out: Path, suffix: str, notes: list[
         notes.append(f"{run.label}: no probability maps (Fig. 7): method {run.cfg.method.name} has no σ² head")
     metrics["prototype_drift"] = None
     if run.trajectory is not None:
-        figures[f"prototype_trajectories{suffix}"], metrics["prototype_drift"] = _trajectory_figure(run, out, suffix)
+        try:
+            path, metrics["prototype_drift"] = _trajectory_figure(run, out, suffix)
+            figures[f"prototype_trajectories{suffix}"] = path
+        except AnalysisError as err:
+            notes.append(f"{run.label}: no prototype trajectories (Fig. 8): {err}")
     else:
         notes.append(f"{run.label}: no prototype trajectories (Fig. 8): {TRAJECTORY_FILE} is absent; train with "
                      "train.log_prototypes_every=K (K > 0) to record them")
