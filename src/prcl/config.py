@@ -121,8 +121,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000
-    eval_every: int = 500
+    iterations: int = 800
+    eval_every: int = 400
     checkpoint_every: int = 200
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
