@@ -1,4 +1,4 @@
-"""The `prcl` command line: train | eval | predict | data | configs."""
+"""The `prcl` command line: train | eval | predict | data | configs | analyze."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import os
 
+from prcl.analysis.cli import add_analyze_command
 from prcl.config import Config, ConfigError, load_config
 from prcl.data.cli import add_data_commands
 from prcl.experiments import add_configs_commands
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
     add_configs_commands(sub)
+    add_analyze_command(sub)
     return parser
 
 

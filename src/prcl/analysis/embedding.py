@@ -108,12 +108,7 @@ def tsne_2d(points: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.n
         raise AnalysisError(f"t-SNE needs at least 4 points, got {n}")
     perplexity = min(perplexity, (n - 1) / 3)
     tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
-    import time, threadpoolctl
-    daz = bool(np.array([1e-310]) * 1.0 == 0)
-    t = time.process_time(); w = time.time(); r = tsne.fit_transform(np.asarray(points, dtype=np.float64))
-    with open("/tmp/ana/tsnelog.txt", "a") as f:
-        print("TSNE", points.shape, round(time.process_time() - t, 2), round(time.time() - w, 2), "daz", daz, tsne.n_iter_, file=f)
-    return r
+    return tsne.fit_transform(np.asarray(points, dtype=np.float64))
 
 
 def pca_2d(points: np.ndarray) -> np.ndarray:

@@ -90,7 +90,6 @@ class Trainer:
             rank=dist.rank(), world=dist.world_size(),
         )
         self.info, self.val_dataset = data.info, data.val
-        self.labelled, self.unlabelled = iter(data.labelled), iter(data.unlabelled) if data.unlabelled is not None else None
 
         torch.manual_seed(cfg.seed)  # identical initial weights (student and teacher) on every rank
         self.model = build_model(cfg, self.info.num_classes).to(self.device)
@@ -122,6 +121,9 @@ class Trainer:
         self.tb = None
         self.trajectory = PrototypeTrajectory(self.run_dir / "prototype_trajectory.pt")
         self._stop_signal: Optional[int] = None
+        with torch.random.fork_rng(devices=[]):  # last, so a failure above starts no DataLoader workers
+            self.labelled = iter(data.labelled)
+            self.unlabelled = iter(data.unlabelled) if data.unlabelled is not None else None
 
     # ----------------------------------------------------------------- run directory and state
     def _resume_state(self, force: bool) -> dict:
@@ -371,6 +373,8 @@ class Trainer:
                 signal.signal(s, h)
             if self.tb is not None:
                 self.tb.close()
+            for loader in (self.labelled, self.unlabelled):  # stop workers now, not at interpreter exit
+                getattr(loader, "_shutdown_workers", lambda: None)()
         bar.close()
         run_its = T - self.start_iteration
         summary = {
