@@ -1,9 +1,9 @@
 """Crash safety and exact resume with real processes (issue 6, items 1, 2 and 5).
 
-One PRCL run of T iterations is interrupted three times, each time by a separate `prcl train`
-process: SIGKILL while `last.pt` is being written, SIGKILL at a random moment (with two
-DataLoader workers), SIGTERM to the whole process group (as a cluster scheduler sends it). It is
-then finished with `--resume` and must equal, bit for bit, an uninterrupted run: weights, teacher,
+A process SIGKILLed while it writes `last.pt` leaves the previous file loadable. A PRCL run of T
+iterations is interrupted twice, each time in a separate `prcl train` process with two DataLoader
+workers: SIGKILL at a random moment, then SIGTERM to the whole process group (as SLURM or systemd
+send it). Finished with `--resume`, it equals an uninterrupted run bit for bit: weights, teacher,
 GDPs, optimiser, scheduler, RNG states, metrics.jsonl.
 """
 
@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,29 +22,31 @@ import pytest
 import torch
 
 from prcl import cli
-from prcl.engine.checkpoint import load_checkpoint
+from prcl.engine.checkpoint import load_checkpoint, save_checkpoint
 from prcl.engine.trainer import Trainer
 from test_reliability_inputs import tiny_args
 
 T = 7
 CHAIN = ["method.name=prcl", f"train.iterations={T}", "train.checkpoint_every=1", "train.eval_every=100",
-         "train.log_every=100", "train.threads=2", "method.contrastive.num_anchors=8",
+         "train.log_every=100", "train.threads=2", "data.num_workers=2", "method.contrastive.num_anchors=8",
          "method.contrastive.num_negatives=16"]  # no logging before the end: children skip TensorBoard's import
 
-# `prcl train ...` whose second checkpoint write blocks after the data is written, before the rename
+# saves version 1 of a checkpoint, then blocks inside the write of version 2 (data written, not yet renamed)
 HANG_IN_SECOND_WRITE = """
 import os, stat, sys, time
-from prcl import cli
+import torch
+from prcl.engine.checkpoint import save_checkpoint
 real_fsync, files = os.fsync, []
 def fsync(fd):
     if stat.S_ISREG(os.fstat(fd).st_mode):
         files.append(fd)
         if len(files) == 2:
-            print("writing checkpoint 2", flush=True)
+            print("writing version 2", flush=True)
             time.sleep(600)
     real_fsync(fd)
 os.fsync = fsync
-sys.exit(cli.main(sys.argv[1:]))
+for version in (1, 2):
+    save_checkpoint({"model": {"w": torch.full((1 << 18,), float(version))}, "config": {}}, sys.argv[1])
 """
 
 
@@ -63,9 +66,9 @@ def same_state(a, b, where: str = "") -> None:
         assert a == b or (a != a and b != b), where  # NaN == NaN here
 
 
-def assert_same_run(run: Path, reference: Path) -> None:
+def assert_same_run(run: Path, reference: Path, iterations: int = T) -> None:
     a, b = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (run, reference))
-    assert a["iteration"] == b["iteration"] == T
+    assert a["iteration"] == b["iteration"] == iterations
     a.pop("config"), b.pop("config")  # names and worker counts differ
     same_state(a, b)
     assert (run / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
@@ -73,9 +76,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(synth_root, tmp_path_factory) -> Path:
-    """The uninterrupted run."""
+    """The uninterrupted run, in this process and without DataLoader workers."""
     out = tmp_path_factory.mktemp("reference")
-    assert cli.main(["train", *tiny_args(synth_root, out, "reference", *CHAIN)]) == 0
+    assert cli.main(["train", *tiny_args(synth_root, out, "reference", *CHAIN, "data.num_workers=0")]) == 0
     return out / "reference"
 
 
@@ -86,24 +89,45 @@ def start(argv: list[str], log: Path, script: str | None = None) -> subprocess.P
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"child exited early ({proc.returncode}): {Path(f'{log}.err').read_text()[-2000:]}")
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"timed out; child stderr: {Path(f'{log}.err').read_text()[-2000:]}")
-        time.sleep(0.002)
+class SignalWhen(threading.Thread):
+    """Sends `sig` to a child's process group `delay` seconds after `condition()` first holds; polls
+    every 2 ms in the background, so the test can meanwhile train in this process."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path, condition, sig: int, delay: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.log, self.condition, self.sig, self.delay = proc, log, condition, sig, delay
+        self.error = ""
+        self.start()
+
+    def run(self) -> None:
+        deadline = time.time() + 300
+        while not self.condition():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.error = f"child exited ({self.proc.returncode}) or timed out before the signal"
+                break
+            time.sleep(0.002)
+        else:
+            time.sleep(self.delay)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL if self.error else self.sig)
+
+    def returncode(self) -> int:
+        """The child's exit status once signalled (fails the test if it never got the signal)."""
+        self.join()
+        code = self.proc.wait(timeout=120)
+        if self.error:
+            pytest.fail(f"{self.error}: {Path(f'{self.log}.err').read_text()[-2000:]}")
+        return code
 
 
 def checkpoints_written(path: Path):
-    """A counter of the distinct files that have been `path` (each atomic save is a new inode)."""
-    seen: set[int] = set()
+    """A counter of the distinct files that have been `path` (each atomic save is a new file)."""
+    seen: set[tuple[int, int]] = set()
 
     def count() -> int:
         try:
-            seen.add(os.stat(path).st_ino)
+            st = os.stat(path)
+            seen.add((st.st_ino, st.st_mtime_ns))  # inode numbers alone may be reused
         except FileNotFoundError:
             pass
         return len(seen)
@@ -111,48 +135,48 @@ def checkpoints_written(path: Path):
     return count
 
 
-def kill_group(proc: subprocess.Popen, sig: int) -> int:
-    os.killpg(proc.pid, sig)
-    return proc.wait(timeout=120)
+def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    log = tmp_path / "writer"
+    child = start([str(path)], log, HANG_IN_SECOND_WRITE)
+    hanging = lambda: "writing version 2" in Path(f"{log}.out").read_text()  # noqa: E731
+    assert SignalWhen(child, log, hanging, signal.SIGKILL).returncode() == -signal.SIGKILL
+    debris = list(path.parent.glob(".last.pt.*.tmp"))
+    assert len(debris) == 1 and debris[0].stat().st_size > 1 << 20  # version 2 was fully written, not renamed
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((1 << 18,), 1.0))
+    save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {}}, path)  # the next save clears the debris
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
-def test_killed_three_times_then_resumed_equals_the_uninterrupted_run(synth_root, tmp_path, request):
+def test_killed_then_terminated_then_resumed_equals_the_uninterrupted_run(synth_root, tmp_path, request):
     out, rng = tmp_path / "runs", random.Random(6)
     run = out / "chain"
     last = run / "checkpoints" / "last.pt"
 
-    # 1. SIGKILL in the middle of writing checkpoint 2: last.pt (iteration 1) survives, the temp file is debris
-    child = start(["train", *tiny_args(synth_root, out, "chain", *CHAIN)], tmp_path / "c1", HANG_IN_SECOND_WRITE)
-    reference = request.getfixturevalue("reference")  # runs here while the child starts up
-    wait_for(lambda: "writing checkpoint 2" in Path(f"{tmp_path / 'c1'}.out").read_text(), child, tmp_path / "c1")
-    assert kill_group(child, signal.SIGKILL) == -signal.SIGKILL
-    assert len(list(last.parent.glob(".last.pt.*.tmp"))) == 1  # killed mid-write
-    assert load_checkpoint(last)["iteration"] == 1
-
-    # 2. resumed with 2 DataLoader workers, SIGKILLed at a random moment after 1-2 more checkpoints
-    child = start(["train", "--resume", str(run), "data.num_workers=2"], tmp_path / "c2")
-    written, target = checkpoints_written(last), 1 + rng.randint(1, 2)  # the surviving file counts as one
-    wait_for(lambda: written() >= target, child, tmp_path / "c2")
-    time.sleep(rng.uniform(0.0, 0.02))  # somewhere in the next step or write
-    assert kill_group(child, signal.SIGKILL) == -signal.SIGKILL
-    assert not list(last.parent.glob(".last.pt.*.tmp"))  # the debris of step 1 was cleaned up
+    # 1. SIGKILL to the process group at a random moment after 1-3 checkpoints
+    child = start(["train", *tiny_args(synth_root, out, "chain", *CHAIN)], tmp_path / "c1")
+    written, target = checkpoints_written(last), rng.randint(1, 3)
+    kill = SignalWhen(child, tmp_path / "c1", lambda: written() >= target, signal.SIGKILL,
+                      delay=rng.uniform(0.0, 0.02))  # somewhere in the next step or write
+    reference = request.getfixturevalue("reference")  # trains here meanwhile
+    assert kill.returncode() == -signal.SIGKILL
     killed_at = load_checkpoint(last)["iteration"]
-    assert 2 <= killed_at <= T - 3
+    assert 1 <= killed_at <= T - 3
 
-    # 3. resumed again; SIGTERM to the process group (workers included) -> checkpoint at the step boundary
-    child = start(["train", "--resume", str(run), "data.num_workers=2"], tmp_path / "c3")
+    # 2. resumed; SIGTERM to the process group (workers included) -> checkpoint at the next step boundary
+    child = start(["train", "--resume", str(run)], tmp_path / "c2")
     written = checkpoints_written(last)
-    wait_for(lambda: written() >= 2, child, tmp_path / "c3")
-    assert kill_group(child, signal.SIGTERM) == 128 + signal.SIGTERM
+    term = SignalWhen(child, tmp_path / "c2", lambda: written() >= 2, signal.SIGTERM)  # 1 + the surviving file
+    assert term.returncode() == 128 + signal.SIGTERM
     stopped = load_checkpoint(last)["iteration"]
     assert killed_at < stopped < T
-    stdout, stderr = Path(f"{tmp_path / 'c3'}.out").read_text(), Path(f"{tmp_path / 'c3'}.err").read_text()
+    stdout, stderr = Path(f"{tmp_path / 'c2'}.out").read_text(), Path(f"{tmp_path / 'c2'}.err").read_text()
     assert f"stopped by signal 15 at iteration {stopped}; checkpoint saved. Resume with: prcl train --resume {run}" \
         in stdout
     assert "Traceback" not in stderr and "saving a checkpoint after this step" in stderr
     _assert_group_gone(child.pid)
 
-    # 4. finish in this process, without workers
+    # 3. finished in this process, without workers
     assert cli.main(["train", "--resume", str(run), "data.num_workers=0"]) == 0
     assert_same_run(run, reference)
 
@@ -170,10 +194,13 @@ def _assert_group_gone(pgid: int, timeout: float = 20.0) -> None:
     pytest.fail("DataLoader workers outlived the stopped training process")
 
 
-def test_same_seed_and_config_give_identical_runs(synth_root, tmp_path, reference):
-    """Determinism: a second run in the same process equals the first bit for bit (weights, metrics)."""
-    assert cli.main(["train", *tiny_args(synth_root, tmp_path, "again", *CHAIN)]) == 0
-    assert_same_run(tmp_path / "again", reference)
+def test_same_seed_and_config_give_identical_runs(synth_root, tmp_path):
+    """Determinism: the same run twice gives identical metrics.jsonl (3 evaluations) and weights."""
+    args = ["method.name=supervised", "train.iterations=3", "train.eval_every=1"]
+    for name in ("first", "second"):
+        assert cli.main(["train", *tiny_args(synth_root, tmp_path, name, *args)]) == 0
+    assert len((tmp_path / "first" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert_same_run(tmp_path / "second", tmp_path / "first", iterations=3)
 
 
 @pytest.mark.parametrize("signals", [1, 2])

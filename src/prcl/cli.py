@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import os
 
 from prcl.analysis.cli import add_analyze_command
+from prcl.analysis.errors import AnalysisError
 from prcl.config import Config, ConfigError, load_config
 from prcl.data.cli import add_data_commands
 from prcl.experiments import add_configs_commands
@@ -20,7 +21,7 @@ from prcl.engine.trainer import NonFiniteLossError
 from prcl.models.backbone import WeightsError
 
 # Errors caused by the user's input or environment: printed as one line (PRCL_DEBUG=1 shows the traceback).
-USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError, NonFiniteLossError, FileExistsError,
+USER_ERRORS = (AnalysisError, ConfigError, DataError, CheckpointError, WeightsError, NonFiniteLossError, FileExistsError,
                FileNotFoundError, PermissionError)
 
 
