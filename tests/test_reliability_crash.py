@@ -85,8 +85,9 @@ def reference(synth_root, tmp_path_factory) -> Path:
 def start(argv: list[str], log: Path, script: str | None = None) -> subprocess.Popen:
     """`prcl ARGV` (or `python -c SCRIPT ARGV`) in its own process group; output to `log`.out/.err."""
     cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "prcl"]
-    return subprocess.Popen([*cmd, *argv], stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"),
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+        return subprocess.Popen([*cmd, *argv], stdout=out, stderr=err, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 class SignalWhen(threading.Thread):
@@ -204,7 +205,7 @@ def test_same_seed_and_config_give_identical_runs(synth_root, tmp_path):
 
 
 @pytest.mark.parametrize("signals", [1, 2])
-def test_sigint_saves_at_the_step_boundary_and_a_second_one_stops_at_once(make_config, monkeypatch, capsys, signals):
+def test_sigint_saves_at_the_step_boundary_and_a_second_one_stops_at_once(make_config, capsys, signals):
     trainer = Trainer(make_config("method.name=supervised", "train.iterations=5", "train.checkpoint_every=100",
                                   "data.crop_size=32", "data.batch_size=2", "data.max_val_images=2"))
     handler = signal.getsignal(signal.SIGINT)

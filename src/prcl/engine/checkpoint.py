@@ -50,12 +50,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(
-            f"{path} is not a loadable prcl checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-        ) from err
+        raise CheckpointError(f"{path} is not a loadable prcl checkpoint ({_load_error_reason(err)}); it is "
+                              "truncated, corrupt, or not written by prcl") from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a prcl checkpoint (no 'model'/'config' entries)")
     return state
+
+
+def _load_error_reason(err: Exception) -> str:
+    """torch.load's error in one short clause, without its advice to load with weights_only=False."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].split("\n\n")[0]
+        return f"refused by the weights-only loader: {detail.strip().rstrip('.')}"
+    first = text.strip().split(". ")[0].splitlines()[0][:200] if text.strip() else "the file is empty"
+    return f"{type(err).__name__}: {first}"
 
 
 def seed_all(seed: int) -> None:

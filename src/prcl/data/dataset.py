@@ -1,0 +1,103 @@
+"""One torch Dataset for every source: a list of (image, mask) files plus a joint transform.
+
+Dataset-specific code (VOC, Cityscapes, folders, the built-in synthetic set) only produces the
+list of `Sample`s and, where masks need remapping, a 256-entry lookup table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and, when labelled, its index mask (values in [0, C) or 255)."""
+
+    image: Path
+    mask: Optional[Path] = None
+
+    @property
+    def id(self) -> str:
+        return self.image.stem
+
+
+class DataError(ValueError):
+    """Bad dataset files or split lists; the message names the file and the fix."""
+
+
+def load_image(path: Path) -> Image.Image:
+    """Read an RGB image, turning PIL's errors into a message that names the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}. Re-extract or delete the file.") from err
+
+
+def load_mask(path: Path, label_lut: Optional[np.ndarray] = None) -> np.ndarray:
+    """Read an index mask (palette or greyscale PNG) as `[H, W]` uint8, remapped by `label_lut`."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(
+                    f"mask {path} has mode {img.mode}; expected an index PNG (mode P or L) "
+                    "whose pixel values are class ids"
+                )
+            mask = np.asarray(img)
+    except (OSError, SyntaxError) as err:
+        raise DataError(f"cannot read mask {path}: {err}. Re-extract or delete the file.") from err
+    if mask.size and mask.max() > 255:
+        raise DataError(f"mask {path} has label value {int(mask.max())} > 255; masks must hold class ids or 255")
+    if label_lut is not None:
+        mask = label_lut[mask.astype(np.int64)]
+    return mask.astype(np.uint8)
+
+
+class SegmentationDataset(Dataset):
+    """Reads `samples` and applies `transform(image, mask) -> dict` (mask is None if unlabelled)."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable,
+        label_lut: Optional[np.ndarray] = None,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        if len(samples) == 0:
+            raise DataError("empty dataset: the split lists no images")
+        self.samples = list(samples)
+        self.transform = transform
+        self.label_lut = label_lut
+        self.num_classes = num_classes  # when given, mask values must lie in [0, C) or be 255
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = load_image(sample.image)
+        mask = None
+        if sample.mask is not None:
+            mask = load_mask(sample.mask, self.label_lut)
+            if mask.shape != (image.height, image.width):
+                raise DataError(
+                    f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]} but image "
+                    f"{sample.image} is {image.width}x{image.height}; they must match"
+                )
+            bad = mask[(mask >= self.num_classes) & (mask != 255)] if self.num_classes else mask[:0]
+            if bad.size:
+                raise DataError(
+                    f"mask {sample.mask} has label value {int(bad.max())} outside [0, {self.num_classes}) "
+                    "and 255 (ignore); fix the mask or data.dataset, see `prcl data check`"
+                )
+        out = self.transform(image, mask)
+        out["index"] = index
+        return out

@@ -1,0 +1,51 @@
+"""ClassMix and CutMix for the strong view: images, pseudo-labels and confidences mixed together.
+
+Image i is pasted onto its partner i-1 (a roll within this process's batch), through a binary mask:
+ClassMix takes the pixels of half of the classes in image i's pseudo-label; CutMix a random box.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from prcl import IGNORE_INDEX
+
+
+def classmix_masks(labels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """`[B, H, W]` bool: for each image, the pixels of a random half (rounded up) of its classes."""
+    masks = torch.zeros_like(labels, dtype=torch.bool)
+    for i, lab in enumerate(labels):
+        classes = lab.unique()
+        classes = classes[classes != IGNORE_INDEX]
+        if classes.numel() == 0:
+            continue
+        perm = torch.randperm(classes.numel(), generator=generator, device="cpu").to(classes.device)
+        chosen = classes[perm[: math.ceil(classes.numel() / 2)]]
+        masks[i] = torch.isin(lab, chosen)
+    return masks
+
+
+def cutmix_masks(
+    batch: int, height: int, width: int, *, area: float = 0.5, generator: Optional[torch.Generator] = None,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """`[B, H, W]` bool: one random box covering `area` of each image."""
+    bh, bw = max(1, round(height * math.sqrt(area))), max(1, round(width * math.sqrt(area)))
+    masks = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+    for i in range(batch):
+        y = int(torch.randint(0, height - bh + 1, (1,), generator=generator))
+        x = int(torch.randint(0, width - bw + 1, (1,), generator=generator))
+        masks[i, y : y + bh, x : x + bw] = True
+    return masks
+
+
+def mix_with_partner(mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Where `mask[i]` take `t[i]`, elsewhere its partner `t[i-1]`; `t` is `[B, H, W]` or `[B, C, H, W]`."""
+    out = []
+    for t in tensors:
+        m = mask if t.dim() == 3 else mask.unsqueeze(1)
+        out.append(torch.where(m, t, t.roll(1, dims=0)))
+    return out
