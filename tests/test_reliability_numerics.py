@@ -69,12 +69,12 @@ def _full_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     state = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
     state.update({f"teacher.{k}": v.clone() for k, v in trainer.teacher.model.state_dict().items()})
     state.update({f"method.{k}": v.clone() for k, v in trainer.method.state_dict().items()})
-    for i, s in enumerate(trainer.optimizer.state_dict()["state"].values()):
-        state[f"momentum.{i}"] = s["momentum_buffer"].clone()
+    for i, param_state in trainer.optimizer.state_dict()["state"].items():  # momentum / Adam moments and step
+        state.update({f"optimizer.{i}.{k}": v.clone() for k, v in param_state.items() if torch.is_tensor(v)})
     return state
 
 
-def test_skipped_step_leaves_weights_statistics_prototypes_and_momentum_untouched(make_config, monkeypatch):
+def test_skipped_step_leaves_weights_statistics_prototypes_and_optimizer_untouched(make_config, monkeypatch):
     """PRCL: the forward pass of a poisoned batch already updated BN statistics and the GDPs; a skip undoes it."""
     poison_batches(monkeypatch, float("nan"), at=3)
     cfg = make_config("method.name=prcl", "train.iterations=4", "train.skip_nonfinite=true",
@@ -82,7 +82,7 @@ def test_skipped_step_leaves_weights_statistics_prototypes_and_momentum_untouche
     trainer = Trainer(cfg)
     trainer.train_step(0), trainer.train_step(1)
     before = _full_state(trainer)
-    assert any("gdp" in k for k in before)
+    assert any("gdp" in k for k in before) and any(k.startswith("optimizer.") for k in before)
     values, _ = trainer.train_step(2)
     assert values["skipped_steps"] == 1 and trainer.scheduler.last_epoch == 3
     after = _full_state(trainer)

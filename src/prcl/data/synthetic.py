@@ -60,45 +60,28 @@ _PALETTE = voc_palette()
 _SUPERSAMPLE = 4  # polygons are drawn at 4x and box-filtered down: anti-aliased alpha
 
 
-HUES = {"red": (345.0, 375.0), "orange": (25.0, 55.0), "green": (90.0, 140.0),
-        "blue": (190.0, 230.0), "violet": (250.0, 285.0), "magenta": (300.0, 335.0)}
-
-
-@dataclass(frozen=True)
-class Style:
-    """One way a class can look: a texture and a hue family, drawn with relative odds `weight`."""
-
-    texture: str
-    hue: str
-    weight: float
-
-
 @dataclass(frozen=True)
 class ObjectClass:
-    """How one foreground class is drawn: a shape and a few styles (texture x hue family)."""
+    """How one foreground class is drawn: a shape, a texture and a hue range (degrees, may wrap)."""
 
     name: str
     shape: str
-    styles: tuple[Style, ...]
-
-
-def _styles(*specs: str) -> tuple[Style, ...]:
-    """"texture-hue" strings -> styles with odds 0.5, 0.3, 0.2 (a main style and rarer ones)."""
-    return tuple(Style(*spec.split("-"), w) for spec, w in zip(specs, (0.5, 0.3, 0.2)))
+    texture: str
+    hue: tuple[float, float]
 
 
 OBJECT_CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass("disc", "ellipse", _styles("shaded-red", "dots-blue", "stripes-orange")),
-    ObjectClass("ring", "ring", _styles("shaded-red", "checker-green", "stripes-violet")),
-    ObjectClass("tile", "rect", _styles("checker-blue", "shaded-orange", "dots-magenta")),
-    ObjectClass("crate", "rect", _styles("stripes-blue", "checker-red", "shaded-violet")),
-    ObjectClass("wedge", "triangle", _styles("dots-green", "shaded-blue", "checker-magenta")),
-    ObjectClass("star", "star", _styles("dots-green", "stripes-red", "checker-orange")),
-    ObjectClass("cross", "cross", _styles("stripes-green", "shaded-magenta", "dots-violet")),
+    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0)),
+    ObjectClass("ring", "ring", "shaded", (5.0, 45.0)),
+    ObjectClass("tile", "rect", "checker", (180.0, 230.0)),
+    ObjectClass("crate", "rect", "stripes", (200.0, 250.0)),
+    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0)),
+    ObjectClass("star", "star", "dots", (90.0, 150.0)),
+    ObjectClass("cross", "cross", "stripes", (240.0, 310.0)),
 )
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
 _CLASS_SHAPES = sorted({c.shape for c in OBJECT_CLASSES})
-_CLASS_TEXTURES = sorted({st.texture for c in OBJECT_CLASSES for st in c.styles})
+_CLASS_TEXTURES = sorted({c.texture for c in OBJECT_CLASSES})
 _FIELD_TEXTURES = ["gradient", "clouds", "wood", "bricks", "grain"]  # no class wears these
 
 
@@ -182,13 +165,13 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, scale: float,
         phi = rng.uniform(0, 2 * np.pi)
         return np.clip(0.5 + 0.7 * (u * np.cos(phi) + v * np.sin(phi)) / scale, 0, 1)
     if kind == "checker":
-        p = rng.uniform(5.0, 12.0)
+        p = rng.uniform(5.0, 10.0)
         return ((np.floor(u / p) + np.floor(v / p)) % 2).astype(np.float32)
     if kind == "stripes":
-        p = rng.uniform(4.5, 11.0)
+        p = rng.uniform(4.0, 9.0)
         return ((u / p + rng.random()) % 1.0 < rng.uniform(0.35, 0.6)).astype(np.float32)
     if kind == "dots":
-        p = rng.uniform(6.0, 12.0)
+        p = rng.uniform(6.0, 10.0)
         du = (u / p + rng.random()) % 1.0 - 0.5
         dv = (v / p + rng.random()) % 1.0 - 0.5
         return (du**2 + dv**2 < rng.uniform(0.2, 0.36) ** 2).astype(np.float32)
@@ -230,7 +213,7 @@ def _local_frame(box: tuple, centre: np.ndarray, angle: float) -> tuple[np.ndarr
 # --------------------------------------------------------------------------- one image
 def _random_pose(size: int, rng: np.random.Generator, lo: float, hi: float) -> dict:
     return {"centre": rng.uniform(0.1, 0.9, 2) * size, "angle": rng.uniform(0, 2 * np.pi),
-            "scale": size * rng.uniform(lo, hi), "aspect": float(np.exp(rng.uniform(-0.4, 0.4)))}
+            "scale": size * rng.uniform(lo, hi), "aspect": float(np.exp(rng.uniform(-0.3, 0.3)))}
 
 
 def _layers(rng: np.random.Generator) -> list[tuple[int, str, str, Optional[tuple]]]:
@@ -242,9 +225,7 @@ def _layers(rng: np.random.Generator) -> list[tuple[int, str, str, Optional[tupl
     layers = []
     for cls in rng.integers(1, len(CLASS_NAMES), int(rng.integers(3, 6))):
         spec = OBJECT_CLASSES[cls - 1]
-        odds = np.array([st.weight for st in spec.styles])
-        style = spec.styles[rng.choice(len(odds), p=odds / odds.sum())]
-        layers.append((int(cls), spec.shape, style.texture, HUES[style.hue]))
+        layers.append((int(cls), spec.shape, spec.texture, spec.hue))
     for _ in range(int(rng.integers(1, 4))):
         shape = str(rng.choice(_CLASS_SHAPES + ["blob", "blob", "bar", "bar"]))
         pool = _FIELD_TEXTURES if shape in _CLASS_SHAPES else _FIELD_TEXTURES + _CLASS_TEXTURES
@@ -257,11 +238,11 @@ def _layer_colours(texture: str, hue: Optional[tuple], rng: np.random.Generator)
     if hue is None:
         h, s, v = rng.uniform(0, 360), rng.uniform(0.05, 0.9), rng.uniform(0.25, 1.0)
     else:
-        h, s, v = rng.uniform(*hue), rng.uniform(0.4, 1.0), rng.uniform(0.45, 1.0)
+        h, s, v = rng.uniform(*hue), rng.uniform(0.4, 0.95), rng.uniform(0.45, 1.0)
     if texture == "shaded":
         return _hsv(h, s, v * 0.55), _hsv(h + rng.uniform(-10, 10), s * 0.6, v * 1.35)
-    return _hsv(h, s, v), _hsv(h + rng.uniform(-20, 20), s * rng.uniform(0.3, 0.9),
-                               v * rng.uniform(0.25, 0.65))
+    return _hsv(h, s, v), _hsv(h + rng.uniform(-25, 25), s * rng.uniform(0.3, 0.9),
+                               v * rng.uniform(0.3, 0.65))
 
 
 def _grow(a: np.ndarray, op: Callable) -> np.ndarray:
@@ -296,7 +277,7 @@ def render_sample(seed: int, split: str, index: int, image_size: int = 128,
     image *= (0.75 + 0.5 * _clouds((size, size), rng, 3))[..., None]  # uneven field
     mask = np.zeros((size, size), np.uint8)
     for label, shape, texture, hue in _layers(rng):
-        pose = _random_pose(size, rng, *((0.1, 0.25) if label else (0.06, 0.16)))
+        pose = _random_pose(size, rng, *((0.11, 0.24) if label else (0.06, 0.16)))
         alpha, box = _render_alpha(shape, pose, size, rng)
         alpha = alpha[..., None]  # [h, w, 1]
         frame = _local_frame(box, pose["centre"], pose["angle"])

@@ -99,11 +99,13 @@ class Trainer:
         self.teacher = EMATeacher(self.model, cfg.method.ema_decay) if self.method.uses_teacher else None
         groups = self.model.param_groups()
         o = cfg.optim
-        self.optimizer = torch.optim.SGD(
-            [{"params": groups["main"], "lr": o.lr}]
-            + ([{"params": groups["prob_head"], "lr": o.prob_head_lr}] if groups["prob_head"] else []),
-            lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
-        )
+        param_groups = [{"params": groups["main"], "lr": o.lr}] + (
+            [{"params": groups["prob_head"], "lr": o.prob_head_lr}] if groups["prob_head"] else [])
+        if o.name == "sgd":
+            self.optimizer = torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                             weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, o.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16" and self.device.type == "cuda")
         seed_all(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
