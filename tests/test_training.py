@@ -13,7 +13,8 @@ from prcl.engine.trainer import Trainer, train
 
 def test_short_supervised_training_beats_chance(make_config):
     cfg = make_config("method.name=supervised", "train.iterations=100", "train.eval_every=100", "data.crop_size=64",
-                      "data.batch_size=8", "data.labeled_split=splits/full/labeled.txt", "optim.lr=0.05")
+                      "data.batch_size=8", "data.labeled_split=splits/full/labeled.txt", "optim.name=sgd",
+                      "optim.lr=0.05")
     summary = train(cfg)
     # 8 classes; an untrained network scores ~1-5 mIoU, predicting background everywhere ~10.
     assert summary["miou"] > 0.25, summary

@@ -60,7 +60,9 @@ def evaluate_checkpoint(
     apply_overrides(cfg, overrides)
     info, val = build_val_dataset(cfg)
     if info.num_classes != state["num_classes"]:
-        raise CheckpointError(f"{path} predicts {state['num_classes']} classes but {cfg.data.dataset} has {info.num_classes}")
+        raise CheckpointError(f"{path} predicts {state['num_classes']} classes but {cfg.data.dataset} has "
+                              f"{info.num_classes}; evaluate it on the dataset it was trained on (data.dataset=..., "
+                              "data.root=...)")
     mode = mode or cfg.eval.mode
     cm = evaluate(model, val, info.num_classes, device=dev, mode=mode, crop=crop or cfg.eval.crop_size,
                   stride=stride or cfg.eval.stride, batch_size=cfg.eval.batch_size)
