@@ -76,8 +76,8 @@ class MLSConfig:
 @dataclass
 class ContrastiveConfig:
     temperature: float = 0.5  # τ in Eq. 15
-    num_anchors: int = 256  # anchors per class
-    num_negatives: int = 512  # real negatives per anchor
+    num_anchors: int = 64  # anchors per class (paper: 256; the CPU demo uses fewer)
+    num_negatives: int = 256  # real negatives per anchor (paper: 512)
     strong_threshold: float = 0.8  # δs: anchors have student confidence below this
     weak_threshold: float = 0.7  # δw: unlabelled pixels need teacher confidence above this
     lambda0: float = 1.0  # λc0 in Eq. 12
@@ -124,8 +124,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 800
-    eval_every: int = 400
+    iterations: int = 600
+    eval_every: int = 300
     checkpoint_every: int = 200
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
