@@ -32,7 +32,7 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop
     batch_size: int = 4  # global labelled batch (split across processes)
     unlabeled_batch_size: Optional[int] = None  # global unlabelled batch; null = batch_size
-    num_workers: int = 2
+    num_workers: int = 0  # DataLoader workers; 0 is fastest for the tiny CPU demo (measured), use 4+ on GPUs
     color_jitter: float = 0.5  # probability of colour jitter on the strong view
     blur: float = 0.5  # probability of Gaussian blur on the strong view
     max_val_images: Optional[int] = None  # evaluate on the first N val images only (quick runs)
