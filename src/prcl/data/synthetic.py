@@ -52,7 +52,7 @@ from prcl import IGNORE_INDEX
 from prcl.data.dataset import DataError
 from prcl.data.palette import voc_colormap, voc_palette
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the images change: older datasets are then refused
 LABELLED_FRACTIONS: tuple[str, ...] = ("1_16", "1_8", "1_4", "1_2", "full")
 SPLIT_CODES = {"train": 0, "val": 1, "splits": 2}  # second entry of every RNG seed sequence
 _OWN_ENTRIES = {"JPEGImages", "SegmentationClass", "ImageSets", "splits", "meta.json"}
@@ -71,13 +71,13 @@ class ObjectClass:
 
 
 OBJECT_CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass("disc", "ellipse", "shaded", (0.0, 120.0, 240.0)),
-    ObjectClass("ring", "ring", "shaded", (0.0, 120.0, 240.0)),
-    ObjectClass("tile", "rect", "checker", (30.0, 150.0, 270.0)),
-    ObjectClass("crate", "rect", "stripes", (30.0, 150.0, 270.0)),
-    ObjectClass("wedge", "triangle", "dots", (60.0, 180.0, 300.0)),
-    ObjectClass("star", "star", "dots", (60.0, 180.0, 300.0)),
-    ObjectClass("cross", "cross", "stripes", (90.0, 210.0, 330.0)),
+    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0)),
+    ObjectClass("ring", "ring", "shaded", (5.0, 45.0)),
+    ObjectClass("tile", "rect", "checker", (180.0, 230.0)),
+    ObjectClass("crate", "rect", "stripes", (200.0, 250.0)),
+    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0)),
+    ObjectClass("star", "star", "dots", (90.0, 150.0)),
+    ObjectClass("cross", "cross", "stripes", (240.0, 310.0)),
 )
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
 _CLASS_SHAPES = sorted({c.shape for c in OBJECT_CLASSES})
@@ -225,8 +225,7 @@ def _layers(rng: np.random.Generator) -> list[tuple[int, str, str, Optional[tupl
     layers = []
     for cls in rng.integers(1, len(CLASS_NAMES), int(rng.integers(3, 6))):
         spec = OBJECT_CLASSES[cls - 1]
-        centre = spec.hue[rng.choice(3, p=[0.7, 0.2, 0.1])]
-        layers.append((int(cls), spec.shape, spec.texture, (centre - 8, centre + 8)))
+        layers.append((int(cls), spec.shape, spec.texture, spec.hue))
     for _ in range(int(rng.integers(1, 4))):
         shape = str(rng.choice(_CLASS_SHAPES + ["blob", "blob", "bar", "bar"]))
         pool = _FIELD_TEXTURES if shape in _CLASS_SHAPES else _FIELD_TEXTURES + _CLASS_TEXTURES
@@ -242,7 +241,7 @@ def _layer_colours(texture: str, hue: Optional[tuple], rng: np.random.Generator)
         h, s, v = rng.uniform(*hue), rng.uniform(0.4, 0.95), rng.uniform(0.45, 1.0)
     if texture == "shaded":
         return _hsv(h, s, v * 0.55), _hsv(h + rng.uniform(-10, 10), s * 0.6, v * 1.35)
-    return _hsv(h, s, v), _hsv(h + rng.uniform(-8, 8), s * rng.uniform(0.3, 0.9),
+    return _hsv(h, s, v), _hsv(h + rng.uniform(-25, 25), s * rng.uniform(0.3, 0.9),
                                v * rng.uniform(0.3, 0.65))
 
 
@@ -288,7 +287,7 @@ def render_sample(seed: int, split: str, index: int, image_size: int = 128,
         mask[window][alpha[..., 0] > 0.5] = label
     gx, _ = _local_frame(full, np.full(2, size / 2), rng.uniform(0, 2 * np.pi))
     image *= (1 + rng.uniform(-0.45, 0.45) * gx / size)[..., None]  # illumination gradient
-    image *= rng.uniform(0.94, 1.06, 3).astype(np.float32)  # colour cast
+    image *= rng.uniform(0.88, 1.12, 3).astype(np.float32)  # colour cast
     image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     if rng.random() < 0.4:
         blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
