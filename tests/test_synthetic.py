@@ -26,7 +26,7 @@ TINY = dict(num_train=24, num_val=8, image_size=64)
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def _ids(path: Path) -> list[str]:
@@ -45,8 +45,9 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tiny, tmp_path):
     assert _files(again) == reference
     other_files = _files(other)
     assert other_files.keys() == reference.keys()
-    changed = [k for k in reference if k.endswith((".png", ".jpg")) and other_files[k] != reference[k]]
-    assert len(changed) == 2 * (TINY["num_train"] + TINY["num_val"])
+    pictures = [k for k in reference if k.endswith((".png", ".jpg"))]
+    assert len(pictures) == 2 * (TINY["num_train"] + TINY["num_val"])
+    assert all(other_files[k] != reference[k] for k in pictures)
 
 
 def test_worker_count_does_not_change_the_output(tiny, tmp_path):
@@ -75,6 +76,34 @@ def test_every_class_and_the_ignore_label_appear_in_a_moderate_set():
         seen |= set(np.unique(mask).tolist())
     assert seen == set(range(len(CLASS_NAMES))) | {255}
     assert len(CLASS_NAMES) >= 7 and CLASS_NAMES[0] == "background"
+
+
+def test_module_docstring_table_matches_the_class_definitions():
+    """The README cites the docstring's class table: it must not drift from the code."""
+    rows = {line.split()[1]: line for line in synthetic.__doc__.splitlines()
+            if line[:1].isdigit()}
+    assert list(rows) == list(CLASS_NAMES)
+    for spec in synthetic.OBJECT_CLASSES:
+        lo, hi = (int(h) % 360 for h in spec.hue)
+        assert f" {lo}-{hi} " in rows[spec.name], f"{spec.name}: hue {lo}-{hi} not in the table"
+        assert spec.texture.rstrip("s")[:5] in rows[spec.name].replace("-", "")
+
+
+@pytest.mark.parametrize("distractor_last", [True, False])
+def test_later_layers_occlude_earlier_ones_in_the_mask(monkeypatch, distractor_last):
+    """A small background distractor centred on a big tile: whichever is painted last wins."""
+    tile = (3, "rect", "checker", synthetic.OBJECT_CLASSES[2].hue)
+    clutter = (0, "rect", "grain", None)
+    order = [tile, clutter] if distractor_last else [clutter, tile]
+    poses = iter({"centre": np.array([32.0, 32.0]), "angle": 0.0, "aspect": 1.0,
+                  "scale": 20.0 if layer is tile else 8.0} for layer in order)
+    monkeypatch.setattr(synthetic, "_layers", lambda rng: order)
+    monkeypatch.setattr(synthetic, "_random_pose", lambda *args: next(poses))
+    _, mask = render_sample(0, "train", 0, image_size=64, ignore_boundary=0)
+    # the tile's half side is 20 * sqrt(pi) / 2 = 17.7 px, the distractor's 7.1 px
+    assert mask[32, 32] == (0 if distractor_last else 3)
+    assert mask[32, 45] == mask[20, 32] == 3
+    assert mask[2, 2] == mask[32, 55] == 0
 
 
 def test_ignore_band_is_the_label_change_neighbourhood():
@@ -161,7 +190,7 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
 
 
 def test_bad_sizes_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="num_train >= 1"):
+    with pytest.raises(ValueError, match="num_train, num_val >= 1"):
         generate_synthetic_dataset(tmp_path / "d", num_train=0)
 
 

@@ -1,36 +1,37 @@
 """The built-in procedural segmentation dataset: no download, deterministic from a seed.
 
-`ensure_synthetic_dataset(root)` writes it to disk in the PASCAL VOC layout, so it is read by the
-same loader as VOC (`prcl.data.sources.load_split("synthetic", root, split_file)`). It is built to
-be a real learning problem for semi-supervised methods: classes are told apart only by combining
-shape, texture and colour, and they come in look-alike pairs, so a small model trained on few
-labels confuses them and its pseudo-labels are noisy.
+`ensure_synthetic_dataset(root)` writes it in the PASCAL VOC layout, so it goes through the same
+loader as VOC (`prcl.data.sources.load_split("synthetic", root, split_file)`). It is meant as a
+real learning problem for semi-supervised methods: a class is told apart only by combining shape,
+texture and colour, and classes come in look-alike pairs, so a model trained on few labels
+confuses them and its pseudo-labels are noisy.
 
-=====  ======  ===================  ============  ==============================================
- id    name    shape                texture       colour (HSV hue range, per instance)
-=====  ======  ===================  ============  ==============================================
- 0     background  textured field (gradient, clouds, wood, bricks, grain) + distractors
- 1     disc    ellipse              shaded        red-orange   (340-40 deg)
- 2     ring    annulus (hole)       shaded        red-orange   (340-40 deg)  -> disc's shape twin
- 3     tile    rectangle            checkerboard  blue-cyan    (180-240 deg)
- 4     crate   rectangle            stripes       blue-cyan    (180-240 deg) -> tile's texture twin
- 5     wedge   triangle             polka dots    yellow-green (55-140 deg)
- 6     star    five-point star      polka dots    yellow-green (55-140 deg)  -> wedge's shape twin
- 7     cross   plus sign            stripes       violet       (220-300 deg) -> crate's colour kin
-=====  ======  ===================  ============  ==============================================
+==  ==========  ===============  ==============  ============  ================================
+id  name        shape            texture         hue (deg)     look-alike
+==  ==========  ===============  ==============  ============  ================================
+0   background  textured field (gradient, clouds, wood, bricks, grain) + distractors (any colour)
+1   disc        ellipse          shaded          345-25 red    ring: same texture and colours
+2   ring        annulus (hole)   shaded          5-45 orange   disc
+3   tile        rectangle        checkerboard    180-230 cyan  crate: same shape and colours
+4   crate       rectangle        stripes         200-250 blue  tile; cross: same texture
+5   wedge       triangle         polka dots      60-115 lime   star: same texture and colours
+6   star        5-point star     polka dots      90-150 green  wedge
+7   cross       plus sign        stripes         240-310 violet  crate
+==  ==========  ===============  ==============  ============  ================================
 
-Per instance: colour, texture period/phase, scale, rotation, aspect and a vertex jitter are random.
-Per image: 2-5 objects and 1-4 distractors (labelled background: blobs and bars with any texture,
-or class shapes with a texture no class has) painted in random order, so later layers occlude
-earlier ones and the mask keeps only what is visible; soft (blurred) object edges; an illumination
-gradient and colour cast, optional blur, pixel noise, and JPEG compression (quality 90). Pixels
-within `ignore_boundary` px of a label change are 255 ("ignore"), like VOC's void outline.
+Per instance: hue (in its class's range), saturation, brightness, texture period/phase, scale,
+rotation, aspect and a vertex jitter are random. Per image: 3-5 objects (uniform classes) and 1-3
+distractors labelled background (blobs and bars with any texture, class textures included, or
+class shapes with a texture no class has), painted in random order: later layers occlude earlier
+ones and the mask keeps what is visible. Soft (blurred) object edges, an illumination gradient,
+a colour cast, optional blur, pixel noise and JPEG compression (quality 90). Pixels within
+`ignore_boundary` px of a label change are 255 ("ignore"), like VOC's void outline.
 
 Layout under `root`: `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette PNG, VOC colours),
-`ImageSets/Segmentation/{train,val}.txt`, `splits/<fraction>/{labeled,unlabeled}.txt` for every
-fraction in `LABELLED_FRACTIONS` (nested: each labelled subset contains the smaller ones),
-`splits/val.txt` and `meta.json` (written last; its absence marks an incomplete dataset). The
-`full` fraction has `labeled.txt` = all of train and **no** `unlabeled.txt` (supervised only).
+`ImageSets/Segmentation/{train,val}.txt`, `splits/<fraction>/{labeled,unlabeled}.txt` for each of
+`LABELLED_FRACTIONS` (nested: every labelled subset contains the smaller ones), `splits/val.txt`,
+and `meta.json` (written last: without it the directory counts as incomplete). `full` has
+`labeled.txt` = all of train and **no** `unlabeled.txt` (supervised only).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from prcl import IGNORE_INDEX
-from prcl.data.dataset import DataError
 from prcl.data.palette import voc_colormap, voc_palette
 
 GENERATOR_VERSION = 2  # bump whenever the images change: older datasets are then refused
@@ -116,20 +116,16 @@ def _unit_polygons(shape: str, rng: np.random.Generator) -> list[tuple[np.ndarra
     raise ValueError(f"unknown synthetic shape {shape!r}")
 
 
-def _polygon_area(verts: np.ndarray) -> float:
-    x, y = verts[:, 0], verts[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
 def _render_alpha(shape: str, pose: dict, size: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Anti-aliased coverage `[h, w]` in [0, 1] of a shape at `pose`, and its box (y0, x0, h, w).
 
-    Every shape but the thin bar is scaled to the unit disc's area, so `pose["scale"]` sets the
-    size of the object whatever its class.
+    Shapes but the thin bar get the unit disc's area: `pose["scale"]` sizes every class alike.
     """
     polygons = _unit_polygons(shape, rng)
-    norm = 1.0 if shape == "bar" else np.sqrt(np.pi / _polygon_area(polygons[0][0]))
+    x, y = polygons[0][0].T
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))  # shoelace
+    norm = 1.0 if shape == "bar" else np.sqrt(np.pi / area)
     rot = np.array([[np.cos(pose["angle"]), -np.sin(pose["angle"])],
                     [np.sin(pose["angle"]), np.cos(pose["angle"])]])
     stretch = norm * pose["scale"] * np.array([pose["aspect"], 1 / pose["aspect"]])
@@ -202,7 +198,7 @@ def _paint(kind: str, colours: tuple, frame: tuple, scale: float, rng) -> np.nda
 
 
 def _local_frame(box: tuple, centre: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates in `box`, rotated by `-angle` about `centre` (textures turn with objects)."""
+    """Pixel coordinates in `box` rotated by `-angle` about `centre`: textures turn with objects."""
     y0, x0, h, w = box
     x = np.arange(x0, x0 + w, dtype=np.float32)[None, :] + (0.5 - centre[0])
     y = np.arange(y0, y0 + h, dtype=np.float32)[:, None] + (0.5 - centre[1])
@@ -253,7 +249,7 @@ def _grow(a: np.ndarray, op: Callable) -> np.ndarray:
 
 
 def _ignore_band(mask: np.ndarray, width: int) -> np.ndarray:
-    """Boolean `[H, W]`: pixels with a differently labelled pixel within Chebyshev distance `width`."""
+    """Boolean `[H, W]`: pixels with another label within Chebyshev distance `width`."""
     hi, lo = mask, mask
     for _ in range(width):
         hi, lo = _grow(hi, np.maximum), _grow(lo, np.minimum)
@@ -299,81 +295,74 @@ def render_sample(seed: int, split: str, index: int, image_size: int = 128,
 
 
 # --------------------------------------------------------------------------- writing
+def _data_error(message: str) -> Exception:
+    from prcl.data.dataset import DataError  # late: spawned render workers then skip torch
+
+    return DataError(message)
+
+
 def _write_sample(job: tuple) -> np.ndarray:
-    """Render and write one sample; returns its per-class pixel counts `[C + 1]` (last = ignore)."""
+    """Render and write one sample; returns its pixel counts per class, then of ignore `[C + 1]`."""
     out, seed, split, index, image_size, ignore_boundary = job
     image, mask = render_sample(seed, split, index, image_size, ignore_boundary)
-    sid = f"{split}_{index:05d}"
-    Image.fromarray(image).save(out / "JPEGImages" / f"{sid}.jpg", quality=90)
+    Image.fromarray(image).save(out / "JPEGImages" / f"{split}_{index:05d}.jpg", quality=90)
     png = Image.fromarray(mask)
     png.putpalette(_PALETTE)
-    png.save(out / "SegmentationClass" / f"{sid}.png")
+    png.save(out / "SegmentationClass" / f"{split}_{index:05d}.png")
     counts = np.bincount(mask.ravel(), minlength=256)
     return np.r_[counts[: len(CLASS_NAMES)], counts[IGNORE_INDEX]]
 
 
-def _write_lists(out: Path, seed: int, train_ids: list[str], val_ids: list[str]) -> dict:
-    """VOC image sets plus nested labelled/unlabelled splits; returns their sizes."""
-    def write(path: Path, ids: list[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{i}\n" for i in ids))
-
-    write(out / "ImageSets" / "Segmentation" / "train.txt", train_ids)
-    write(out / "ImageSets" / "Segmentation" / "val.txt", val_ids)
-    write(out / "splits" / "val.txt", val_ids)
-    order = np.random.default_rng([seed, SPLIT_CODES["splits"]]).permutation(len(train_ids))
+def _write_lists(out: Path, seed: int, train: list[str], val: list[str]) -> dict:
+    """VOC image sets and nested labelled/unlabelled splits (prefixes of one permutation)."""
+    lists = {"ImageSets/Segmentation/train.txt": train, "ImageSets/Segmentation/val.txt": val,
+             "splits/val.txt": val}
+    order = np.random.default_rng([seed, SPLIT_CODES["splits"]]).permutation(len(train))
     counts = {}
-    for frac in LABELLED_FRACTIONS:  # prefixes of one permutation: the subsets are nested
-        denom = 1 if frac == "full" else int(frac.split("_")[1])
-        chosen = np.zeros(len(train_ids), bool)
-        chosen[order[: max(1, len(train_ids) // denom)]] = True
-        labeled = [i for i, c in zip(train_ids, chosen) if c]
-        unlabeled = [i for i, c in zip(train_ids, chosen) if not c]
-        write(out / "splits" / frac / "labeled.txt", labeled)
+    for frac in LABELLED_FRACTIONS:
+        size = max(1, len(train) // (1 if frac == "full" else int(frac.split("_")[1])))
+        chosen = set(order[:size].tolist())
+        labeled = [sid for j, sid in enumerate(train) if j in chosen]
+        unlabeled = [sid for j, sid in enumerate(train) if j not in chosen]
+        lists[f"splits/{frac}/labeled.txt"] = labeled
         if unlabeled:  # `full` has none: an absent list means "supervised only"
-            write(out / "splits" / frac / "unlabeled.txt", unlabeled)
+            lists[f"splits/{frac}/unlabeled.txt"] = unlabeled
         counts[frac] = {"labeled": len(labeled), "unlabeled": len(unlabeled)}
+    for rel, ids in lists.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("".join(f"{sid}\n" for sid in ids))
     return counts
-
-
-def _check_replaceable(root: Path) -> None:
-    if root.is_file():
-        raise DataError(f"synthetic dataset root {root} is a file; pick a directory path")
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES)
-    if foreign:
-        raise DataError(
-            f"{root} holds files that are not part of a synthetic dataset ({', '.join(foreign[:3])});"
-            " pick an empty or new directory as the synthetic dataset root"
-        )
 
 
 def generate_synthetic_dataset(
     root: Union[str, Path], *, seed: int = 0, num_train: int = 2000, num_val: int = 300,
     image_size: int = 128, ignore_boundary: int = 1, workers: int = 1, progress: bool = False,
 ) -> Path:
-    """Write the dataset to `root` (replacing a previous synthetic dataset there); returns `root`.
+    """Write the dataset to `root`, replacing a synthetic dataset there; returns `root`.
 
-    Files are written to a sibling temporary directory that is renamed to `root` at the end, with
-    `meta.json` last, so an interrupted run never leaves something that looks complete. The output
-    does not depend on `workers` (processes used to render).
+    Everything is written to a sibling temporary directory, `meta.json` last, that is renamed to
+    `root` at the end, so an interrupted run never leaves something that looks complete. The
+    output does not depend on `workers` (processes that render).
     """
     if num_train < 1 or num_val < 1 or image_size < 16 or ignore_boundary < 0:
-        raise ValueError("synthetic dataset needs num_train >= 1, num_val >= 1, image_size >= 16 "
-                         f"and ignore_boundary >= 0; got {num_train}, {num_val}, {image_size}, "
+        raise ValueError("synthetic dataset needs num_train, num_val >= 1, image_size >= 16 and "
+                         f"ignore_boundary >= 0; got {num_train}, {num_val}, {image_size}, "
                          f"{ignore_boundary}")
     root = Path(root).absolute()
-    if root.exists():
-        _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.is_file():
+        raise _data_error(f"synthetic dataset root {root} is a file; pick a directory path")
+    foreign = sorted(p.name for p in root.glob("*") if p.name not in _OWN_ENTRIES)
+    if foreign:
+        raise _data_error(f"{root} holds files that are not part of a synthetic dataset "
+                          f"({', '.join(foreign[:3])}); pick an empty or new directory as its root")
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for sub in ("JPEGImages", "SegmentationClass"):
             (tmp / sub).mkdir(parents=True)
         sizes = {"train": num_train, "val": num_val}
-        jobs = [(tmp, seed, split, i, image_size, ignore_boundary)
-                for split, n in sizes.items() for i in range(n)]
-        pixels = _run_jobs(jobs, workers, progress)
+        pixels = _run_jobs([(tmp, seed, split, i, image_size, ignore_boundary)
+                            for split, n in sizes.items() for i in range(n)], workers, progress)
         ids = {split: [f"{split}_{i:05d}" for i in range(n)] for split, n in sizes.items()}
         meta = {
             "generator": "prcl.data.synthetic", "version": GENERATOR_VERSION,
@@ -395,7 +384,7 @@ def generate_synthetic_dataset(
 
 
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> np.ndarray:
-    """Run `_write_sample` over `jobs`, in a process pool when `workers > 1`; sums pixel counts."""
+    """`_write_sample` over `jobs`, in `workers` spawned processes if > 1; summed pixel counts."""
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         results = pool.imap(_write_sample, jobs, chunksize=16) if pool else map(_write_sample, jobs)
@@ -409,36 +398,29 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> np.ndarray:
             pool.terminate()
 
 
-def read_meta(root: Union[str, Path]) -> Optional[dict]:
-    """The parsed `meta.json` of a complete dataset at `root`, or None if there is none."""
-    path = Path(root) / "meta.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON ({err}); delete {Path(root)} to regenerate") from err
-
-
 def ensure_synthetic_dataset(root: Union[str, Path], **kwargs) -> Path:
     """Generate the dataset at `root` unless a complete one with the same parameters is there.
 
     `kwargs` are those of `generate_synthetic_dataset`. A directory without `meta.json` counts as
-    an interrupted generation and is regenerated; one generated with other parameters or another
+    an interrupted generation and is regenerated; one made with other parameters or by another
     generator version is an error (nothing is deleted).
     """
-    call = inspect.signature(generate_synthetic_dataset).bind(root, **kwargs)  # TypeError if unknown
+    call = inspect.signature(generate_synthetic_dataset).bind(root, **kwargs)  # unknown: TypeError
     call.apply_defaults()
-    meta = read_meta(root)
-    if meta is None:
+    path = Path(root) / "meta.json"
+    if not path.is_file():
         return generate_synthetic_dataset(*call.args, **call.kwargs)
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise _data_error(f"{path} is not valid JSON ({err}); delete {root} to regenerate") from err
     expected = {k: v for k, v in call.arguments.items() if k not in ("root", "workers", "progress")}
     expected["version"] = GENERATOR_VERSION
     found = {"version": meta.get("version"), **meta.get("params", {})}
     if found != expected:
         diff = ", ".join(f"{k}={found.get(k)!r} (wanted {v!r})"
                          for k, v in expected.items() if found.get(k) != v)
-        raise DataError(
+        raise _data_error(
             f"the synthetic dataset in {root} was generated with different settings: {diff}. "
             f"Delete {root} to regenerate it, or pick another root directory."
         )
