@@ -43,6 +43,8 @@ TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baselin
 def experiments(tables: list[str], fractions: list[str], temperatures: list[float]) -> list[Experiment]:
     out: list[Experiment] = []
     for frac in fractions:
+        if "gap" in tables:  # the dataset property of issue #2: how much room labels leave
+            out += [Experiment("gap", "supervised", f, ["method.name=supervised"]) for f in (frac, "full")]
         if "1" in tables:
             out += [Experiment("1", m, frac, [f"method.name={m}"]) for m in TABLE1_METHODS]
             if frac == fractions[0]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,17 @@ def test_loads_through_the_common_loader(tiny):
     unlabeled = load_split("synthetic", tiny, "splits/1_4/unlabeled.txt", labelled=False)
     assert all(s.mask is None for s in unlabeled)
     assert not {s.id for s in samples} & {s.id for s in unlabeled}
+
+
+def test_training_refuses_a_dataset_from_another_generator_version(tiny, tmp_path):
+    from prcl.config import load_config
+    from prcl.data.loaders import prepare_root
+
+    root = tmp_path / "old"
+    shutil.copytree(tiny, root)
+    meta = json.loads((root / "meta.json").read_text())
+    cfg = load_config(None, [f"data.root={root}"])
+    assert prepare_root(cfg) == root
+    (root / "meta.json").write_text(json.dumps({**meta, "version": synthetic.GENERATOR_VERSION - 1}))
+    with pytest.raises(DataError, match=f"version {synthetic.GENERATOR_VERSION - 1}.*delete {root}"):
+        prepare_root(cfg)

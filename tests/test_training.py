@@ -79,3 +79,23 @@ def test_prototype_trajectory_is_logged(make_config):
     assert traj["local"].shape == traj["gdp"].shape == (3, 8, 16)
     seen = torch.isfinite(traj["gdp"]).all(2)
     assert seen[0].any() and (seen[1:] >= seen[:-1]).all()  # a class once seen keeps its GDP
+
+
+def test_channels_last_trains_like_the_default_layout(make_config):
+    """`train.channels_last` changes the memory layout only: same losses and weights up to float error.
+    Dropout is switched off in both: its mask is drawn in memory order, so it differs between layouts."""
+    common = ["method.name=supervised", "train.iterations=3", "train.eval_every=100", "data.max_val_images=2"]
+    runs = {}
+    for layout in ("false", "true"):
+        trainer = Trainer(make_config(*common, f"name=cl-{layout}", f"train.channels_last={layout}"))
+        for m in trainer.model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        losses = [trainer.train_step(it)[0]["total"] for it in range(3)]
+        runs[layout] = (losses, trainer.model.state_dict())
+    (loss_a, state_a), (loss_b, state_b) = runs["false"], runs["true"]
+    assert loss_a == pytest.approx(loss_b, rel=1e-4)
+    assert next(p for p in runs["true"][1].values() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    weight = next(k for k in state_a if k.endswith("weight") and state_a[k].dim() == 4)
+    assert torch.allclose(state_a[weight], state_b[weight], atol=1e-5)
+    assert not torch.equal(state_a[weight], Trainer(make_config(*common, "name=fresh")).model.state_dict()[weight])

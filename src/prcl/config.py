@@ -131,6 +131,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     threads: Optional[int] = None  # torch CPU threads; null = torch default
+    channels_last: bool = False  # NHWC model and images (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the student's forward (slow first steps; see benchmarks/)
     log_prototypes_every: int = 0  # >0: record prototypes every K iterations (prototype_trajectory.pt, Fig. 8)
     skip_nonfinite: bool = False  # on a NaN/Inf loss or gradient: false = stop (naming the last good
     # checkpoint), true = skip that step (undoing its BatchNorm/prototype updates) and count it

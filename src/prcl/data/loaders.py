@@ -86,6 +86,10 @@ def prepare_root(cfg: Config) -> Path:
 
         print(f"generating the built-in synthetic dataset in {root} (once)")
         ensure_synthetic_dataset(root, workers=min(4, os.cpu_count() or 1), progress=True)
+    elif cfg.data.dataset == "synthetic":
+        from prcl.data.synthetic import require_current_version
+
+        require_current_version(root)
     elif not root.is_dir():
         raise DataError(f"data.root {root} does not exist; set data.root=... to your {cfg.data.dataset} dataset "
                         "(`prcl data prepare` extracts the downloaded archives)")

@@ -68,16 +68,17 @@ class ObjectClass:
     shape: str
     texture: str
     hue: tuple[float, float]
+    frequency: float  # relative chance that an object is of this class (long-tailed, like VOC)
 
 
 OBJECT_CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0)),
-    ObjectClass("ring", "ring", "shaded", (5.0, 45.0)),
-    ObjectClass("tile", "rect", "checker", (180.0, 230.0)),
-    ObjectClass("crate", "rect", "stripes", (200.0, 250.0)),
-    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0)),
-    ObjectClass("star", "star", "dots", (90.0, 150.0)),
-    ObjectClass("cross", "cross", "stripes", (240.0, 310.0)),
+    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0), 1.0),
+    ObjectClass("ring", "ring", "shaded", (5.0, 45.0), 0.078),
+    ObjectClass("tile", "rect", "checker", (180.0, 230.0), 0.6),
+    ObjectClass("crate", "rect", "stripes", (200.0, 250.0), 0.13),
+    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0), 0.36),
+    ObjectClass("star", "star", "dots", (90.0, 150.0), 0.047),
+    ObjectClass("cross", "cross", "stripes", (240.0, 310.0), 0.216),
 )
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
 _CLASS_SHAPES = sorted({c.shape for c in OBJECT_CLASSES})
@@ -219,7 +220,8 @@ def _layers(rng: np.random.Generator) -> list[tuple[int, str, str, Optional[tupl
     has; their hue range is None (any colour).
     """
     layers = []
-    for cls in rng.integers(1, len(CLASS_NAMES), int(rng.integers(3, 6))):
+    freq = np.array([c.frequency for c in OBJECT_CLASSES])
+    for cls in 1 + rng.choice(len(freq), int(rng.integers(3, 6)), p=freq / freq.sum()):
         spec = OBJECT_CLASSES[cls - 1]
         layers.append((int(cls), spec.shape, spec.texture, spec.hue))
     for _ in range(int(rng.integers(1, 4))):
@@ -425,3 +427,21 @@ def ensure_synthetic_dataset(root: Union[str, Path], **kwargs) -> Path:
             f"Delete {root} to regenerate it, or pick another root directory."
         )
     return Path(root).absolute()
+
+
+def require_current_version(root: Union[str, Path]) -> None:
+    """Refuse a synthetic dataset at `root` written by another generator version (any parameters).
+
+    Images change between versions, so results on an old copy are not comparable with the
+    documented ones; the fix is to delete it (it is regenerated on first use).
+    """
+    path = Path(root) / "meta.json"
+    try:
+        version = json.loads(path.read_text()).get("version")
+    except (OSError, json.JSONDecodeError) as err:
+        raise _data_error(f"cannot read {path} ({err}); delete {root} to regenerate it") from err
+    if version != GENERATOR_VERSION:
+        raise _data_error(
+            f"the synthetic dataset in {root} was written by generator version {version}, this prcl "
+            f"writes version {GENERATOR_VERSION}; delete {root} to regenerate it (about a minute)")
+

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -22,24 +21,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from prcl.config import Config, ConfigError, save_config, to_dict
+from prcl.config import Config, ConfigError, to_dict
 from prcl.data.loaders import build_train_data
-from prcl.data.sources import copy_split
 from prcl.engine import distributed as dist
 from prcl.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_all,
                                     set_rng_state)
 from prcl.engine.ema import EMATeacher
 from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
+from prcl.engine.optimizer import build_optimizer
+from prcl.engine.run_dir import check_resumable, create_run_dir, drop_records_after
 from prcl.engine.schedules import poly_scheduler
 from prcl.methods import build_method
 from prcl.models import build_model
-
-# Keys that may change when a run is resumed without --force: they do not alter the experiment.
-RESUME_SAFE_KEYS = (
-    "train.eval_every", "train.checkpoint_every", "train.log_every", "train.device", "train.threads",
-    "data.num_workers", "output_dir", "train.skip_nonfinite",
-)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,18 +48,6 @@ def select_device(name: str) -> torch.device:
     if name == "cuda" and dist.is_distributed():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
-
-
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += config_differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k}")
-    return keys
 
 
 class Trainer:
@@ -93,20 +75,14 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights (student and teacher) on every rank
         self.model = build_model(cfg, self.info.num_classes).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda" and dist.world_size() > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method = build_method(cfg, self.info.num_classes).to(self.device)
         self.teacher = EMATeacher(self.model, cfg.method.ema_decay) if self.method.uses_teacher else None
-        groups = self.model.param_groups()
-        o = cfg.optim
-        param_groups = [{"params": groups["main"], "lr": o.lr}] + (
-            [{"params": groups["prob_head"], "lr": o.prob_head_lr}] if groups["prob_head"] else [])
-        if o.name == "sgd":
-            self.optimizer = torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                             weight_decay=o.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(param_groups, lr=o.lr, weight_decay=o.weight_decay)
-        self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, o.poly_power)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, cfg.optim.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16" and self.device.type == "cuda")
         seed_all(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
         if state:
@@ -116,10 +92,12 @@ class Trainer:
                                     broadcast_buffers=False)  # buffers are averaged after each step instead
             if dist.is_distributed() else self.model
         )
+        if cfg.train.compile:  # the student's forward only; checkpoints keep the plain module's keys
+            self.student = torch.compile(self.student)
         if not resume:
-            self._create_run_dir(overwrite)
+            create_run_dir(cfg, overwrite)
         elif self.main:
-            self._drop_records_after_checkpoint()
+            drop_records_after(self.run_dir, self.start_iteration)
         self.tb = None
         self.trajectory = PrototypeTrajectory(self.run_dir / "prototype_trajectory.pt")
         self._stop_signal: Optional[int] = None
@@ -130,47 +108,8 @@ class Trainer:
     # ----------------------------------------------------------------- run directory and state
     def _resume_state(self, force: bool) -> dict:
         state = load_checkpoint(self.ckpt_dir / "last.pt")
-        changed = [k for k in config_differences(state["config"], to_dict(self.cfg)) if k not in RESUME_SAFE_KEYS]
-        if changed and not force:
-            raise ConfigError(
-                f"resuming {self.run_dir} with a config that changes the experiment ({', '.join(changed)}); "
-                "pass --force to resume anyway, or train under a new name"
-            )
+        check_resumable(state["config"], to_dict(self.cfg), self.run_dir, force)
         return state
-
-    def _create_run_dir(self, overwrite: bool) -> None:
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            if not overwrite:
-                raise FileExistsError(
-                    f"run directory {self.run_dir} already exists; continue it with `prcl train --resume "
-                    f"{self.run_dir}`, start afresh with --overwrite, or pick another name=..."
-                )
-            if self.main:
-                shutil.rmtree(self.run_dir)
-        dist.barrier()
-        if self.main:
-            try:
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ConfigError(f"cannot create run directory {self.run_dir} ({err.strerror}); "
-                                  "set output_dir=... to a writable place") from err
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            d = self.cfg.data
-            copy_split(d.dataset, Path(d.root), {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split,
-                                                 "val": d.val_split}, self.run_dir / "split")
-
-    def _drop_records_after_checkpoint(self) -> None:
-        """On resume, drop log records written after the checkpoint (by a run killed between the two),
-        so the logs read like one uninterrupted run; TensorBoard purges them via `purge_step`."""
-        for name in ("metrics.jsonl", "train_log.jsonl"):
-            path = self.run_dir / name
-            if not path.is_file():
-                continue
-            lines = path.read_text().splitlines(keepends=True)
-            keep = [line for line in lines if _logged_by(line, self.start_iteration)]
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_text("".join(keep))
-            tmp.replace(path)
 
     def state_dict(self, iteration: int) -> dict[str, Any]:
         return {
@@ -227,8 +166,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- one iteration
     def _next(self, it) -> dict[str, torch.Tensor]:
-        batch = next(it)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in next(it).items() if torch.is_tensor(v)}
+        if self.cfg.train.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                     for k, v in batch.items()}
+        return batch
 
     def _autocast(self):
         if self.cfg.train.amp == "none" or self.device.type != "cuda":
@@ -392,14 +334,6 @@ class Trainer:
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
-
-
-def _logged_by(line: str, iteration: int) -> bool:
-    """Whether a JSON-lines log record is complete and from an iteration <= `iteration`."""
-    try:
-        return json.loads(line)["iteration"] <= iteration and line.endswith("\n")
-    except (ValueError, KeyError, TypeError):
-        return False  # a line torn by a crash
 
 
 def _finite_everywhere(x: torch.Tensor) -> bool:

@@ -1,0 +1,20 @@
+"""The optimiser: SGD (the paper) or AdamW (the CPU demo), one group per learning rate."""
+
+from __future__ import annotations
+
+import torch
+
+from prcl.config import OptimConfig
+
+
+def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    """Parameter groups from `model.param_groups()`: "main" at `o.lr`, the probability head (if any) at
+    `o.prob_head_lr` (the paper's "soft freeze" of the σ² head, Sec. 4.1)."""
+    groups = model.param_groups()
+    param_groups = [{"params": groups["main"], "lr": o.lr}]
+    if groups["prob_head"]:
+        param_groups.append({"params": groups["prob_head"], "lr": o.prob_head_lr})
+    if o.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=o.lr, weight_decay=o.weight_decay)
