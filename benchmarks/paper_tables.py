@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -19,10 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
+from prcl.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -31,16 +36,21 @@ class Experiment:
     row: str
     fraction: str
     overrides: list[str] = field(default_factory=list)
+    seeds: Optional[list[int]] = None  # None: the --seeds of the command
 
     @property
     def name(self) -> str:
-        return f"t{self.table}-{self.row.replace(' ', '_').replace('+', 'p')}-{self.fraction}"
+        """From the settings, not the table: a run that serves several tables is trained once."""
+        short = [o.replace("method.contrastive.", "").replace("method.name=", "").replace("memory_bank.", "mb.")
+                 for o in self.overrides]
+        return "-".join(short + [self.fraction]).replace("=", "_")
 
 
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 
 
-def experiments(tables: list[str], fractions: list[str], temperatures: list[float]) -> list[Experiment]:
+def experiments(tables: list[str], fractions: list[str], temperatures: list[float],
+                tau_seeds: list[int]) -> list[Experiment]:
     out: list[Experiment] = []
     for frac in fractions:
         if "gap" in tables:  # the dataset property of issue #2: how much room labels leave
@@ -49,6 +59,10 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
             out += [Experiment("1", m, frac, [f"method.name={m}"]) for m in TABLE1_METHODS]
             if frac == fractions[0]:
                 out.append(Experiment("1", "supervised", "full", ["method.name=supervised"]))
+        if "4" in tables:  # representation quality of the Table 1 runs (prcl analyze)
+            out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
+        if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
+            continue
         if "8" in tables:
             rows = {
                 "baseline": ["method.name=baseline"],
@@ -68,21 +82,25 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
             }
             out += [Experiment("7", r, frac, o) for r, o in rows.items()]
         if "tau" in tables:
-            out += [Experiment("tau", f"tau={t:g}", frac, ["method.name=prcl", f"method.contrastive.temperature={t}"])
-                    for t in temperatures]
-    seen, unique = set(), []
-    for e in out:  # the same run may serve several tables
-        key = (e.name, tuple(e.overrides))
-        if key not in seen:
-            seen.add(key)
-            unique.append(e)
-    return unique
+            default = Config().method.contrastive.temperature  # that row is the plain prcl run
+            out += [Experiment("tau", f"tau={t:g}", frac, ["method.name=prcl"] + (
+                [] if t == default else [f"method.contrastive.temperature={t}"]), tau_seeds) for t in temperatures]
+    return out
 
 
-def run_one(exp: Experiment, seed: int, args: argparse.Namespace) -> Path:
+def run_one(exp: Experiment, seed: int, args: argparse.Namespace, analyze: bool) -> Path:
     run = args.runs / f"{exp.name}-s{seed}"
-    if (run / "summary.json").is_file():
-        return run
+    if not (run / "summary.json").is_file():
+        train_one(exp, run, seed, args)
+    if analyze and not (run / "analysis" / "metrics.json").is_file():
+        cmd = [sys.executable, "-m", "prcl", "analyze", str(run), "--out", str(run / "analysis"), "--num-images", "2"]
+        with open(args.runs / f"{run.name}.analyze.log", "w") as f:
+            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=ONE_THREAD).returncode:
+                raise RuntimeError(f"prcl analyze {run} failed; see {f.name}")
+    return run
+
+
+def train_one(exp: Experiment, run: Path, seed: int, args: argparse.Namespace) -> None:
     split = f"splits/{exp.fraction}"
     overrides = [
         *exp.overrides, f"seed={seed}", f"output_dir={args.runs}", f"name={run.name}", f"data.root={args.data}",
@@ -97,7 +115,6 @@ def run_one(exp: Experiment, seed: int, args: argparse.Namespace) -> Path:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{run.name} failed (exit {proc.returncode}); see {log}")
-    return run
 
 
 def method_state_bytes(run: Path) -> int:
@@ -113,6 +130,25 @@ def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
+def representation_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
+    """Table 4: Silhouette (higher = better separated) and Davies-Bouldin (lower = better) of the val
+    representations, from `prcl analyze` (student μ, or the fused feature for methods without a head)."""
+    lines = ["## Table 4", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | runs |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for e in exps:
+        sil, dbi, feature = [], [], "–"
+        for s in seeds:
+            path = args.runs / f"{e.name}-s{s}" / "analysis" / "metrics.json"
+            if path.is_file():
+                rep = json.loads(path.read_text())["runs"][0]["representation"]
+                sil.append(rep["silhouette"])
+                dbi.append(rep["davies_bouldin"])
+                feature = f"{rep['feature']} ({rep['dim']}-d)"
+        lines.append(f"| {e.row} | {e.fraction} | {feature} | {_fmt(sil, 1, 3)} | {_fmt(dbi, 1, 3)} | "
+                     f"{len(sil)}/{len(seeds)} |")
+    return lines + [""]
+
+
 def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace, command: str) -> None:
     lines = ["# The paper's tables in miniature (built-in synthetic dataset, CPU)", "",
              f"Command: `{command}`", "",
@@ -120,11 +156,15 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
              f"(see `configs/demo.yaml`); mIoU of the teacher (or student) on the 300 val images at the end; "
              f"mean ± sample std over seeds {seeds}. Runs in `{args.runs}`.", ""]
     for table in dict.fromkeys(e.table for e in exps):
+        if table == "4":
+            lines += representation_table([x for x in exps if x.table == "4"], seeds, args)
+            continue
         lines += [f"## Table {table}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for e in (x for x in exps if x.table == table):
             mious, secs, state = [], [], None
-            for s in seeds:
+            row_seeds = e.seeds or seeds
+            for s in row_seeds:
                 run = args.runs / f"{e.name}-s{s}"
                 if (run / "summary.json").is_file():
                     summ = json.loads((run / "summary.json").read_text())
@@ -133,18 +173,19 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
                     state = method_state_bytes(run)
             sec = f"{statistics.mean(secs):.3f}" if secs else "–"
             mem = "–" if state is None else f"{state / 1024:.1f} KiB"
-            lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {len(mious)}/{len(seeds)} | {sec} | {mem} |")
+            lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {len(mious)}/{len(row_seeds)} | {sec} | {mem} |")
         lines.append("")
     args.out.write_text("\n".join(lines))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tables", nargs="+", default=["1", "8", "7", "tau"])
-    p.add_argument("--fractions", nargs="+", default=["1_16", "1_4"])
+    p.add_argument("--tables", nargs="+", default=["1", "4", "8", "7", "tau"])
+    p.add_argument("--fractions", nargs="+", default=["1_64", "1_16"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--temperatures", nargs="+", type=float, default=[0.1, 0.5, 1.0, 10.0, 100.0])
-    p.add_argument("--iterations", type=int, default=1200)
+    p.add_argument("--tau-seeds", nargs="+", type=int, default=[0], help="seeds of the temperature sweep")
+    p.add_argument("--temperatures", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0])
+    p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synthetic")
     p.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
@@ -156,12 +197,18 @@ def main() -> int:
     from prcl.data.synthetic import ensure_synthetic_dataset
 
     ensure_synthetic_dataset(args.data, workers=args.jobs)  # once, before parallel runs race to do it
-    exps = experiments(args.tables, args.fractions, args.temperatures)
-    jobs = [(e, s) for s in args.seeds for e in exps]  # seed-major: every row gets a first seed early
+    exps = experiments(args.tables, args.fractions, args.temperatures, args.tau_seeds)
+    runs: dict[tuple[str, int], Experiment] = {}  # a run shared by tables is trained once
+    for s in args.seeds:  # seed-major: every row gets a first seed early
+        for e in exps:
+            if s in (e.seeds or args.seeds):
+                runs.setdefault((e.name, s), e)
+    jobs = [(e, s) for (_, s), e in runs.items()]
     write_table(exps, args.seeds, args, command)
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_one, e, s, args): (e, s) for e, s in jobs}
+        analyzed = {e.name for e in exps if e.table == "4"}
+        futures = {pool.submit(run_one, e, s, args, e.name in analyzed): (e, s) for e, s in jobs}
         for fut in as_completed(futures):
             e, s = futures[fut]
             try:

@@ -57,3 +57,16 @@ def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, meth
     single = evaluate_checkpoint(run / "checkpoints" / "last.pt", device="cpu")
     assert single["num_images"] == 7
     assert single["miou"] == pytest.approx(logged["miou"], abs=1e-12)
+
+    # resume with another world size: the 2-process checkpoint continues in one process
+    from prcl.engine.trainer import Trainer
+
+    cfg = tiny_config(synth_root, tmp_path, *overrides, "train.iterations=6")
+    resumed = Trainer(cfg, resume=True, force=True)  # force: train.iterations changed
+    assert resumed.start_iteration == 4
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, a[f"model.{k}"]), f"{k} not restored from the 2-process checkpoint"
+    summary = resumed.fit()
+    assert summary["iterations"] == 6
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [4, 6]

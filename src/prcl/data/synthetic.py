@@ -52,8 +52,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from prcl import IGNORE_INDEX
 from prcl.data.palette import voc_colormap, voc_palette
 
-GENERATOR_VERSION = 2  # bump whenever the images change: older datasets are then refused
-LABELLED_FRACTIONS: tuple[str, ...] = ("1_16", "1_8", "1_4", "1_2", "full")
+GENERATOR_VERSION = 3  # bump whenever the files change: older datasets are then refused (3: + 1_64, 1_32)
+LABELLED_FRACTIONS: tuple[str, ...] = ("1_64", "1_32", "1_16", "1_8", "1_4", "1_2", "full")
 SPLIT_CODES = {"train": 0, "val": 1, "splits": 2}  # second entry of every RNG seed sequence
 _OWN_ENTRIES = {"JPEGImages", "SegmentationClass", "ImageSets", "splits", "meta.json"}
 _PALETTE = voc_palette()
@@ -68,17 +68,16 @@ class ObjectClass:
     shape: str
     texture: str
     hue: tuple[float, float]
-    frequency: float  # relative chance that an object is of this class (long-tailed, like VOC)
 
 
 OBJECT_CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0), 1.0),
-    ObjectClass("ring", "ring", "shaded", (5.0, 45.0), 0.078),
-    ObjectClass("tile", "rect", "checker", (180.0, 230.0), 0.6),
-    ObjectClass("crate", "rect", "stripes", (200.0, 250.0), 0.13),
-    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0), 0.36),
-    ObjectClass("star", "star", "dots", (90.0, 150.0), 0.047),
-    ObjectClass("cross", "cross", "stripes", (240.0, 310.0), 0.216),
+    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0)),
+    ObjectClass("ring", "ring", "shaded", (5.0, 45.0)),
+    ObjectClass("tile", "rect", "checker", (180.0, 230.0)),
+    ObjectClass("crate", "rect", "stripes", (200.0, 250.0)),
+    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0)),
+    ObjectClass("star", "star", "dots", (90.0, 150.0)),
+    ObjectClass("cross", "cross", "stripes", (240.0, 310.0)),
 )
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
 _CLASS_SHAPES = sorted({c.shape for c in OBJECT_CLASSES})
@@ -220,8 +219,7 @@ def _layers(rng: np.random.Generator) -> list[tuple[int, str, str, Optional[tupl
     has; their hue range is None (any colour).
     """
     layers = []
-    freq = np.array([c.frequency for c in OBJECT_CLASSES])
-    for cls in 1 + rng.choice(len(freq), int(rng.integers(3, 6)), p=freq / freq.sum()):
+    for cls in rng.integers(1, len(CLASS_NAMES), int(rng.integers(3, 6))):
         spec = OBJECT_CLASSES[cls - 1]
         layers.append((int(cls), spec.shape, spec.texture, spec.hue))
     for _ in range(int(rng.integers(1, 4))):
