@@ -46,6 +46,10 @@ class Experiment:
         return "-".join(short + [self.fraction]).replace("=", "_")
 
 
+TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (prcl analyze)",
+          "8": "Table 8 — PRCL components", "7": "Table 7 — extra negatives: none / memory bank / VN",
+          "tau": "Temperature sweep (chose the default τ)", "sigma": "σ² head learning rate",
+          "gap": "Dataset property: supervised, few vs all labels"}
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 
 
@@ -81,6 +85,10 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
                 "VN": ["method.name=prcl"],
             }
             out += [Experiment("7", r, frac, o) for r, o in rows.items()]
+        if "sigma" in tables:  # does the σ² head learn at this budget? (the paper soft-freezes it)
+            out += [Experiment("sigma", f"prob_head_lr={lr:g}", frac, ["method.name=prcl"] + (
+                [] if lr == Config().optim.prob_head_lr else [f"optim.prob_head_lr={lr}"]), tau_seeds)
+                for lr in (Config().optim.prob_head_lr, Config().optim.lr)]
         if "tau" in tables:
             default = Config().method.contrastive.temperature  # that row is the plain prcl run
             out += [Experiment("tau", f"tau={t:g}", frac, ["method.name=prcl"] + (
@@ -131,21 +139,31 @@ def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 
 
 def representation_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
-    """Table 4: Silhouette (higher = better separated) and Davies-Bouldin (lower = better) of the val
-    representations, from `prcl analyze` (student μ, or the fused feature for methods without a head)."""
-    lines = ["## Table 4", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | runs |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """From `prcl analyze` of each run: Silhouette (higher = better separated) and Davies-Bouldin (lower =
+    better) of the val representations (student μ, or the fused feature for methods without a head), the
+    mIoU, and how well σ² flags wrong pseudo-labels (AUROC; 0.5 = not at all; Fig. 7's claim is > 0.5)."""
+    lines = [f"## {TITLES[exps[0].table]}", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | "
+             "mIoU (%) | σ² wrong / correct | AUROC σ² flags wrong pseudo-labels | runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in exps:
-        sil, dbi, feature = [], [], "–"
-        for s in seeds:
+        row_seeds = e.seeds or seeds
+        cols: dict[str, list[float]] = {"sil": [], "dbi": [], "miou": [], "var": [], "auroc": []}
+        feature = "–"
+        for s in row_seeds:
             path = args.runs / f"{e.name}-s{s}" / "analysis" / "metrics.json"
             if path.is_file():
-                rep = json.loads(path.read_text())["runs"][0]["representation"]
-                sil.append(rep["silhouette"])
-                dbi.append(rep["davies_bouldin"])
+                run = json.loads(path.read_text())["runs"][0]
+                rep, unc = run["representation"], run.get("uncertainty") or {}
+                cols["sil"].append(rep["silhouette"])
+                cols["dbi"].append(rep["davies_bouldin"])
+                cols["miou"].append(run["miou"])
+                for key, name in (("var", "ratio_wrong_to_correct"), ("auroc", "auroc_var_detects_wrong")):
+                    if unc.get(name) is not None:
+                        cols[key].append(unc[name])
                 feature = f"{rep['feature']} ({rep['dim']}-d)"
-        lines.append(f"| {e.row} | {e.fraction} | {feature} | {_fmt(sil, 1, 3)} | {_fmt(dbi, 1, 3)} | "
-                     f"{len(sil)}/{len(seeds)} |")
+        lines.append(f"| {e.row} | {e.fraction} | {feature} | {_fmt(cols['sil'], 1, 3)} | {_fmt(cols['dbi'], 1, 3)} | "
+                     f"{_fmt(cols['miou'])} | {_fmt(cols['var'], 1, 3)} | {_fmt(cols['auroc'], 1, 3)} | "
+                     f"{len(cols['sil'])}/{len(row_seeds)} |")
     return lines + [""]
 
 
@@ -154,12 +172,17 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
              f"Command: `{command}`", "",
              f"Each run: {args.iterations} iterations, one CPU thread, demo model and data settings "
              f"(see `configs/demo.yaml`); mIoU of the teacher (or student) on the 300 val images at the end; "
-             f"mean ± sample std over seeds {seeds}. Runs in `{args.runs}`.", ""]
+             f"mean ± sample std over seeds {seeds}. Runs in `{args.runs}`. Labels: 1_64 = 31, 1_16 = 125, "
+             "full = 2000 labelled images (the rest of the 2000-image pool unlabelled). "
+             "Tables 8, 7 and the τ sweep at the first fraction only.", ""]
+    notes = args.out.with_suffix(".notes.md")  # hand-written reading of the numbers, kept across rewrites
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
     for table in dict.fromkeys(e.table for e in exps):
-        if table == "4":
-            lines += representation_table([x for x in exps if x.table == "4"], seeds, args)
+        if table in ("4", "sigma"):
+            lines += representation_table([x for x in exps if x.table == table], seeds, args)
             continue
-        lines += [f"## Table {table}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
+        lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for e in (x for x in exps if x.table == table):
             mious, secs, state = [], [], None
@@ -207,7 +230,7 @@ def main() -> int:
     write_table(exps, args.seeds, args, command)
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        analyzed = {e.name for e in exps if e.table == "4"}
+        analyzed = {e.name for e in exps if e.table in ("4", "sigma")}
         futures = {pool.submit(run_one, e, s, args, e.name in analyzed): (e, s) for e, s in jobs}
         for fut in as_completed(futures):
             e, s = futures[fut]
