@@ -192,7 +192,7 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
             stats.add(var_mean.flatten().cpu().numpy()[labelled], (pred_small != gt_small)[labelled])
             if i < num_images:
                 up = F.interpolate(var_mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-                var_map = (up / up.sum()).squeeze().cpu().numpy()  # ℓ1-normalised over the image
+                var_map = (up / up.mean()).squeeze().cpu().numpy()  # ℓ1-normalised, x H·W: image mean = 1
         if i < num_images:
             examples.append({"image": denormalize(x[0]).permute(1, 2, 0).cpu().numpy(),
                              "gt": mask.numpy(), "pred": pred.numpy(), "var": var_map})

@@ -21,7 +21,7 @@ SECTIONS = (
      "in the space the loss sees."),
     ("probability_maps", "Probability maps (Fig. 7)",
      "Image | ground truth | pseudo-label | σ² of the student's probability head, averaged over the D dims and "
-     "ℓ1-normalised over the image (red = large σ², i.e. low probability)."),
+     "ℓ1-normalised over the image and scaled so its mean is 1 (red = large σ², i.e. low probability)."),
     ("prototype_trajectories", "Prototype trajectories (Fig. 8)",
      "Logged prototype positions over training, all kinds projected by one PCA; ○ first, ★ last position. "
      "'mean step' = mean L2 distance between consecutive logged positions of a class (D-dim space)."),

@@ -132,7 +132,7 @@ def _trajectory_figure(run: RunData, out: Path, suffix: str) -> tuple[Path, dict
 
 def _probability_figure(run: RunData, vp: ValPass, path: Path) -> Path:
     titles = ("image", "ground truth", f"pseudo-label ({'teacher' if run.student is not run.evaluated else 'model'})",
-              "σ² (mean over D, ℓ1-norm.)")
+              "σ² / image mean (mean over D)")
     rows = [[Cell("rgb", ex["image"], titles[0]), Cell("mask", ex["gt"], titles[1]),
              Cell("mask", ex["pred"], titles[2]), Cell("heat", ex["var"], titles[3])] for ex in vp.examples]
     rows = [[c._replace(title="") if i else c for c in row] for i, row in enumerate(rows)]
