@@ -11,6 +11,7 @@ the markdown table is rewritten after every run, so it fills in as results arriv
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -126,7 +127,14 @@ def train_one(exp: Experiment, run: Path, seed: int, args: argparse.Namespace) -
 
 
 def method_state_bytes(run: Path) -> int:
-    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    """Bytes of the method's state (prototypes, GDP, memory bank) in the run's last checkpoint."""
+    path = run / "checkpoints" / "last.pt"
+    return _state_bytes(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _state_bytes(path: str, mtime_ns: int) -> int:  # cached: the table is rewritten after every run
+    state = torch.load(path, map_location="cpu", weights_only=True)
     return sum(t.numel() * t.element_size() for t in state["method"].values() if torch.is_tensor(t))
 
 
