@@ -5,7 +5,9 @@ Each experiment is a list of `prcl train` overrides; every (experiment, seed) ru
 each). Finished runs (with `summary.json`) are skipped, so the script resumes where it stopped, and
 the markdown table is rewritten after every run, so it fills in as results arrive.
 
-    python benchmarks/paper_tables.py --tables 1 --fractions 1_16 --seeds 0 1 2 --jobs 2
+    python benchmarks/paper_tables.py --tables 1 4 8 7 tau sigma --fractions 1_64 1_16 --seeds 0 1 2 --tau-seeds 0
+    python benchmarks/paper_tables.py --tables gap --fractions 1_16 --seeds 0 --iterations 2400 \
+        --runs benchmarks/runs_gap --out benchmarks/results/dataset_gap.md --title "..."
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -175,14 +178,18 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
     return lines + [""]
 
 
+def _shown(path: Path) -> str:
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
 def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace, command: str) -> None:
-    lines = ["# The paper's tables in miniature (built-in synthetic dataset, CPU)", "",
+    lines = [f"# {args.title}", "",
              f"Command: `{command}`", "",
              f"Each run: {args.iterations} iterations, one CPU thread, demo model and data settings "
              f"(see `configs/demo.yaml`); mIoU of the teacher (or student) on the 300 val images at the end; "
-             f"mean ± sample std over seeds {seeds}. Runs in `{args.runs}`. Labels: 1_64 = 31, 1_16 = 125, "
-             "full = 2000 labelled images (the rest of the 2000-image pool unlabelled). "
-             "Tables 8, 7 and the τ sweep at the first fraction only.", ""]
+             f"mean ± sample std over seeds {seeds}. Runs in `{_shown(args.runs)}`. Labels: 1_64 = 31, 1_16 = 125, "
+             "full = 2000 labelled images (the rest of the 2000-image pool unlabelled)."
+             + (" Tables 8, 7 and the τ sweep at the first fraction only." if len(args.fractions) > 1 else ""), ""]
     notes = args.out.with_suffix(".notes.md")  # hand-written reading of the numbers, kept across rewrites
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
@@ -220,10 +227,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synthetic")
     p.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
+    p.add_argument("--title", default="The paper's tables in miniature (built-in synthetic dataset, CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables.md")
     p.add_argument("extra", nargs="*", help="extra overrides for every run")
     args = p.parse_args()
-    command = "python benchmarks/paper_tables.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/paper_tables.py " + shlex.join(sys.argv[1:])
     args.runs.mkdir(parents=True, exist_ok=True)
     from prcl.data.synthetic import ensure_synthetic_dataset
 
