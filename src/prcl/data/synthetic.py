@@ -52,8 +52,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from prcl import IGNORE_INDEX
 from prcl.data.palette import voc_colormap, voc_palette
 
-GENERATOR_VERSION = 4  # bump whenever the files change: older datasets are then refused
-# (3: + 1_64, 1_32; 4: classes are families of looks)
+GENERATOR_VERSION = 3  # bump whenever the files change: older datasets are then refused (3: + 1_64, 1_32)
 LABELLED_FRACTIONS: tuple[str, ...] = ("1_64", "1_32", "1_16", "1_8", "1_4", "1_2", "full")
 SPLIT_CODES = {"train": 0, "val": 1, "splits": 2}  # second entry of every RNG seed sequence
 _OWN_ENTRIES = {"JPEGImages", "SegmentationClass", "ImageSets", "splits", "meta.json"}
@@ -62,38 +61,27 @@ _SUPERSAMPLE = 4  # polygons are drawn at 4x and box-filtered down: anti-aliased
 
 
 @dataclass(frozen=True)
-class Look:
-    """One appearance a class can take: a shape, a texture and a hue range (degrees, may wrap)."""
+class ObjectClass:
+    """How one foreground class is drawn: a shape, a texture and a hue range (degrees, may wrap)."""
 
+    name: str
     shape: str
     texture: str
     hue: tuple[float, float]
 
 
-SHAPES: tuple[str, ...] = ("ellipse", "ring", "rect", "triangle", "star", "cross", "hexagon", "crescent")
-TEXTURES: tuple[str, ...] = ("shaded", "checker", "stripes", "dots", "rings", "waves")
-HUES: tuple[float, ...] = (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)  # centres; instances vary +-15
-OBJECT_NAMES: tuple[str, ...] = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
-LOOKS_PER_CLASS = 12
-_LOOK_TABLE_SEED = 20261125  # fixed: the classes are part of the dataset's definition, not of `seed`
-
-
-def _look_table() -> tuple[tuple[tuple[Look, ...], ...], tuple[Look, ...]]:
-    """The looks of every foreground class, and the left-over looks (background decoys).
-
-    Every (shape, texture, hue) combination belongs to at most one class, drawn at random: no cue
-    alone names a class, each shape/texture/hue is shared by several, so a class is learnt look by
-    look (as real classes are learnt breed by breed), and a look never seen labelled is a guess.
-    """
-    combos = [Look(s, t, (h - 15.0, h + 15.0)) for s in SHAPES for t in TEXTURES for h in HUES]
-    order = np.random.default_rng(_LOOK_TABLE_SEED).permutation(len(combos)).tolist()
-    n = LOOKS_PER_CLASS
-    classes = tuple(tuple(combos[i] for i in order[k * n:(k + 1) * n]) for k in range(len(OBJECT_NAMES)))
-    return classes, tuple(combos[i] for i in order[len(OBJECT_NAMES) * n:])
-
-
-CLASS_LOOKS, DECOY_LOOKS = _look_table()
-CLASS_NAMES: tuple[str, ...] = ("background",) + OBJECT_NAMES
+OBJECT_CLASSES: tuple[ObjectClass, ...] = (
+    ObjectClass("disc", "ellipse", "shaded", (345.0, 385.0)),
+    ObjectClass("ring", "ring", "shaded", (5.0, 45.0)),
+    ObjectClass("tile", "rect", "checker", (180.0, 230.0)),
+    ObjectClass("crate", "rect", "stripes", (200.0, 250.0)),
+    ObjectClass("wedge", "triangle", "dots", (60.0, 115.0)),
+    ObjectClass("star", "star", "dots", (90.0, 150.0)),
+    ObjectClass("cross", "cross", "stripes", (240.0, 310.0)),
+)
+CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(c.name for c in OBJECT_CLASSES)
+_CLASS_SHAPES = sorted({c.shape for c in OBJECT_CLASSES})
+_CLASS_TEXTURES = sorted({c.texture for c in OBJECT_CLASSES})
 _FIELD_TEXTURES = ["gradient", "clouds", "wood", "bricks", "grain"]  # no class wears these
 
 
@@ -115,11 +103,6 @@ def _unit_polygons(shape: str, rng: np.random.Generator) -> list[tuple[np.ndarra
     if shape == "star":
         spikes = circle(10) * np.where(np.arange(10) % 2, rng.uniform(0.4, 0.55), 1.0)[:, None]
         return [(spikes, 1)]
-    if shape == "hexagon":
-        return [(circle(6), 1)]
-    if shape == "crescent":
-        bite = circle(40, rng.uniform(0.7, 0.85)) + [rng.uniform(0.35, 0.5), 0.0]
-        return [(circle(40), 1), (bite, 0)]
     if shape == "cross":
         w = rng.uniform(0.28, 0.42)
         x = np.array([w, 1, 1, w, w, -w, -w, -1, -1, -w, -w, w])
@@ -188,11 +171,6 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, scale: float,
         du = (u / p + rng.random()) % 1.0 - 0.5
         dv = (v / p + rng.random()) % 1.0 - 0.5
         return (du**2 + dv**2 < rng.uniform(0.2, 0.36) ** 2).astype(np.float32)
-    if kind == "rings":  # concentric about the object's centre
-        return ((np.sqrt(u**2 + v**2) / rng.uniform(4.0, 8.0) + rng.random()) % 1.0 < 0.5).astype(np.float32)
-    if kind == "waves":
-        p, a = rng.uniform(6.0, 11.0), rng.uniform(2.0, 4.0)
-        return 0.5 + 0.5 * np.sin(2 * np.pi * (u + a * np.sin(2 * np.pi * v / (2 * p))) / p)
     if kind == "gradient":
         return np.clip(0.5 + 0.5 * u / scale, 0, 1)
     if kind == "clouds":
@@ -237,21 +215,17 @@ def _random_pose(size: int, rng: np.random.Generator, lo: float, hi: float) -> d
 def _layers(rng: np.random.Generator) -> list[tuple[int, str, str, Optional[tuple]]]:
     """(label, shape, texture, hue range) of every object and distractor, in painting order.
 
-    Objects: a uniform class, then a uniform look of it. Distractors (label 0): a decoy look (a
-    shape/texture/hue combination no class has), or a blob, bar or class shape wearing a field
-    texture in any colour (hue range None).
+    Distractors (label 0) have a shape no class has, or a class shape with a texture no class
+    has; their hue range is None (any colour).
     """
     layers = []
     for cls in rng.integers(1, len(CLASS_NAMES), int(rng.integers(3, 6))):
-        look = CLASS_LOOKS[cls - 1][int(rng.integers(LOOKS_PER_CLASS))]
-        layers.append((int(cls), look.shape, look.texture, look.hue))
+        spec = OBJECT_CLASSES[cls - 1]
+        layers.append((int(cls), spec.shape, spec.texture, spec.hue))
     for _ in range(int(rng.integers(1, 4))):
-        if rng.random() < 0.5:
-            look = DECOY_LOOKS[int(rng.integers(len(DECOY_LOOKS)))]
-            layers.append((0, look.shape, look.texture, look.hue))
-        else:
-            shape = str(rng.choice(list(SHAPES) + ["blob", "blob", "bar", "bar"]))
-            layers.append((0, shape, str(rng.choice(_FIELD_TEXTURES)), None))
+        shape = str(rng.choice(_CLASS_SHAPES + ["blob", "blob", "bar", "bar"]))
+        pool = _FIELD_TEXTURES if shape in _CLASS_SHAPES else _FIELD_TEXTURES + _CLASS_TEXTURES
+        layers.append((0, shape, str(rng.choice(pool)), None))
     return [layers[i] for i in rng.permutation(len(layers))]
 
 
@@ -263,7 +237,7 @@ def _layer_colours(texture: str, hue: Optional[tuple], rng: np.random.Generator)
         h, s, v = rng.uniform(*hue), rng.uniform(0.4, 0.95), rng.uniform(0.45, 1.0)
     if texture == "shaded":
         return _hsv(h, s, v * 0.55), _hsv(h + rng.uniform(-10, 10), s * 0.6, v * 1.35)
-    return _hsv(h, s, v), _hsv(h + rng.uniform(-10, 10), s * rng.uniform(0.3, 0.9),
+    return _hsv(h, s, v), _hsv(h + rng.uniform(-25, 25), s * rng.uniform(0.3, 0.9),
                                v * rng.uniform(0.3, 0.65))
 
 
