@@ -62,7 +62,9 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
     out: list[Experiment] = []
     for frac in fractions:
         if "gap" in tables:  # the dataset property of issue #2: how much room labels leave
-            out += [Experiment("gap", "supervised", f, ["method.name=supervised"]) for f in (frac, "full")]
+            out.append(Experiment("gap", "supervised", frac, ["method.name=supervised"]))
+            if frac == fractions[-1]:
+                out.append(Experiment("gap", "supervised", "full", ["method.name=supervised"]))
         if "1" in tables:
             out += [Experiment("1", m, frac, [f"method.name={m}"]) for m in TABLE1_METHODS]
             if frac == fractions[0]:
