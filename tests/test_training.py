@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -81,21 +82,33 @@ def test_prototype_trajectory_is_logged(make_config):
     assert seen[0].any() and (seen[1:] >= seen[:-1]).all()  # a class once seen keeps its GDP
 
 
-def test_channels_last_trains_like_the_default_layout(make_config):
-    """`train.channels_last` changes the memory layout only: same losses and weights up to float error.
-    Dropout is switched off in both: its mask is drawn in memory order, so it differs between layouts."""
+@pytest.mark.parametrize("switch", [
+    "channels_last",
+    pytest.param("compile", marks=pytest.mark.skipif(
+        shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")),
+])
+def test_speed_switches_train_like_the_default(make_config, switch):
+    """`train.channels_last` (memory layout) and `train.compile` (torch.compile of the student) change
+    speed only: same losses and weights up to float error, and checkpoints with the plain module's keys.
+    Dropout is switched off: its mask is drawn in memory order, so it differs between layouts."""
     common = ["method.name=supervised", "train.iterations=3", "train.eval_every=100", "data.max_val_images=2"]
     runs = {}
-    for layout in ("false", "true"):
-        trainer = Trainer(make_config(*common, f"name=cl-{layout}", f"train.channels_last={layout}"))
+    for on in ("false", "true"):
+        trainer = Trainer(make_config(*common, f"name={switch}-{on}", f"train.{switch}={on}"))
         for m in trainer.model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
+        assert hasattr(trainer.student, "_orig_mod") == (switch == "compile" and on == "true")
         losses = [trainer.train_step(it)[0]["total"] for it in range(3)]
-        runs[layout] = (losses, trainer.model.state_dict())
-    (loss_a, state_a), (loss_b, state_b) = runs["false"], runs["true"]
+        trainer.save(3)
+        saved = torch.load(trainer.ckpt_dir / "last.pt", weights_only=True)["model"]
+        runs[on] = (losses, trainer.model.state_dict(), saved)
+    (loss_a, state_a, saved_a), (loss_b, state_b, saved_b) = runs["false"], runs["true"]
     assert loss_a == pytest.approx(loss_b, rel=1e-4)
-    assert next(p for p in runs["true"][1].values() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    assert saved_a.keys() == saved_b.keys() == state_a.keys()
+    if switch == "channels_last":
+        assert next(p for p in state_b.values() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
     weight = next(k for k in state_a if k.endswith("weight") and state_a[k].dim() == 4)
     assert torch.allclose(state_a[weight], state_b[weight], atol=1e-5)
+    assert torch.equal(saved_b[weight], state_b[weight])
     assert not torch.equal(state_a[weight], Trainer(make_config(*common, "name=fresh")).model.state_dict()[weight])
