@@ -154,13 +154,14 @@ def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 def representation_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
     """From `prcl analyze` of each run: Silhouette (higher = better separated) and Davies-Bouldin (lower =
     better) of the val representations (student μ, or the fused feature for methods without a head), the
-    mIoU, and how well σ² flags wrong pseudo-labels (AUROC; 0.5 = not at all; Fig. 7's claim is > 0.5)."""
+    mIoU, and how well σ² flags wrong pseudo-labels (AUROC; 0.5 = not at all; Fig. 7's claim is > 0.5), over all
+    labelled pixels and over those with confidence ≥ δw (the ones the contrastive loss uses)."""
     lines = [f"## {TITLES[exps[0].table]}", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | "
-             "mIoU (%) | σ² wrong / correct | AUROC σ² flags wrong pseudo-labels | runs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "mIoU (%) | σ² wrong / correct | AUROC σ² flags wrong pseudo-labels | same, confidence ≥ δw | runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in exps:
         row_seeds = e.seeds or seeds
-        cols: dict[str, list[float]] = {"sil": [], "dbi": [], "miou": [], "var": [], "auroc": []}
+        cols: dict[str, list[float]] = {"sil": [], "dbi": [], "miou": [], "var": [], "auroc": [], "conf": []}
         feature = "–"
         for s in row_seeds:
             path = args.runs / f"{e.name}-s{s}" / "analysis" / "metrics.json"
@@ -170,12 +171,13 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
                 cols["sil"].append(rep["silhouette"])
                 cols["dbi"].append(rep["davies_bouldin"])
                 cols["miou"].append(run["miou"])
-                for key, name in (("var", "ratio_wrong_to_correct"), ("auroc", "auroc_var_detects_wrong")):
+                for key, name in (("var", "ratio_wrong_to_correct"), ("auroc", "auroc_var_detects_wrong"),
+                                  ("conf", "auroc_var_detects_wrong_confident")):
                     if unc.get(name) is not None:
                         cols[key].append(unc[name])
                 feature = f"{rep['feature']} ({rep['dim']}-d)"
         lines.append(f"| {e.row} | {e.fraction} | {feature} | {_fmt(cols['sil'], 1, 3)} | {_fmt(cols['dbi'], 1, 3)} | "
-                     f"{_fmt(cols['miou'])} | {_fmt(cols['var'], 1, 3)} | {_fmt(cols['auroc'], 1, 3)} | "
+                     f"{_fmt(cols['miou'])} | {_fmt(cols['var'], 1, 3)} | {_fmt(cols['auroc'], 1, 3)} | {_fmt(cols['conf'], 1, 3)} | "
                      f"{len(cols['sil'])}/{len(row_seeds)} |")
     return lines + [""]
 

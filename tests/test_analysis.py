@@ -218,6 +218,8 @@ def test_analyze_single_run_writes_every_figure_and_consistent_metrics(runs, tmp
     assert rep["samples_per_class"] == {names_[c]: int(min(n, 50)) for c, n in enumerate(labelled) if n}
     unc = m["uncertainty"]
     assert unc["pixels_correct"] + unc["pixels_wrong"] == labelled.sum()
+    for key in ("auroc_var_detects_wrong", "auroc_var_detects_wrong_confident"):
+        assert unc[key] is None or 0 <= unc[key] <= 1
     assert set(m["virtual_negatives"]["mean_distance_to_gdp"]) == {"1.0", "10.0"}
     assert set(m["prototype_drift"]) == {"local", "gdp"}
 
@@ -274,3 +276,33 @@ def test_trajectory_of_another_run_is_refused_before_any_work(runs, tmp_path):
     with pytest.raises(AnalysisError, match=r"prototype_trajectory\.pt has 3 classes but the checkpoint 8; delete"):
         analyze_run(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _mann_whitney(scores: np.ndarray, wrong: np.ndarray) -> float:
+    """P(σ² of a wrong pixel > σ² of a correct one), ties counting half: the AUROC, brute force."""
+    pos, neg = scores[wrong], scores[~wrong]
+    return float(((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean())
+
+
+def test_uncertainty_stats_auroc_over_all_and_confident_pixels():
+    from prcl.analysis.collect import _UncertaintyStats
+
+    rng = np.random.default_rng(0)
+    stats, parts = _UncertaintyStats(seed=0), []
+    for _ in range(2):  # two "images", each below the per-image subsampling cap
+        wrong = rng.random(300) < 0.3
+        confident = rng.random(300) < 0.6
+        # confident pixels: σ² higher where wrong; the others: lower where wrong
+        var = np.where(confident == wrong, 1.0, 0.0) + rng.random(300).round(1)
+        stats.add(var.astype(np.float32), wrong, confident)
+        parts.append((var.astype(np.float32), wrong, confident))
+    var, wrong, confident = (np.concatenate(a) for a in zip(*parts))
+    r = stats.result()
+    assert r["auroc_var_detects_wrong"] == pytest.approx(_mann_whitney(var, wrong))
+    assert r["auroc_var_detects_wrong_confident"] == pytest.approx(_mann_whitney(var[confident], wrong[confident]))
+    assert r["auroc_var_detects_wrong_confident"] > 0.9  # the construction above
+    assert r["mean_var_wrong"] == pytest.approx(var[wrong].astype(np.float64).mean())
+    assert (r["pixels_wrong"], r["pixels_correct"]) == (wrong.sum(), (~wrong).sum())
+    nothing_wrong = _UncertaintyStats(seed=0)
+    nothing_wrong.add(var[:50], np.zeros(50, bool), np.ones(50, bool))
+    assert nothing_wrong.result()["auroc_var_detects_wrong"] is None  # undefined with one class only
