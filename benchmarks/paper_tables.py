@@ -155,13 +155,14 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
     """From `prcl analyze` of each run: Silhouette (higher = better separated) and Davies-Bouldin (lower =
     better) of the val representations (student μ, or the fused feature for methods without a head), the
     mIoU, and how well σ² flags wrong pseudo-labels (AUROC; 0.5 = not at all; Fig. 7's claim is > 0.5), over all
-    labelled pixels and over those with confidence ≥ δw (the ones the contrastive loss uses)."""
+    labelled pixels, over those with confidence ≥ δw (the ones the contrastive loss uses), and within each
+    ground-truth class (mean; 0.5 when σ² only tells background from objects)."""
     lines = [f"## {TITLES[exps[0].table]}", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | "
-             "mIoU (%) | σ² wrong / correct | AUROC σ² flags wrong pseudo-labels | same, confidence ≥ δw | runs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "mIoU (%) | σ² wrong / correct | AUROC σ² flags wrong pseudo-labels | same, confidence ≥ δw | same, within "
+             "class | runs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in exps:
         row_seeds = e.seeds or seeds
-        cols: dict[str, list[float]] = {"sil": [], "dbi": [], "miou": [], "var": [], "auroc": [], "conf": []}
+        cols: dict[str, list[float]] = {"sil": [], "dbi": [], "miou": [], "var": [], "auroc": [], "conf": [], "class": []}
         feature = "–"
         for s in row_seeds:
             path = args.runs / f"{e.name}-s{s}" / "analysis" / "metrics.json"
@@ -172,12 +173,13 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
                 cols["dbi"].append(rep["davies_bouldin"])
                 cols["miou"].append(run["miou"])
                 for key, name in (("var", "ratio_wrong_to_correct"), ("auroc", "auroc_var_detects_wrong"),
-                                  ("conf", "auroc_var_detects_wrong_confident")):
+                                  ("conf", "auroc_var_detects_wrong_confident"),
+                                  ("class", "auroc_var_detects_wrong_within_class")):
                     if unc.get(name) is not None:
                         cols[key].append(unc[name])
                 feature = f"{rep['feature']} ({rep['dim']}-d)"
         lines.append(f"| {e.row} | {e.fraction} | {feature} | {_fmt(cols['sil'], 1, 3)} | {_fmt(cols['dbi'], 1, 3)} | "
-                     f"{_fmt(cols['miou'])} | {_fmt(cols['var'], 1, 3)} | {_fmt(cols['auroc'], 1, 3)} | {_fmt(cols['conf'], 1, 3)} | "
+                     f"{_fmt(cols['miou'])} | {_fmt(cols['var'], 1, 3)} | {_fmt(cols['auroc'], 1, 3)} | {_fmt(cols['conf'], 1, 3)} | {_fmt(cols['class'], 1, 3)} | "
                      f"{len(cols['sil'])}/{len(row_seeds)} |")
     return lines + [""]
 

@@ -218,7 +218,7 @@ def test_analyze_single_run_writes_every_figure_and_consistent_metrics(runs, tmp
     assert rep["samples_per_class"] == {names_[c]: int(min(n, 50)) for c, n in enumerate(labelled) if n}
     unc = m["uncertainty"]
     assert unc["pixels_correct"] + unc["pixels_wrong"] == labelled.sum()
-    for key in ("auroc_var_detects_wrong", "auroc_var_detects_wrong_confident"):
+    for key in ("auroc_var_detects_wrong", "auroc_var_detects_wrong_confident", "auroc_var_detects_wrong_within_class"):
         assert unc[key] is None or 0 <= unc[key] <= 1
     assert set(m["virtual_negatives"]["mean_distance_to_gdp"]) == {"1.0", "10.0"}
     assert set(m["prototype_drift"]) == {"local", "gdp"}
@@ -292,17 +292,22 @@ def test_uncertainty_stats_auroc_over_all_and_confident_pixels():
     for _ in range(2):  # two "images", each below the per-image subsampling cap
         wrong = rng.random(300) < 0.3
         confident = rng.random(300) < 0.6
-        # confident pixels: σ² higher where wrong; the others: lower where wrong
-        var = np.where(confident == wrong, 1.0, 0.0) + rng.random(300).round(1)
-        stats.add(var.astype(np.float32), wrong, confident)
-        parts.append((var.astype(np.float32), wrong, confident))
-    var, wrong, confident = (np.concatenate(a) for a in zip(*parts))
+        gt = rng.integers(0, 3, 300)
+        # confident pixels: σ² higher where wrong; the others: lower where wrong; class 2 a constant offset
+        var = np.where(confident == wrong, 1.0, 0.0) + rng.random(300).round(1) + 5.0 * (gt == 2)
+        stats.add(var.astype(np.float32), wrong, confident, gt)
+        parts.append((var.astype(np.float32), wrong, confident, gt))
+    var, wrong, confident, gt = (np.concatenate(a) for a in zip(*parts))
     r = stats.result()
     assert r["auroc_var_detects_wrong"] == pytest.approx(_mann_whitney(var, wrong))
     assert r["auroc_var_detects_wrong_confident"] == pytest.approx(_mann_whitney(var[confident], wrong[confident]))
-    assert r["auroc_var_detects_wrong_confident"] > 0.9  # the construction above
+    keys = ("auroc_var_detects_wrong", "auroc_var_detects_wrong_confident", "auroc_var_detects_wrong_within_class")
+    assert len({round(r[k], 3) for k in keys}) == 3  # the construction tells the three apart
+    assert r["auroc_var_detects_wrong_within_class"] == pytest.approx(
+        np.mean([_mann_whitney(var[gt == c], wrong[gt == c]) for c in range(3)]))
     assert r["mean_var_wrong"] == pytest.approx(var[wrong].astype(np.float64).mean())
     assert (r["pixels_wrong"], r["pixels_correct"]) == (wrong.sum(), (~wrong).sum())
     nothing_wrong = _UncertaintyStats(seed=0)
-    nothing_wrong.add(var[:50], np.zeros(50, bool), np.ones(50, bool))
-    assert nothing_wrong.result()["auroc_var_detects_wrong"] is None  # undefined with one class only
+    nothing_wrong.add(var[:50], np.zeros(50, bool), np.ones(50, bool), gt[:50])
+    result = nothing_wrong.result()  # undefined with one outcome only
+    assert result["auroc_var_detects_wrong"] is None and result["auroc_var_detects_wrong_within_class"] is None

@@ -125,21 +125,22 @@ class ValPass:
 class _UncertaintyStats:
     """Mean σ² (mean over D) on correctly vs wrongly pseudo-labelled labelled pixels, and its AUROC
     as a detector of wrong pseudo-labels (on up to UNCERTAINTY_PIXELS_PER_IMAGE pixels per image):
-    over all of them, and over the confident ones (confidence ≥ δw), the only ones the contrastive
-    loss takes from unlabelled images."""
+    over all of them, over the confident ones (confidence ≥ δw, the only ones the contrastive loss
+    takes from unlabelled images), and within each ground-truth class (macro mean over the classes
+    with both outcomes: σ² that only tells background from objects scores 0.5 there)."""
 
     def __init__(self, seed: int) -> None:
         self.sums, self.counts = np.zeros(2), np.zeros(2, dtype=np.int64)  # [correct, wrong]
-        self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (σ², wrong, confident)
+        self.kept: list[tuple[np.ndarray, ...]] = []  # (σ², wrong, confident, ground-truth class)
         self.rng = np.random.default_rng(seed)
 
-    def add(self, var_mean: np.ndarray, wrong: np.ndarray, confident: np.ndarray) -> None:
+    def add(self, var_mean: np.ndarray, wrong: np.ndarray, confident: np.ndarray, gt: np.ndarray) -> None:
         for k in (0, 1):
             sel = wrong == bool(k)
             self.sums[k] += float(var_mean[sel].astype(np.float64).sum())
             self.counts[k] += int(sel.sum())
         keep = self.rng.permutation(wrong.size)[:UNCERTAINTY_PIXELS_PER_IMAGE]
-        self.kept.append((var_mean[keep], wrong[keep], confident[keep]))
+        self.kept.append((var_mean[keep], wrong[keep], confident[keep], gt[keep]))
 
     @staticmethod
     def _auroc(scores: np.ndarray, wrong: np.ndarray) -> Optional[float]:
@@ -149,13 +150,15 @@ class _UncertaintyStats:
 
     def result(self) -> dict:
         means = [float(self.sums[k] / self.counts[k]) if self.counts[k] else None for k in (0, 1)]
-        scores, wrong, confident = (np.concatenate(a) for a in zip(*self.kept)) if self.kept else (
-            np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
+        scores, wrong, confident, gt = (np.concatenate(a) for a in zip(*self.kept)) if self.kept else (
+            np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64))
+        per_class = [a for c in np.unique(gt) if (a := self._auroc(scores[gt == c], wrong[gt == c])) is not None]
         return {
             "mean_var_correct": means[0], "mean_var_wrong": means[1],
             "ratio_wrong_to_correct": means[1] / means[0] if None not in means and means[0] > 0 else None,
             "auroc_var_detects_wrong": self._auroc(scores, wrong),
             "auroc_var_detects_wrong_confident": self._auroc(scores[confident], wrong[confident]),
+            "auroc_var_detects_wrong_within_class": float(np.mean(per_class)) if per_class else None,
             "pixels_correct": int(self.counts[0]), "pixels_wrong": int(self.counts[1]),
         }
 
@@ -196,7 +199,7 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
             pred_small = to_feature_resolution(pred[None], size)[0].flatten().numpy()
             confidence = to_feature_resolution(logits.softmax(1).amax(1).cpu(), size)[0].flatten().numpy()
             stats.add(var_mean.flatten().cpu().numpy()[labelled], (pred_small != gt_small)[labelled],
-                      (confidence >= run.cfg.method.contrastive.weak_threshold)[labelled])
+                      (confidence >= run.cfg.method.contrastive.weak_threshold)[labelled], gt_small[labelled])
             if i < num_images:
                 up = F.interpolate(var_mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)
                 var_map = (up / up.mean()).squeeze().cpu().numpy()  # ℓ1-normalised, x H·W: image mean = 1

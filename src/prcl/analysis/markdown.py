@@ -38,15 +38,15 @@ def _pct(value: Optional[float]) -> str:
 
 def _summary_table(runs: list[dict]) -> list[str]:
     lines = ["| run | method | iteration | mIoU (last) | mIoU (best) | feature | Silhouette ↑ | DBI ↓ |"
-             " σ² wrong / correct | AUROC(σ² → wrong) | same, confident pixels |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             " σ² wrong / correct | AUROC(σ² → wrong) | same, confident pixels | same, within class |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in runs:
         rep, unc = m["representation"], m.get("uncertainty") or {}
         lines.append(
             f"| {m['label']} | {m['method']} | {m['iteration']} | {_pct(m['miou'])} | {_pct(m['best_miou'])} | "
             f"{rep['feature']} | {_fmt(rep.get('silhouette'))} | {_fmt(rep.get('davies_bouldin'))} | "
             f"{_fmt(unc.get('ratio_wrong_to_correct'), '.2f')} | {_fmt(unc.get('auroc_var_detects_wrong'))} | "
-            f"{_fmt(unc.get('auroc_var_detects_wrong_confident'))} |")
+            f"{_fmt(unc.get('auroc_var_detects_wrong_confident'))} | {_fmt(unc.get('auroc_var_detects_wrong_within_class'))} |")
     return lines
 
 
@@ -68,7 +68,8 @@ def _details(runs: list[dict]) -> list[str]:
                          f"{unc['pixels_correct']} pixels); AUROC of σ² as a detector of wrong pseudo-labels "
                          f"{_fmt(unc['auroc_var_detects_wrong'])}; among pixels with confidence ≥ δw (those "
                          f"the contrastive loss takes from unlabelled images) "
-                         f"{_fmt(unc.get('auroc_var_detects_wrong_confident'))}.")
+                         f"{_fmt(unc.get('auroc_var_detects_wrong_confident'))}; within each ground-truth class "
+                         f"(mean) {_fmt(unc.get('auroc_var_detects_wrong_within_class'))}.")
         vn = m.get("virtual_negatives")
         if vn:
             spread = ", ".join(f"β = {b}: {d:.3g}" for b, d in vn["mean_distance_to_gdp"].items())
