@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from prcl.analysis.collect import SIGMA_AUROCS
 from prcl.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,11 +159,11 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
     labelled pixels, over those with confidence ≥ δw (the ones the contrastive loss uses), and within each
     ground-truth class (mean; 0.5 when σ² only tells background from objects)."""
     lines = [f"## {TITLES[exps[0].table]}", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | "
-             "mIoU (%) | σ² wrong / correct | AUROC σ² flags wrong pseudo-labels | same, confidence ≥ δw | same, within "
-             "class | runs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "mIoU (%) | σ² wrong / correct | " + " | ".join(f"AUROC σ² flags wrong, {v}" for v in SIGMA_AUROCS.values())
+             + " | runs |", "| --- " * (8 + len(SIGMA_AUROCS)) + "|"]
     for e in exps:
         row_seeds = e.seeds or seeds
-        cols: dict[str, list[float]] = {"sil": [], "dbi": [], "miou": [], "var": [], "auroc": [], "conf": [], "class": []}
+        cols: dict[str, list[float]] = {k: [] for k in ("sil", "dbi", "miou", "ratio_wrong_to_correct", *SIGMA_AUROCS)}
         feature = "–"
         for s in row_seeds:
             path = args.runs / f"{e.name}-s{s}" / "analysis" / "metrics.json"
@@ -172,15 +173,13 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
                 cols["sil"].append(rep["silhouette"])
                 cols["dbi"].append(rep["davies_bouldin"])
                 cols["miou"].append(run["miou"])
-                for key, name in (("var", "ratio_wrong_to_correct"), ("auroc", "auroc_var_detects_wrong"),
-                                  ("conf", "auroc_var_detects_wrong_confident"),
-                                  ("class", "auroc_var_detects_wrong_within_class")):
-                    if unc.get(name) is not None:
-                        cols[key].append(unc[name])
+                for key in ("ratio_wrong_to_correct", *SIGMA_AUROCS):
+                    if unc.get(key) is not None:
+                        cols[key].append(unc[key])
                 feature = f"{rep['feature']} ({rep['dim']}-d)"
+        uncertainty = " | ".join(_fmt(cols[k], 1, 3) for k in ("ratio_wrong_to_correct", *SIGMA_AUROCS))
         lines.append(f"| {e.row} | {e.fraction} | {feature} | {_fmt(cols['sil'], 1, 3)} | {_fmt(cols['dbi'], 1, 3)} | "
-                     f"{_fmt(cols['miou'])} | {_fmt(cols['var'], 1, 3)} | {_fmt(cols['auroc'], 1, 3)} | {_fmt(cols['conf'], 1, 3)} | {_fmt(cols['class'], 1, 3)} | "
-                     f"{len(cols['sil'])}/{len(row_seeds)} |")
+                     f"{_fmt(cols['miou'])} | {uncertainty} | {len(cols['sil'])}/{len(row_seeds)} |")
     return lines + [""]
 
 

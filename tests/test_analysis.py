@@ -284,8 +284,8 @@ def _mann_whitney(scores: np.ndarray, wrong: np.ndarray) -> float:
     return float(((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean())
 
 
-def test_uncertainty_stats_auroc_over_all_and_confident_pixels():
-    from prcl.analysis.collect import _UncertaintyStats
+def test_uncertainty_stats_auroc_overall_confident_and_within_class():
+    from prcl.analysis.collect import SIGMA_AUROCS, _UncertaintyStats
 
     rng = np.random.default_rng(0)
     stats, parts = _UncertaintyStats(seed=0), []
@@ -301,8 +301,7 @@ def test_uncertainty_stats_auroc_over_all_and_confident_pixels():
     r = stats.result()
     assert r["auroc_var_detects_wrong"] == pytest.approx(_mann_whitney(var, wrong))
     assert r["auroc_var_detects_wrong_confident"] == pytest.approx(_mann_whitney(var[confident], wrong[confident]))
-    keys = ("auroc_var_detects_wrong", "auroc_var_detects_wrong_confident", "auroc_var_detects_wrong_within_class")
-    assert len({round(r[k], 3) for k in keys}) == 3  # the construction tells the three apart
+    assert len({round(r[k], 3) for k in SIGMA_AUROCS}) == 3  # the construction tells the three apart
     assert r["auroc_var_detects_wrong_within_class"] == pytest.approx(
         np.mean([_mann_whitney(var[gt == c], wrong[gt == c]) for c in range(3)]))
     assert r["mean_var_wrong"] == pytest.approx(var[wrong].astype(np.float64).mean())

@@ -7,17 +7,18 @@ import argparse
 
 
 def _print_summary(result: dict) -> None:
+    from prcl.analysis.collect import SIGMA_AUROCS  # late, like analyze_run: `prcl --help` stays light
+
     for m in result["runs"]:
         rep, unc = m["representation"], m.get("uncertainty")
         sil, dbi = rep.get("silhouette"), rep.get("davies_bouldin")
         quality = "n/a" if sil is None else f"Silhouette {sil:.4f}, DBI {dbi:.4f}"
         print(f"{m['label']} ({m['method']}): {quality} on {rep.get('num_samples', 0)} pixels ({rep['feature']})")
         if unc and unc["mean_var_wrong"] is not None and unc["mean_var_correct"] is not None:
-            auroc, confident, within = (("n/a" if a is None else f"{a:.3f}") for a in (
-                unc["auroc_var_detects_wrong"], unc.get("auroc_var_detects_wrong_confident"),
-                unc.get("auroc_var_detects_wrong_within_class")))
+            aurocs = "; ".join(f"{name} {'n/a' if unc.get(k) is None else format(unc[k], '.3f')}"
+                               for k, name in SIGMA_AUROCS.items())
             print(f"  mean σ² on wrong pseudo-labels {unc['mean_var_wrong']:.4g} vs correct "
-                  f"{unc['mean_var_correct']:.4g} (AUROC {auroc}; on confident pixels {confident}; within class {within})")
+                  f"{unc['mean_var_correct']:.4g} (AUROC {aurocs})")
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"report: {result['report']}")

@@ -27,6 +27,10 @@ from prcl.inference import model_from_checkpoint, resolve_checkpoint
 from prcl.methods.contrastive import to_feature_resolution
 
 UNCERTAINTY_PIXELS_PER_IMAGE = 4096  # pixels per image kept to compute the AUROC of σ²
+# the AUROCs of σ² as a detector of wrong pseudo-labels, by the pixels they are taken over (short names for tables)
+SIGMA_AUROCS = {"auroc_var_detects_wrong": "all pixels",
+                "auroc_var_detects_wrong_confident": "confidence ≥ δw",
+                "auroc_var_detects_wrong_within_class": "within class"}
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from prcl.analysis.collect import SIGMA_AUROCS
+
 SECTIONS = (
     ("curves", "Training curves",
      "Losses, learning rate, λc(t) (Eq. 12), val mIoU, contrastive statistics (log scale) and the per-class "
@@ -38,15 +40,15 @@ def _pct(value: Optional[float]) -> str:
 
 def _summary_table(runs: list[dict]) -> list[str]:
     lines = ["| run | method | iteration | mIoU (last) | mIoU (best) | feature | Silhouette ↑ | DBI ↓ |"
-             " σ² wrong / correct | AUROC(σ² → wrong) | same, confident pixels | same, within class |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             " σ² wrong / correct | " + " | ".join(f"AUROC(σ² → wrong), {v}" for v in SIGMA_AUROCS.values()) + " |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(SIGMA_AUROCS)]
     for m in runs:
         rep, unc = m["representation"], m.get("uncertainty") or {}
         lines.append(
             f"| {m['label']} | {m['method']} | {m['iteration']} | {_pct(m['miou'])} | {_pct(m['best_miou'])} | "
             f"{rep['feature']} | {_fmt(rep.get('silhouette'))} | {_fmt(rep.get('davies_bouldin'))} | "
-            f"{_fmt(unc.get('ratio_wrong_to_correct'), '.2f')} | {_fmt(unc.get('auroc_var_detects_wrong'))} | "
-            f"{_fmt(unc.get('auroc_var_detects_wrong_confident'))} | {_fmt(unc.get('auroc_var_detects_wrong_within_class'))} |")
+            f"{_fmt(unc.get('ratio_wrong_to_correct'), '.2f')} | "
+            + " | ".join(_fmt(unc.get(k)) for k in SIGMA_AUROCS) + " |")
     return lines
 
 
