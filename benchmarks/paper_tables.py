@@ -156,7 +156,7 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
     """From `prcl analyze` of each run: Silhouette (higher = better separated) and Davies-Bouldin (lower =
     better) of the val representations (student μ, or the fused feature for methods without a head), the
     mIoU, and how well σ² flags wrong pseudo-labels (AUROC; 0.5 = not at all; Fig. 7's claim is > 0.5), over all
-    labelled pixels, over those with confidence ≥ δw (the ones the contrastive loss uses), and within each
+    labeled pixels, over those with confidence ≥ δw (the ones the contrastive loss uses), and within each
     ground-truth class (mean; 0.5 when σ² only tells background from objects)."""
     lines = [f"## {TITLES[exps[0].table]}", "", "| row | labels | feature | Silhouette ↑ | Davies–Bouldin ↓ | "
              "mIoU (%) | σ² wrong / correct | " + " | ".join(f"AUROC σ² flags wrong, {v}" for v in SIGMA_AUROCS.values())
@@ -193,7 +193,7 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
              f"Each run: {args.iterations} iterations, one CPU thread, demo model and data settings "
              f"(see `configs/demo.yaml`); mIoU of the teacher (or student) on the 300 val images at the end; "
              f"mean ± sample std over seeds {seeds}. Runs in `{_shown(args.runs)}`. Labels: 1_64 = 31, 1_16 = 125, "
-             "full = 2000 labelled images (the rest of the 2000-image pool unlabelled)."
+             "full = 2000 labeled images (the rest of the 2000-image pool unlabeled)."
              + (" Tables 8, 7 and the τ sweep at the first fraction only." if len(args.fractions) > 1 else ""), ""]
     notes = args.out.with_suffix(".notes.md")  # hand-written reading of the numbers, kept across rewrites
     if notes.is_file():

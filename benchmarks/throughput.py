@@ -48,7 +48,7 @@ def measure(method: str, overrides: list[str], steps: int, warmup: int, device: 
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - t0) / steps
-    images = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if trainer.unlabelled is not None else 0)
+    images = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if trainer.unlabeled is not None else 0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib() - rss0
     return {"method": method, "seconds_per_iteration": seconds, "images_per_second": images / seconds,
             "peak_memory_mib": peak, "memory_kind": "cuda max allocated" if device == "cuda" else "CPU peak RSS growth"}

@@ -120,7 +120,7 @@ def make_cityscapes(
 
 
 def make_folder(
-    root: Path, labelled: Sequence[str], unlabelled: Sequence[str] = (), *,
+    root: Path, labeled: Sequence[str], unlabeled: Sequence[str] = (), *,
     class_names: Sequence[str] = ("background", "crack", "hole"), classes: Optional[dict[str, Sequence[int]]] = None,
     seed: int = 0,
 ) -> Path:
@@ -129,10 +129,10 @@ def make_folder(
     root.mkdir(parents=True, exist_ok=True)
     lines = ["classes:"] + [f"  - {{name: {n}, color: [{10 * i}, {20 * i}, {30 * i}]}}" for i, n in enumerate(class_names)]
     (root / "classes.yaml").write_text("\n".join(lines) + "\n")
-    for rel in labelled:
+    for rel in labeled:
         save(random_image(rng), root / "images" / rel)
         cls = (classes or {}).get(rel) or [0, int(rng.integers(1, len(class_names)))]
         save(Image.fromarray(block_mask(rng, cls)), (root / "masks" / rel).with_suffix(".png"))
-    for rel in unlabelled:
+    for rel in unlabeled:
         save(random_image(rng), root / "unlabeled" / rel)
     return root

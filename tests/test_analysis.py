@@ -206,18 +206,18 @@ def test_analyze_single_run_writes_every_figure_and_consistent_metrics(runs, tmp
     rep = m["representation"]
     assert rep["feature"] == "mu" and rep["l2_normalized"] and rep["dim"] == cfg.model.rep_dim
     assert -1 <= rep["silhouette"] <= 1 and rep["davies_bouldin"] > 0
-    # independent count of labelled stride-4 pixels (nearest downsampling of the val masks)
+    # independent count of labeled stride-4 pixels (nearest downsampling of the val masks)
     _, val = build_val_dataset(cfg)
-    labelled = np.zeros(8, dtype=np.int64)
+    labeled = np.zeros(8, dtype=np.int64)
     for i in range(len(val)):
         mask = val[i]["mask"].float()[None, None]
         small = F.interpolate(mask, size=(mask.shape[-2] // 4, mask.shape[-1] // 4), mode="nearest").long()
-        labelled += np.bincount(small[small != 255].numpy(), minlength=8)
+        labeled += np.bincount(small[small != 255].numpy(), minlength=8)
     names_ = load_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")["class_names"]
-    assert rep["pixels_per_class"] == {names_[c]: int(n) for c, n in enumerate(labelled) if n}
-    assert rep["samples_per_class"] == {names_[c]: int(min(n, 50)) for c, n in enumerate(labelled) if n}
+    assert rep["pixels_per_class"] == {names_[c]: int(n) for c, n in enumerate(labeled) if n}
+    assert rep["samples_per_class"] == {names_[c]: int(min(n, 50)) for c, n in enumerate(labeled) if n}
     unc = m["uncertainty"]
-    assert unc["pixels_correct"] + unc["pixels_wrong"] == labelled.sum()
+    assert unc["pixels_correct"] + unc["pixels_wrong"] == labeled.sum()
     for key in ("auroc_var_detects_wrong", "auroc_var_detects_wrong_confident", "auroc_var_detects_wrong_within_class"):
         assert unc[key] is None or 0 <= unc[key] <= 1
     assert set(m["virtual_negatives"]["mean_distance_to_gdp"]) == {"1.0", "10.0"}

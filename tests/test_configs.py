@@ -243,8 +243,8 @@ def test_voc_config_finds_its_split_files_and_val_set(tmp_path):
     assert info.num_classes == 21 and len(val_set) == len(val)
     sample = val_set[0]
     assert sample["image"].shape[-2:] == sample["mask"].shape[-2:] == (16, 24)
-    data = build_train_data(cfg, with_unlabelled=True)
-    assert len(data.labelled.dataset) == 2 and len(data.unlabelled.dataset) == len(train) + len(aug) - 2
+    data = build_train_data(cfg, with_unlabeled=True)
+    assert len(data.labeled.dataset) == 2 and len(data.unlabeled.dataset) == len(train) + len(aug) - 2
 
 
 def test_cityscapes_config_finds_its_split_files_and_val_set(tmp_path):
@@ -258,5 +258,5 @@ def test_cityscapes_config_finds_its_split_files_and_val_set(tmp_path):
     mask = val_set[0]["mask"]
     assert set(mask.unique().tolist()) <= set(range(19)) | {255}  # labelIds were mapped to trainIds
     assert (mask == 255).any() and (mask < 19).any()
-    data = build_train_data(cfg, with_unlabelled=True)
-    assert len(data.labelled.dataset) == 1 and len(data.unlabelled.dataset) == 3
+    data = build_train_data(cfg, with_unlabeled=True)
+    assert len(data.labeled.dataset) == 1 and len(data.unlabeled.dataset) == 3

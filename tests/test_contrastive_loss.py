@@ -196,8 +196,8 @@ def test_gradcheck_info_nce_with_fixed_indices():
     assert torch.autograd.gradcheck(lambda m: info_nce(m, None, cos_keys, temperature=0.5), (anchors,))
 
 
-def test_uncertain_mislabelled_pixel_moves_less():
-    """Sec. 3.2: a wrongly labelled pixel with a large variance gets a smaller gradient on its mu."""
+def test_uncertain_mislabeled_pixel_moves_less():
+    """Sec. 3.2: a wrongly labeled pixel with a large variance gets a smaller gradient on its mu."""
     d, n = 8, 6
     e0, e1 = torch.eye(d, dtype=F64)[0], torch.eye(d, dtype=F64)[1]
     g = _gen(5)
@@ -206,7 +206,7 @@ def test_uncertain_mislabelled_pixel_moves_less():
     labels = torch.tensor([0] * n + [1] * n + [1]).view(1, 1, -1)
     probs = torch.full((1, 2, 1, 2 * n + 1), 0.01, dtype=F64)
     probs[0, labels[0, 0], 0, torch.arange(2 * n + 1)] = 0.99
-    probs[0, :, 0, -1] = 0.5  # the mislabelled pixel is the only hard anchor
+    probs[0, :, 0, -1] = 0.5  # the mislabeled pixel is the only hard anchor
     norms = []
     for bad_var in (0.01, 1.0):
         mu = points.t().reshape(1, d, 1, -1).clone().requires_grad_()

@@ -33,7 +33,7 @@ def only_error(report) -> str:
 def test_clean_dataset_reports_counts_and_frequencies(pristine_voc):
     report = check_dataset("voc", pristine_voc, workers=2)
     assert report.ok, report.errors
-    assert [(s.role, s.entries, s.labelled) for s in report.splits] == [("train", 5, True), ("val", 3, True)]
+    assert [(s.role, s.entries, s.labeled) for s in report.splits] == [("train", 5, True), ("val", 3, True)]
     for split, ids in zip(report.splits, (TRAIN, VAL)):  # independent count, straight from the PNGs
         values = np.concatenate([np.asarray(Image.open(pristine_voc / "SegmentationClass" / f"{i}.png")).ravel() for i in ids])
         expected = np.r_[np.bincount(values[values != 255], minlength=21), (values == 255).sum()]
@@ -145,13 +145,13 @@ def test_duplicates_across_and_within_splits(voc, tmp_path):
         f"1 ids appear in both labeled and unlabeled: {TRAIN[0]}; a split must not overlap another",
         f"1 ids appear in both unlabeled and val: {VAL[0]}; a split must not overlap another",
     ])
-    assert [s.labelled for s in report.splits] == [True, False, True]
+    assert [s.labeled for s in report.splits] == [True, False, True]
 
 
-def test_unlabelled_split_needs_no_masks(tmp_path):
+def test_unlabeled_split_needs_no_masks(tmp_path):
     root = make_folder(tmp_path, ["a.jpg", "b.jpg"], ["u.jpg"])
     report = check_dataset("folder", root)
-    assert report.ok and [(s.role, s.entries, s.labelled) for s in report.splits] == [
+    assert report.ok and [(s.role, s.entries, s.labeled) for s in report.splits] == [
         ("labeled", 2, True), ("unlabeled", 1, False)]
 
 

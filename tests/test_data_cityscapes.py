@@ -8,7 +8,7 @@ from torchvision.datasets import Cityscapes
 
 from fixtures_data import cityscapes_name, make_cityscapes
 from prcl.data.cityscapes import (
-    CITYSCAPES_CLASSES, CITYSCAPES_LABELLED_COUNTS, CITYSCAPES_LABELS, CITYSCAPES_SPLIT_SIZES, train_id_lut,
+    CITYSCAPES_CLASSES, CITYSCAPES_LABELED_COUNTS, CITYSCAPES_LABELS, CITYSCAPES_SPLIT_SIZES, train_id_lut,
 )
 from prcl.data.dataset import DataError, SegmentationDataset, load_image, load_mask
 from prcl.data.sources import dataset_info, load_split
@@ -58,7 +58,7 @@ def test_lut_covers_every_byte():
         assert lut[raw] == table.get(raw, 255)
     assert sorted(set(lut.tolist()) - {255}) == list(range(19)) == list(range(len(CITYSCAPES_CLASSES)))
     assert CITYSCAPES_SPLIT_SIZES == {"train": 2975, "val": 500}
-    assert CITYSCAPES_LABELLED_COUNTS == (186, 372, 744, 1488)
+    assert CITYSCAPES_LABELED_COUNTS == (186, 372, 744, 1488)
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

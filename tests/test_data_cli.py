@@ -53,7 +53,7 @@ def test_split_writes_lists(voc, tmp_path, capsys):
      "prcl data prepare: error: missing archive(s) in {tmp}: VOCtrainval_11-May-2012.tar "
      "(download from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/)"),
     (["split", "--dataset", "voc", "--root", "{voc}", "--labeled", "99", "--out", "{tmp}", "--quiet"],
-     "prcl data split: error: cannot choose 99 labelled images out of 6 candidates"),
+     "prcl data split: error: cannot choose 99 labeled images out of 6 candidates"),
 ])
 def test_errors_are_one_line_with_exit_code_2(voc, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, voc=voc) for a in argv]
@@ -67,4 +67,4 @@ def test_synth_then_check(tmp_path, capsys):
     assert run("synth", "--out", str(root), "--num-train", "4", "--num-val", "2", "--image-size", "32", "--seed", "1") == 0
     assert run("check", "--dataset", "synthetic", "--root", str(root), "--quiet", "--workers", "1") == 0
     out = capsys.readouterr().out
-    assert re.search(r"split train +4 images +labelled", out) and out.rstrip().endswith("OK")
+    assert re.search(r"split train +4 images +labeled", out) and out.rstrip().endswith("OK")

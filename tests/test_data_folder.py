@@ -14,13 +14,13 @@ from prcl.data.folder import read_class_file
 from prcl.data.palette import voc_colormap
 from prcl.data.sources import dataset_info, load_split
 
-LABELLED = ["a.jpg", "sub/b.png", "sub/c.jpg"]
-UNLABELLED = ["u1.jpg", "more/u2.png"]
+LABELED = ["a.jpg", "sub/b.png", "sub/c.jpg"]
+UNLABELED = ["u1.jpg", "more/u2.png"]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("folder"), LABELLED, UNLABELLED)
+    return make_folder(tmp_path_factory.mktemp("folder"), LABELED, UNLABELED)
 
 
 def test_info_reads_names_and_colours(folder):
@@ -31,14 +31,14 @@ def test_info_reads_names_and_colours(folder):
 
 
 def test_standard_splits_find_images_and_masks(folder):
-    labelled = load_split("folder", folder, "labeled")
-    assert [s.image.relative_to(folder).as_posix() for s in labelled] == sorted(f"images/{r}" for r in LABELLED)
-    assert [s.mask.relative_to(folder).as_posix() for s in labelled] == [
+    labeled = load_split("folder", folder, "labeled")
+    assert [s.image.relative_to(folder).as_posix() for s in labeled] == sorted(f"images/{r}" for r in LABELED)
+    assert [s.mask.relative_to(folder).as_posix() for s in labeled] == [
         "masks/a.png", "masks/sub/b.png", "masks/sub/c.png"]
-    unlabelled = load_split("folder", folder, "unlabeled", labelled=False)
-    assert sorted(s.image.name for s in unlabelled) == ["u1.jpg", "u2.png"]
-    assert all(s.mask is None for s in unlabelled)
-    assert set(np.unique(load_mask(labelled[0].mask))) <= {0, 1, 2, 255}
+    unlabeled = load_split("folder", folder, "unlabeled", labeled=False)
+    assert sorted(s.image.name for s in unlabeled) == ["u1.jpg", "u2.png"]
+    assert all(s.mask is None for s in unlabeled)
+    assert set(np.unique(load_mask(labeled[0].mask))) <= {0, 1, 2, 255}
 
 
 def test_list_files_in_both_formats(folder, tmp_path):
@@ -47,11 +47,11 @@ def test_list_files_in_both_formats(folder, tmp_path):
     assert load_split("folder", folder, tmp_path / "ids.txt") == load_split("folder", folder, tmp_path / "pairs.txt")
 
 
-def test_unlabelled_image_cannot_be_listed_as_labelled(folder, tmp_path):
+def test_unlabeled_image_cannot_be_listed_as_labeled(folder, tmp_path):
     (tmp_path / "bad.txt").write_text("unlabeled/u1.jpg\n")
     with pytest.raises(DataError, match=r"bad.txt, line 1: unlabeled/u1.jpg is not under images/, so it has no mask"):
         load_split("folder", folder, tmp_path / "bad.txt")
-    assert len(load_split("folder", folder, tmp_path / "bad.txt", labelled=False)) == 1
+    assert len(load_split("folder", folder, tmp_path / "bad.txt", labeled=False)) == 1
 
 
 def test_class_file_forms(tmp_path):

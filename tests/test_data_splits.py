@@ -10,7 +10,7 @@ import pytest
 from fixtures_data import make_folder, make_voc, voc_id
 from prcl.data.dataset import DataError
 from prcl.data.sources import copy_split, generate_split, load_split, write_generated_split
-from prcl.data.splits import choose_labelled, class_balanced_choice, class_presence, read_split_file
+from prcl.data.splits import choose_labeled, class_balanced_choice, class_presence, read_split_file
 
 TRAIN = [voc_id(i) for i in range(8)]
 VAL = [voc_id(i) for i in range(8, 11)]
@@ -50,17 +50,17 @@ def test_missing_list_file(tmp_path):
         read_split_file(tmp_path / "nope.txt")
 
 
-# --- choosing the labelled subset --------------------------------------------------------------------
+# --- choosing the labeled subset --------------------------------------------------------------------
 
 def test_random_choice_is_a_function_of_the_seed():
-    a = choose_labelled(100, 10, seed=3)
-    assert np.array_equal(a, choose_labelled(100, 10, seed=3))
-    assert not np.array_equal(a, choose_labelled(100, 10, seed=4))
+    a = choose_labeled(100, 10, seed=3)
+    assert np.array_equal(a, choose_labeled(100, 10, seed=3))
+    assert not np.array_equal(a, choose_labeled(100, 10, seed=4))
     assert len(set(a.tolist())) == 10 and np.all(np.diff(a) > 0) and a.max() < 100
-    with pytest.raises(DataError, match="cannot choose 11 labelled images out of 10"):
-        choose_labelled(10, 11, seed=0)
+    with pytest.raises(DataError, match="cannot choose 11 labeled images out of 10"):
+        choose_labeled(10, 11, seed=0)
     with pytest.raises(DataError, match="unknown split method 'nope'"):
-        choose_labelled(10, 1, seed=0, method="nope")
+        choose_labeled(10, 1, seed=0, method="nope")
 
 
 def synthetic_presence(seed: int = 0) -> np.ndarray:
@@ -76,10 +76,10 @@ def synthetic_presence(seed: int = 0) -> np.ndarray:
 
 def test_balanced_choice_covers_rare_classes_that_random_misses():
     presence = synthetic_presence()
-    random_covers = [presence[choose_labelled(60, 6, s)].any(0).all() for s in range(50)]
+    random_covers = [presence[choose_labeled(60, 6, s)].any(0).all() for s in range(50)]
     assert not all(random_covers)  # the test is meaningful: random subsets miss rare classes
     for seed in range(10):
-        chosen = choose_labelled(60, 6, seed, "balanced", presence)
+        chosen = choose_labeled(60, 6, seed, "balanced", presence)
         assert len(set(chosen.tolist())) == 6 and presence[chosen].any(0).all()
 
 
@@ -91,7 +91,7 @@ def test_balanced_choice_tracks_class_proportions():
         return np.abs(presence[idx].mean(0) - freq).max()
 
     balanced = [error(class_balanced_choice(presence, 20, np.random.default_rng(s))) for s in range(10)]
-    random = [error(choose_labelled(60, 20, s)) for s in range(200)]
+    random = [error(choose_labeled(60, 20, s)) for s in range(200)]
     assert max(balanced) <= np.median(random)
     assert np.array_equal(class_balanced_choice(presence, 20, np.random.default_rng(5)),
                           class_balanced_choice(presence, 20, np.random.default_rng(5)))
@@ -134,7 +134,7 @@ def test_written_split_reloads(voc, tmp_path, fmt):
     assert sorted(files) == ["labeled", "unlabeled", "val"]
     assert read_split_file(files["labeled"]).format == fmt
     assert [s.id for s in load_split("voc", voc, files["labeled"])] == keys(split.labeled)
-    assert len(load_split("voc", voc, files["unlabeled"], labelled=False)) == len(split.unlabeled)
+    assert len(load_split("voc", voc, files["unlabeled"], labeled=False)) == len(split.unlabeled)
 
 
 def test_folder_split_holds_out_val(tmp_path):

@@ -11,7 +11,7 @@ from torchvision.datasets import VOCSegmentation
 from fixtures_data import make_voc, voc_id
 from prcl.data.dataset import DataError, SegmentationDataset, load_image, load_mask
 from prcl.data.sources import dataset_info, load_split
-from prcl.data.voc import VOC_CLASSES, VOC_LABELLED_COUNTS, VOC_SPLIT_SIZES
+from prcl.data.voc import VOC_CLASSES, VOC_LABELED_COUNTS, VOC_SPLIT_SIZES
 
 TRAIN = [voc_id(i) for i in range(6)]
 VAL = [voc_id(i) for i in range(6, 9)]
@@ -48,9 +48,9 @@ def test_root_may_be_the_folder_holding_vocdevkit(voc):
 def test_constants_and_info(voc):
     info = dataset_info("voc", voc)
     assert info.num_classes == 21 == len(VOC_CLASSES) and info.label_lut is None
-    assert VOC_SPLIT_SIZES["train"] == 1464 == VOC_LABELLED_COUNTS["classic"][-1]
+    assert VOC_SPLIT_SIZES["train"] == 1464 == VOC_LABELED_COUNTS["classic"][-1]
     assert VOC_SPLIT_SIZES["train_aug"] == 10582 and VOC_SPLIT_SIZES["val"] == 1449
-    assert VOC_LABELLED_COUNTS["blender"] == (662, 1323, 2646, 5291)
+    assert VOC_LABELED_COUNTS["blender"] == (662, 1323, 2646, 5291)
 
 
 def test_aug_masks_are_preferred_and_read_as_greyscale_indices(voc_aug):
@@ -86,8 +86,8 @@ def test_u2pl_and_unimatch_lists_give_the_same_samples(voc, tmp_path):
     u2pl = load_split("voc", voc, tmp_path / "u2pl.txt")
     assert u2pl == load_split("voc", voc, tmp_path / "unimatch.txt")
     assert [s.id for s in u2pl] == ids
-    unlabelled = load_split("voc", voc, tmp_path / "u2pl.txt", labelled=False)
-    assert all(s.mask is None for s in unlabelled)
+    unlabeled = load_split("voc", voc, tmp_path / "u2pl.txt", labeled=False)
+    assert all(s.mask is None for s in unlabeled)
 
 
 def test_split_paths_are_relative_to_the_root(voc):

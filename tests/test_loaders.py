@@ -49,8 +49,8 @@ def test_seeded_dataset_is_reproducible_and_leaves_global_rng_alone():
 def test_batches_do_not_depend_on_worker_count(make_config):
     def first_batches(workers: int):
         cfg = make_config("method.name=classmix", f"data.num_workers={workers}")
-        data = build_train_data(cfg, with_unlabelled=True, start_iteration=2)
-        return [next(iter(data.labelled))["image"], next(iter(data.unlabelled))["image_strong"]]
+        data = build_train_data(cfg, with_unlabeled=True, start_iteration=2)
+        return [next(iter(data.labeled))["image"], next(iter(data.unlabeled))["image_strong"]]
 
     for a, b in zip(first_batches(0), first_batches(2)):
         assert torch.equal(a, b)

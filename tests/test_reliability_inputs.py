@@ -57,7 +57,7 @@ def data(synth_root, tmp_path) -> Path:
     return Path(shutil.copytree(synth_root, tmp_path / "data"))
 
 
-def first_labelled(root: Path) -> tuple[Path, Path]:
+def first_labeled(root: Path) -> tuple[Path, Path]:
     """(image, mask) of the first sample the training loader draws (seed 0), so damage shows at once."""
     ids = (root / "splits/1_4/labeled.txt").read_text().split()
     index = next(iter(ResumableSampler(len(ids), seed=0)))[0]
@@ -78,7 +78,7 @@ def rewrite_mask(path: Path, fn) -> None:
     ("train.iterations=many", "config key 'train.iterations' must be int, got 'many'"),
     ("optim.lr=-0.1", "config key 'optim.lr' must be > 0, got -0.1"),
     ("method.contrastive.strong_threshold=1.5", "'method.contrastive.strong_threshold' must be in [0, 1]"),
-    ("data.unlabeled_split=null", "needs unlabelled data: set data.unlabeled_split"),
+    ("data.unlabeled_split=null", "needs unlabeled data: set data.unlabeled_split"),
 ])
 def test_bad_config_values(capsys, data, tmp_path, override, message):
     code, err = run_cli(capsys, "train", *tiny_args(data, tmp_path / "runs", "x", "method.name=classmix", override))
@@ -87,10 +87,10 @@ def test_bad_config_values(capsys, data, tmp_path, override, message):
 
 
 def test_crop_larger_than_the_images_is_padded_with_ignore(data):
-    """Not an error: a crop bigger than the (rescaled) image is padded, the padding labelled 255."""
+    """Not an error: a crop bigger than the (rescaled) image is padded, the padding labeled 255."""
     from prcl.data.transforms import TrainTransform
 
-    image_path, mask_path = first_labelled(data)
+    image_path, mask_path = first_labeled(data)
     with Image.open(image_path) as img, Image.open(mask_path) as mask:
         labels = np.array(mask)
         torch.manual_seed(0)
@@ -110,7 +110,7 @@ def test_missing_dataset_root(capsys, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_image_in_the_training_split(capsys, data, tmp_path, workers):
-    image, _ = first_labelled(data)
+    image, _ = first_labeled(data)
     image.write_bytes(image.read_bytes()[:200])  # truncated JPEG
     code, err = run_cli(capsys, "train", *tiny_args(data, tmp_path / "runs", "x", f"data.num_workers={workers}"))
     line = error_line(err)
@@ -119,7 +119,7 @@ def test_corrupt_image_in_the_training_split(capsys, data, tmp_path, workers):
 
 
 def test_mask_size_mismatch(capsys, data, tmp_path):
-    image, mask = first_labelled(data)
+    image, mask = first_labeled(data)
     rewrite_mask(mask, lambda m: m[:40, :50])
     code, err = run_cli(capsys, "train", *tiny_args(data, tmp_path / "runs", "x", "data.num_workers=2"))
     line = error_line(err)
@@ -128,7 +128,7 @@ def test_mask_size_mismatch(capsys, data, tmp_path):
 
 def test_label_out_of_range(capsys, data, tmp_path):
     """Formerly silent: an out-of-range class id in a mask trained without complaint."""
-    _, mask = first_labelled(data)
+    _, mask = first_labeled(data)
     rewrite_mask(mask, lambda m: np.where(np.arange(m.shape[1]) < 2, 12, m))
     code, err = run_cli(capsys, "train", *tiny_args(data, tmp_path / "runs", "x"))
     line = error_line(err)

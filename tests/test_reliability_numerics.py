@@ -20,12 +20,12 @@ from test_reliability_inputs import error_line, run_cli, tiny_args
 
 
 def poison_batches(monkeypatch, value: float, at: int) -> None:
-    """Write `value` into a 4x4 patch of the first labelled image of the `at`-th labelled batch (1-based)."""
+    """Write `value` into a 4x4 patch of the first labeled image of the `at`-th labeled batch (1-based)."""
     real, seen = Trainer._next, []
 
     def _next(self, it):
         batch = real(self, it)
-        if it is self.labelled:
+        if it is self.labeled:
             seen.append(it)
             if len(seen) == at:
                 batch["image"][0, :, :4, :4] = value

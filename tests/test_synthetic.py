@@ -17,7 +17,7 @@ from prcl.data.palette import voc_palette
 from prcl.data.sources import load_split
 from prcl.data.synthetic import (
     CLASS_NAMES,
-    LABELLED_FRACTIONS,
+    LABELED_FRACTIONS,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
     render_sample,
@@ -127,13 +127,13 @@ def test_split_files_are_nested_disjoint_and_cover_train(tiny):
     assert not set(train) & set(val)
     assert train == [f"train_{i:05d}" for i in range(TINY["num_train"])]
     previous: set[str] = set()
-    for frac in LABELLED_FRACTIONS:
+    for frac in LABELED_FRACTIONS:
         labeled = set(_ids(tiny / "splits" / frac / "labeled.txt"))
         unlabeled_file = tiny / "splits" / frac / "unlabeled.txt"
         unlabeled = set(_ids(unlabeled_file)) if unlabeled_file.exists() else set()
         denom = 1 if frac == "full" else int(frac.split("_")[1])
         assert len(labeled) == max(1, TINY["num_train"] // denom)
-        assert previous <= labeled, f"{frac} does not contain the smaller labelled subset"
+        assert previous <= labeled, f"{frac} does not contain the smaller labeled subset"
         assert not labeled & unlabeled and labeled | unlabeled == set(train)
         previous = labeled
     assert not (tiny / "splits/full/unlabeled.txt").exists()
@@ -203,7 +203,7 @@ def test_loads_through_the_common_loader(tiny):
     assert item["image"].size == (TINY["image_size"],) * 2
     assert item["mask"].shape == (TINY["image_size"],) * 2
     np.testing.assert_array_equal(item["mask"], load_mask(samples[0].mask))
-    unlabeled = load_split("synthetic", tiny, "splits/1_4/unlabeled.txt", labelled=False)
+    unlabeled = load_split("synthetic", tiny, "splits/1_4/unlabeled.txt", labeled=False)
     assert all(s.mask is None for s in unlabeled)
     assert not {s.id for s in samples} & {s.id for s in unlabeled}
 

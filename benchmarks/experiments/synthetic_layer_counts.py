@@ -3,7 +3,7 @@
     python benchmarks/experiments/synthetic_layer_counts.py OUT MIN MAX [DMIN DMAX]
     python benchmarks/paper_tables.py --tables gap --fractions 1_16 --seeds 0 --data OUT --runs OUT-runs --out OUT.md
 
-writes a variant of the built-in dataset to OUT in which every image has MIN..MAX labelled objects
+writes a variant of the built-in dataset to OUT in which every image has MIN..MAX labeled objects
 and DMIN..DMAX distractors (the generator draws 3..5 and 1..3), then measures supervised 1/16 vs all labels.
 Result in `benchmarks/results/dataset_gap.md`. Monkeypatches `prcl.data.synthetic._layers`, so it
 follows that function: re-check it after a generator change.

@@ -30,8 +30,8 @@ class DataConfig:
     val_split: str = "splits/val.txt"
     crop_size: int = 96  # square training crop (paper: 512 VOC, 768 Cityscapes)
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop
-    batch_size: int = 4  # global labelled batch (split across processes)
-    unlabeled_batch_size: Optional[int] = None  # global unlabelled batch; null = batch_size
+    batch_size: int = 4  # global labeled batch (split across processes)
+    unlabeled_batch_size: Optional[int] = None  # global unlabeled batch; null = batch_size
     num_workers: int = 0  # DataLoader workers; 0 is fastest for the tiny CPU demo (measured), use 4+ on GPUs
     color_jitter: float = 0.5  # probability of colour jitter on the strong view
     blur: float = 0.5  # probability of Gaussian blur on the strong view
@@ -79,7 +79,7 @@ class ContrastiveConfig:
     num_anchors: int = 64  # anchors per class (paper: 256; the CPU demo uses fewer)
     num_negatives: int = 256  # real negatives per anchor (paper: 512)
     strong_threshold: float = 0.8  # δs: anchors have student confidence below this
-    weak_threshold: float = 0.7  # δw: unlabelled pixels need teacher confidence above this
+    weak_threshold: float = 0.7  # δw: unlabeled pixels need teacher confidence above this
     lambda0: float = 1.0  # λc0 in Eq. 12
     lambda_alpha: float = -5.0  # α in Eq. 12
     pr: bool = True  # probabilistic representations (μ, σ²) and MLS; false = cosine on μ

@@ -1,6 +1,6 @@
 """The paper's experiment matrix: which config file reproduces which table cell, and its number.
 
-`PAPER_CELLS` holds Tables 1-3 and 5-8 of the journal paper as data (row, labelled images, mIoU,
+`PAPER_CELLS` holds Tables 1-3 and 5-8 of the journal paper as data (row, labeled images, mIoU,
 config path under `configs/`). Several ablation cells are the same experiment (Table 5 "w/ PR",
 Table 6 "PR w/o US" and Table 8 "PR" at 92 labels are one run), so they share one config.
 `list_configs` joins these cells with the YAML files found on disk; `prcl configs list` prints it.
@@ -28,7 +28,7 @@ class PaperCell:
 
     table: int
     row: str  # the paper's row label
-    labels: int  # labelled images (the column)
+    labels: int  # labeled images (the column)
     miou: float  # the paper's mIoU (%)
     config: str
 

@@ -120,17 +120,17 @@ class ValPass:
 
     features: np.ndarray  # [N, D] float32, at most max_per_class rows per class
     labels: np.ndarray  # [N]
-    pixels_per_class: np.ndarray  # [C] labelled stride-4 pixels seen per class
+    pixels_per_class: np.ndarray  # [C] labeled stride-4 pixels seen per class
     examples: list[dict]  # the first images: image [H,W,3], gt, pred [H,W], var [H,W] or None
     uncertainty: Optional[dict]  # σ² on wrong vs correct pseudo-labels (runs with σ²)
     num_images: int
 
 
 class _UncertaintyStats:
-    """Mean σ² (mean over D) on correctly vs wrongly pseudo-labelled labelled pixels, and its AUROC
+    """Mean σ² (mean over D) on correctly vs wrongly pseudo-labeled labeled pixels, and its AUROC
     as a detector of wrong pseudo-labels (on up to UNCERTAINTY_PIXELS_PER_IMAGE pixels per image):
     over all of them, over the confident ones (confidence ≥ δw, the only ones the contrastive loss
-    takes from unlabelled images), and within each ground-truth class (macro mean over the classes
+    takes from unlabeled images), and within each ground-truth class (macro mean over the classes
     with both outcomes: σ² that only tells background from objects scores 0.5 there)."""
 
     def __init__(self, seed: int) -> None:
@@ -195,15 +195,15 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
         logits = out["logits"] if same else predict_logits(run.evaluated, x, c, mode, e.crop_size, e.stride)
         pred = logits.argmax(1)[0].cpu()  # [H, W]
         gt_small = to_feature_resolution(mask[None], size)[0].flatten().numpy()
-        labelled = gt_small != IGNORE_INDEX
-        reservoir.add(_pixels(feat)[labelled], gt_small[labelled])
+        labeled = gt_small != IGNORE_INDEX
+        reservoir.add(_pixels(feat)[labeled], gt_small[labeled])
         var_map = None
         if stats is not None:
             var_mean = out["var"].float().mean(1)  # [1, h, w]: σ² averaged over D
             pred_small = to_feature_resolution(pred[None], size)[0].flatten().numpy()
             confidence = to_feature_resolution(logits.softmax(1).amax(1).cpu(), size)[0].flatten().numpy()
-            stats.add(var_mean.flatten().cpu().numpy()[labelled], (pred_small != gt_small)[labelled],
-                      (confidence >= run.cfg.method.contrastive.weak_threshold)[labelled], gt_small[labelled])
+            stats.add(var_mean.flatten().cpu().numpy()[labeled], (pred_small != gt_small)[labeled],
+                      (confidence >= run.cfg.method.contrastive.weak_threshold)[labeled], gt_small[labeled])
             if i < num_images:
                 up = F.interpolate(var_mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)
                 var_map = (up / up.mean()).squeeze().cpu().numpy()  # ℓ1-normalised, x H·W: image mean = 1
@@ -211,7 +211,7 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
             examples.append({"image": denormalize(x[0]).permute(1, 2, 0).cpu().numpy(),
                              "gt": mask.numpy(), "pred": pred.numpy(), "var": var_map})
     if not reservoir.offered.any():
-        raise AnalysisError(f"no labelled pixel in the {total} val images of {run.label} "
+        raise AnalysisError(f"no labeled pixel in the {total} val images of {run.label} "
                             f"({run.cfg.data.dataset} at {run.cfg.data.root}); check the val masks or --max-images")
     feats, labels = reservoir.sample()
     return ValPass(feats, labels, reservoir.offered, examples, stats.result() if stats else None, total)

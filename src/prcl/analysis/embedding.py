@@ -1,7 +1,7 @@
 """Representation-space measurements (Table 4) and 2-D projections (Figs. 6, 8, 9).
 
 `ClassReservoir` keeps a uniform random sample of at most k pixels per class from a stream of
-images (memory C·k·D however large the val set); `representation_quality` scores a labelled
+images (memory C·k·D however large the val set); `representation_quality` scores a labeled
 sample with scikit-learn's Silhouette (higher is better) and Davies-Bouldin index (lower is better).
 """
 
@@ -66,7 +66,7 @@ class ClassReservoir:
         """(features [N, D], labels [N]) of the classes seen, grouped by class."""
         present = [c for c in range(self.num_classes) if self.items[c] is not None]
         if not present:
-            raise ValueError("the reservoir is empty: no labelled pixel was offered")
+            raise ValueError("the reservoir is empty: no labeled pixel was offered")
         feats = np.concatenate([self.items[c] for c in present])
         labels = np.concatenate([np.full(len(self.items[c]), c) for c in present])
         return feats, labels

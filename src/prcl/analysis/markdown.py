@@ -65,11 +65,11 @@ def _details(runs: list[dict]) -> list[str]:
             lines.append(f"  {rep['note']}.")
         unc = m.get("uncertainty")
         if unc:
-            lines.append(f"  Mean σ² on wrongly pseudo-labelled pixels {_fmt(unc['mean_var_wrong'], '.4g')} vs "
+            lines.append(f"  Mean σ² on wrongly pseudo-labeled pixels {_fmt(unc['mean_var_wrong'], '.4g')} vs "
                          f"correctly {_fmt(unc['mean_var_correct'], '.4g')} ({unc['pixels_wrong']} / "
                          f"{unc['pixels_correct']} pixels); AUROC of σ² as a detector of wrong pseudo-labels "
                          f"{_fmt(unc['auroc_var_detects_wrong'])}; among pixels with confidence ≥ δw (those "
-                         f"the contrastive loss takes from unlabelled images) "
+                         f"the contrastive loss takes from unlabeled images) "
                          f"{_fmt(unc.get('auroc_var_detects_wrong_confident'))}; within each ground-truth class "
                          f"(mean) {_fmt(unc.get('auroc_var_detects_wrong_within_class'))}.")
         vn = m.get("virtual_negatives")

@@ -32,7 +32,7 @@ MASK_MODES = ("P", "L", "I", "I;16")
 class SplitReport:
     role: str  # e.g. labeled / unlabeled / val
     source: str  # the list file or standard split it was read from
-    labelled: bool
+    labeled: bool
     entries: int = 0
     class_pixels: Optional[np.ndarray] = None  # [C + 1] int64: classes, then ignore (255)
 
@@ -54,7 +54,7 @@ class CheckReport:
         """A human-readable report: split counts, class pixel frequencies, notes, errors."""
         lines = [f"dataset {self.dataset} at {self.root} ({len(self.class_names)} classes)"]
         for s in self.splits:
-            kind = "labelled" if s.labelled else "unlabelled"
+            kind = "labeled" if s.labeled else "unlabeled"
             lines.append(f"  split {s.role:<12} {s.entries:>7} images  {kind:<10}  from {s.source}")
         lines += self._frequency_table()
         lines += [f"note: {n}" for n in self.notes]
@@ -67,7 +67,7 @@ class CheckReport:
         return "\n".join(lines)
 
     def _frequency_table(self) -> list[str]:
-        """Per-class share of labelled (non-ignore) pixels per split; ignore as share of all."""
+        """Per-class share of labeled (non-ignore) pixels per split; ignore as share of all."""
         cols = [s for s in self.splits if s.class_pixels is not None and s.class_pixels.sum() > 0]
         if not cols:
             return []
@@ -135,11 +135,11 @@ def _check_mask(path: Path, image: Path, size: Optional[tuple[int, int]],
     return errors, hist
 
 
-def check_sample(sample: Sample, labelled: bool,
+def check_sample(sample: Sample, labeled: bool,
                  info: DatasetInfo) -> tuple[list[str], Optional[np.ndarray]]:
     """All problems of one sample, and the `[256]` raw-value histogram of its (valid) mask."""
     errors, size = _check_image(sample.image)
-    if not labelled or sample.mask is None:
+    if not labeled or sample.mask is None:
         return errors, None
     if not sample.mask.is_file():
         return errors + [f"image without mask: {sample.image} has no mask {sample.mask}"], None
@@ -150,7 +150,7 @@ def check_sample(sample: Sample, labelled: bool,
 def _normalise_splits(
     src: DatasetSource, split_files: Union[Mapping[str, PathLike], Sequence[PathLike]]
 ) -> list[tuple[str, PathLike, bool]]:
-    """(role, spec, labelled) triples; `role=path` strings and mappings name the role explicitly."""
+    """(role, spec, labeled) triples; `role=path` strings and mappings name the role explicitly."""
     if isinstance(split_files, Mapping):
         items = list(split_files.items())
     else:
@@ -159,7 +159,7 @@ def _normalise_splits(
             role, sep, path = str(spec).partition("=")
             items.append((role, path) if sep else (Path(spec).stem, spec))
     if not items:
-        return [(name, name, labelled) for name, labelled in src.check_splits()]
+        return [(name, name, labeled) for name, labeled in src.check_splits()]
     roles = [r for r, _ in items]
     return [
         (role if roles.count(role) == 1 else str(spec), spec, "unlabel" not in role.lower())
@@ -177,7 +177,7 @@ class _Job:
     """One image to check, with the roles of the splits that list it."""
 
     sample: Sample
-    labelled: bool = False
+    labeled: bool = False
     roles: set[str] = field(default_factory=set)
 
 
@@ -204,14 +204,14 @@ def check_dataset(
     report.class_names = info.class_names
     jobs: dict[Path, _Job] = {}
     keys: dict[str, set[str]] = {}
-    for role, spec, labelled in _normalise_splits(src, split_files):
-        keys[role] = _collect_split(src, role, spec, labelled, report, jobs)
+    for role, spec, labeled in _normalise_splits(src, split_files):
+        keys[role] = _collect_split(src, role, spec, labeled, report, jobs)
     for (a, keys_a), (b, keys_b) in combinations(keys.items(), 2):
         if keys_a & keys_b:
             overlap = _summarise(f"ids appear in both {a} and {b}", sorted(keys_a & keys_b))
             report.errors.append(f"{overlap}; a split must not overlap another")
     items = list(jobs.values())
-    results = parallel_map(lambda j: check_sample(j.sample, j.labelled, info), items, workers,
+    results = parallel_map(lambda j: check_sample(j.sample, j.labeled, info), items, workers,
                            progress, "check")
     lut = info.label_lut if info.label_lut is not None else np.arange(256)
     for job, (errors, hist) in zip(items, results):
@@ -221,13 +221,13 @@ def check_dataset(
         per_class = np.bincount(lut, weights=hist, minlength=256).astype(np.int64)  # [256]
         counts = np.r_[per_class[: info.num_classes], per_class[IGNORE_INDEX]]  # [C + 1]
         for split in report.splits:
-            if split.role in job.roles and split.labelled:
+            if split.role in job.roles and split.labeled:
                 previous = 0 if split.class_pixels is None else split.class_pixels
                 split.class_pixels = previous + counts
     return report
 
 
-def _collect_split(src: DatasetSource, role: str, spec: PathLike, labelled: bool,
+def _collect_split(src: DatasetSource, role: str, spec: PathLike, labeled: bool,
                    report: CheckReport, jobs: dict[Path, _Job]) -> set[str]:
     """Resolve one split into `report` (size, bad entries, missing files) and `jobs`; its ids."""
     try:
@@ -236,7 +236,7 @@ def _collect_split(src: DatasetSource, role: str, spec: PathLike, labelled: bool
         report.errors.append(f"split {role}: {err}")
         return set()
     source = str(split.path or f"standard split {spec}")
-    report.splits.append(SplitReport(role, source, labelled, len(split.entries)))
+    report.splits.append(SplitReport(role, source, labeled, len(split.entries)))
     official = src.split_sizes.get(str(spec)) if split.path is None else None
     if official is not None and len(split.entries) != official:
         report.notes.append(f"{spec} has {len(split.entries)} images; the official {src.name} "
@@ -244,7 +244,7 @@ def _collect_split(src: DatasetSource, role: str, spec: PathLike, labelled: bool
     ids, missing, repeated = set(), [], []
     for entry in split.entries:
         try:
-            key, sample = src.key(entry), src.sample(entry, labelled)
+            key, sample = src.key(entry), src.sample(entry, labeled)
         except DataError as err:
             report.errors.append(f"split {split.name}, {err}")
             continue
@@ -255,8 +255,8 @@ def _collect_split(src: DatasetSource, role: str, spec: PathLike, labelled: bool
             missing.append(entry.image)
             continue
         job = jobs.setdefault(sample.image, _Job(sample))
-        if labelled:
-            job.sample, job.labelled = sample, True
+        if labeled:
+            job.sample, job.labeled = sample, True
         job.roles.add(role)
     if missing:
         found = _summarise(f"entries not found under root {src.root}", missing)

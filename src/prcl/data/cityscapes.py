@@ -40,7 +40,7 @@ CITYSCAPES_CLASSES: tuple[str, ...] = tuple(
 IMAGES_ARCHIVE = "leftImg8bit_trainvaltest.zip"
 MASKS_ARCHIVE = "gtFine_trainvaltest.zip"
 CITYSCAPES_SPLIT_SIZES = {"train": 2975, "val": 500}
-CITYSCAPES_LABELLED_COUNTS = (186, 372, 744, 1488)
+CITYSCAPES_LABELED_COUNTS = (186, 372, 744, 1488)
 IMAGE_SUFFIX = "_leftImg8bit.png"
 MASK_SUFFIXES = {"labelIds": "_gtFine_labelIds.png", "trainIds": "_gtFine_labelTrainIds.png"}
 
@@ -152,10 +152,10 @@ class CityscapesSource:
     def mask_path(self, key: str) -> Path:
         return self.root / "gtFine" / f"{key}{MASK_SUFFIXES[self.label_mode]}"
 
-    def sample(self, entry: SplitEntry, labelled: bool = True) -> Sample:
+    def sample(self, entry: SplitEntry, labeled: bool = True) -> Sample:
         key = frame_key(entry)
         image = self.root / "leftImg8bit" / f"{key}{IMAGE_SUFFIX}"
-        mask = self.mask_path(key) if labelled else None
+        mask = self.mask_path(key) if labeled else None
         if mask is not None and self.label_mode == "trainIds" and not mask.is_file():
             raise DataError(
                 f"{mask} is missing, but other *_labelTrainIds.png files exist under "

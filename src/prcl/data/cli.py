@@ -105,15 +105,15 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
                        help="errors printed (all are counted)")
     check.set_defaults(func=_guarded("check", run_check))
 
-    split = sub.add_parser("split", help="write labelled/unlabelled/val lists from a seed")
+    split = sub.add_parser("split", help="write labeled/unlabeled/val lists from a seed")
     _common(split, sorted(SOURCES))
-    split.add_argument("--labeled", type=int, required=True, help="number of labelled images")
-    split.add_argument("--scheme", help="where labelled/unlabelled images come from; voc: "
+    split.add_argument("--labeled", type=int, required=True, help="number of labeled images")
+    split.add_argument("--scheme", help="where labeled/unlabeled images come from; voc: "
                                         "classic (default) | blender | train; cityscapes: train")
     split.add_argument("--method", choices=SPLIT_METHODS, default="random")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--val-size", type=int, default=0,
-                       help="folder datasets: hold out N labelled images as val")
+                       help="folder datasets: hold out N labeled images as val")
     split.add_argument("--format", choices=SPLIT_FORMATS, default="ids",
                        help="ids: one id/image per line (U2PL); pairs: `image mask` per line "
                             "(UniMatch)")

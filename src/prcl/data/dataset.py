@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and, when labelled, its index mask (values in [0, C) or 255)."""
+    """One image and, when labeled, its index mask (values in [0, C) or 255)."""
 
     image: Path
     mask: Optional[Path] = None
@@ -62,7 +62,7 @@ def load_mask(path: Path, label_lut: Optional[np.ndarray] = None) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """Reads `samples` and applies `transform(image, mask) -> dict` (mask is None if unlabelled)."""
+    """Reads `samples` and applies `transform(image, mask) -> dict` (mask is None if unlabeled)."""
 
     def __init__(
         self,

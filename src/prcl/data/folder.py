@@ -4,7 +4,7 @@ Layout (paths in split files are relative to the root):
 
     root/
       classes.yaml         # or classes.yml / classes.json, see `read_class_file`
-      images/**.jpg|png    # labelled images (sub-folders allowed)
+      images/**.jpg|png    # labeled images (sub-folders allowed)
       masks/**.png         # one index PNG per image, same relative path, `.png` suffix
       unlabeled/**.jpg     # optional: images without masks
 
@@ -163,12 +163,12 @@ class FolderSource:
             return PurePosixPath("masks", *parts[1:]).with_suffix(".png").as_posix()
         return None
 
-    def sample(self, entry: SplitEntry, labelled: bool = True) -> Sample:
-        mask = self.mask_rel(entry) if labelled else None
-        if labelled and mask is None:
+    def sample(self, entry: SplitEntry, labeled: bool = True) -> Sample:
+        mask = self.mask_rel(entry) if labeled else None
+        if labeled and mask is None:
             raise DataError(
                 f"line {entry.line}: {entry.image} is not under images/, so it has no mask; list "
-                "labelled images from images/ (masks/ mirrors its paths) or add the mask as a "
+                "labeled images from images/ (masks/ mirrors its paths) or add the mask as a "
                 "second column"
             )
         return Sample(self.root / entry.image, self.root / mask if mask else None)

@@ -73,8 +73,8 @@ class SeededDataset(Dataset):
 @dataclass
 class TrainData:
     info: DatasetInfo
-    labelled: DataLoader
-    unlabelled: Optional[DataLoader]
+    labeled: DataLoader
+    unlabeled: Optional[DataLoader]
     val: SegmentationDataset
 
 
@@ -139,25 +139,25 @@ def per_process_batch(global_batch: int, world: int, what: str) -> int:
     return global_batch // world
 
 
-def build_train_data(cfg: Config, *, with_unlabelled: bool, start_iteration: int = 0, rank: int = 0, world: int = 1) -> TrainData:
+def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int = 0, rank: int = 0, world: int = 1) -> TrainData:
     """Loaders positioned at `start_iteration` (for resume) and the val dataset."""
     info, val = build_val_dataset(cfg)
     root = Path(cfg.data.root)
     d = cfg.data
     bl = per_process_batch(d.batch_size, world, "data.batch_size")
-    labelled = SegmentationDataset(
+    labeled = SegmentationDataset(
         load_split(d.dataset, root, d.labeled_split), TrainTransform(d.crop_size, d.scale_range), info.label_lut,
         info.num_classes,
     )
-    lab_loader = _loader(labelled, bl, cfg, cfg.seed, rank, world, start_iteration * bl)
+    lab_loader = _loader(labeled, bl, cfg, cfg.seed, rank, world, start_iteration * bl)
     unl_loader = None
-    if with_unlabelled:
+    if with_unlabeled:
         if not d.unlabeled_split:
-            raise ConfigError(f"method.name={cfg.method.name} needs unlabelled data: set data.unlabeled_split")
+            raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data: set data.unlabeled_split")
         bu = per_process_batch(d.unlabeled_batch_size or d.batch_size, world, "data.unlabeled_batch_size")
-        unlabelled = SegmentationDataset(
-            load_split(d.dataset, root, d.unlabeled_split, labelled=False),
+        unlabeled = SegmentationDataset(
+            load_split(d.dataset, root, d.unlabeled_split, labeled=False),
             TrainTransform(d.crop_size, d.scale_range, strong=True, color_jitter=d.color_jitter, blur=d.blur),
         )
-        unl_loader = _loader(unlabelled, bu, cfg, cfg.seed + 1, rank, world, start_iteration * bu)
+        unl_loader = _loader(unlabeled, bu, cfg, cfg.seed + 1, rank, world, start_iteration * bu)
     return TrainData(info, lab_loader, unl_loader, val)

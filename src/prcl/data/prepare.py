@@ -74,7 +74,7 @@ ARCHIVES: dict[str, tuple[ArchiveSpec, ...]] = {
         ArchiveSpec("VOCtrainval_11-May-2012.tar", VOC_PAGE, _voc_member),
         ArchiveSpec("SegmentationClassAug.zip", AUG_PAGE, _aug_member, required=False,
                     purpose="the 10,582 train_aug masks used by the blender partitions and the "
-                            "unlabelled pool of the classic ones"),
+                            "unlabeled pool of the classic ones"),
     ),
     "cityscapes": (
         ArchiveSpec("leftImg8bit_trainvaltest.zip", CITYSCAPES_PAGE,

@@ -20,7 +20,7 @@ from prcl.data.cityscapes import CityscapesSource
 from prcl.data.dataset import DataError, Sample, load_mask
 from prcl.data.folder import FolderSource
 from prcl.data.splits import (
-    SplitEntry, SplitList, choose_labelled, class_presence, file_sha256, raise_if_missing,
+    SplitEntry, SplitList, choose_labeled, class_presence, file_sha256, raise_if_missing,
     read_split_file, write_split_file,
 )
 from prcl.data.voc import VOC_CLASSES, VocSource
@@ -46,7 +46,7 @@ class DatasetSource(Protocol):
     label_lut: Optional[np.ndarray]  # [256] uint8 raw mask value -> class index (None = identity)
     raw_label_values: Optional[tuple[int, ...]]  # values allowed in raw masks when a LUT is used
     split_sizes: Mapping[str, int]  # official sizes of the standard splits
-    schemes: Mapping[str, tuple[str, str]]  # scheme -> (labelled pool, unlabelled pool)
+    schemes: Mapping[str, tuple[str, str]]  # scheme -> (labeled pool, unlabeled pool)
     val_split: Optional[str]
 
     def layout_errors(self) -> list[str]: ...
@@ -55,7 +55,7 @@ class DatasetSource(Protocol):
     def standard_entries(self, name: str) -> list[SplitEntry]: ...
     def check_splits(self) -> tuple[tuple[str, bool], ...]: ...
     def key(self, entry: SplitEntry) -> str: ...
-    def sample(self, entry: SplitEntry, labelled: bool = True) -> Sample: ...
+    def sample(self, entry: SplitEntry, labeled: bool = True) -> Sample: ...
     def line(self, entry: SplitEntry, fmt: str = "ids") -> str: ...
 
 
@@ -165,23 +165,23 @@ def resolve_split(src: DatasetSource, spec: PathLike) -> ResolvedSplit:
     )
 
 
-def entry_samples(src: DatasetSource, split: ResolvedSplit, labelled: bool) -> list[Sample]:
+def entry_samples(src: DatasetSource, split: ResolvedSplit, labeled: bool) -> list[Sample]:
     """Map entries to files; a malformed entry raises an error naming the split file and line."""
     try:
-        return [src.sample(e, labelled) for e in split.entries]
+        return [src.sample(e, labeled) for e in split.entries]
     except DataError as err:
         raise DataError(f"split {split.name}, {err}") from err
 
 
 def load_split(name: str, root: PathLike, split_file: PathLike, *,
-               labelled: bool = True) -> list[Sample]:
-    """The samples of a split; every listed image (and mask, if `labelled`) must exist.
+               labeled: bool = True) -> list[Sample]:
+    """The samples of a split; every listed image (and mask, if `labeled`) must exist.
 
     Masks keep their raw encoding: read them with `dataset_info(name, root).label_lut`.
     """
     src = open_source(name, root)
     split = resolve_split(src, split_file)
-    samples = entry_samples(src, split, labelled)
+    samples = entry_samples(src, split, labeled)
     raise_if_missing(samples, split.name, src.root)
     return samples
 
@@ -237,7 +237,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
 
 @dataclass
 class GeneratedSplit:
-    """A labelled/unlabelled(/val) partition and notes on how it compares to the official sizes."""
+    """A labeled/unlabeled(/val) partition and notes on how it compares to the official sizes."""
 
     labeled: list[SplitEntry]
     unlabeled: list[SplitEntry]
@@ -246,15 +246,15 @@ class GeneratedSplit:
 
 
 def generate_split(
-    name: str, root: PathLike, num_labelled: int, *, scheme: Optional[str] = None,
+    name: str, root: PathLike, num_labeled: int, *, scheme: Optional[str] = None,
     method: str = "random", seed: int = 0, val_size: int = 0, workers: int = 1,
     progress: bool = False,
 ) -> GeneratedSplit:
-    """Choose `num_labelled` images from the scheme's labelled pool, deterministically from `seed`.
+    """Choose `num_labeled` images from the scheme's labeled pool, deterministically from `seed`.
 
-    Unlabelled = the scheme's unlabelled pool minus the labelled images (VOC classic: labelled
-    from the 1,464 train ids, unlabelled from the other train_aug ids). Datasets without an
-    official val split (folder) can hold out `val_size` labelled images first.
+    Unlabeled = the scheme's unlabeled pool minus the labeled images (VOC classic: labeled
+    from the 1,464 train ids, unlabeled from the other train_aug ids). Datasets without an
+    official val split (folder) can hold out `val_size` labeled images first.
     """
     src = open_source(name, root)
     scheme = scheme or next(iter(src.schemes))
@@ -278,7 +278,7 @@ def generate_split(
     if src.val_split is not None:
         val = src.standard_entries(src.val_split)
     else:  # hold out val images first, with their own random stream
-        held = choose_labelled(len(lab_pool), val_size, seed + 1) if val_size else []
+        held = choose_labeled(len(lab_pool), val_size, seed + 1) if val_size else []
         val = [lab_pool[i] for i in held]
         lab_pool, unl_pool = _without(src, lab_pool, val), _without(src, unl_pool, val)
     presence = None
@@ -286,7 +286,7 @@ def generate_split(
         masks = parallel_map(lambda e: load_mask(src.sample(e).mask, src.label_lut), lab_pool,
                              workers, progress, "classes")
         presence = class_presence(masks, len(src.class_names))  # [N, C]
-    chosen = choose_labelled(len(lab_pool), num_labelled, seed, method, presence)
+    chosen = choose_labeled(len(lab_pool), num_labeled, seed, method, presence)
     labeled = [lab_pool[i] for i in chosen]
     return GeneratedSplit(labeled, _without(src, unl_pool, labeled), val, notes)
 
@@ -321,6 +321,6 @@ def read_list_file(path: PathLike) -> list[list[str]]:
     return [[e.image] + ([e.mask] if e.mask else []) for e in read_split_file(Path(path)).entries]
 
 
-def voc_samples(root: PathLike, split_file: PathLike, *, labelled: bool = True) -> list[Sample]:
+def voc_samples(root: PathLike, split_file: PathLike, *, labeled: bool = True) -> list[Sample]:
     """VOC layout: one id per line -> `JPEGImages/<id>.jpg` + `SegmentationClass[Aug]/<id>.png`."""
-    return load_split("voc", root, split_file, labelled=labelled)
+    return load_split("voc", root, split_file, labeled=labeled)

@@ -129,7 +129,7 @@ def class_balanced_choice(presence: np.ndarray, num: int, rng: np.random.Generat
     """
     n_images, _ = presence.shape
     if not 0 <= num <= n_images:
-        raise DataError(f"cannot choose {num} labelled images out of {n_images} candidates")
+        raise DataError(f"cannot choose {num} labeled images out of {n_images} candidates")
     order = rng.permutation(n_images)
     pres = presence[order].astype(np.float64)  # [N, C] in the seeded tie-break order
     exists = pres.any(axis=0)
@@ -146,23 +146,23 @@ def class_balanced_choice(presence: np.ndarray, num: int, rng: np.random.Generat
     return np.sort(order[np.asarray(chosen, dtype=np.int64)])
 
 
-def choose_labelled(
+def choose_labeled(
     num_candidates: int,
-    num_labelled: int,
+    num_labeled: int,
     seed: int,
     method: str = "random",
     presence: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Sorted indices of the labelled subset, a pure function of its arguments."""
+    """Sorted indices of the labeled subset, a pure function of its arguments."""
     if method not in SPLIT_METHODS:
         raise DataError(f"unknown split method {method!r}; choose one of {list(SPLIT_METHODS)}")
-    if not 0 < num_labelled <= num_candidates:
+    if not 0 < num_labeled <= num_candidates:
         raise DataError(
-            f"cannot choose {num_labelled} labelled images out of {num_candidates} candidates"
+            f"cannot choose {num_labeled} labeled images out of {num_candidates} candidates"
         )
     rng = np.random.default_rng(seed)
     if method == "random":
-        return np.sort(rng.choice(num_candidates, size=num_labelled, replace=False))
+        return np.sort(rng.choice(num_candidates, size=num_labeled, replace=False))
     if presence is None or len(presence) != num_candidates:
         raise DataError("the balanced split method needs one class-presence row per candidate")
-    return class_balanced_choice(presence, num_labelled, rng)
+    return class_balanced_choice(presence, num_labeled, rng)

@@ -21,7 +21,7 @@ id  name        shape            texture         hue (deg)     look-alike
 
 Per instance: hue (in its class's range), saturation, brightness, texture period/phase, scale,
 rotation, aspect and a vertex jitter are random. Per image: 3-5 objects (uniform classes) and 1-3
-distractors labelled background (blobs and bars with any texture, class textures included, or
+distractors labeled background (blobs and bars with any texture, class textures included, or
 class shapes with a texture no class has), painted in random order: later layers occlude earlier
 ones and the mask keeps what is visible. Soft (blurred) object edges, an illumination gradient,
 a colour cast, optional blur, pixel noise and JPEG compression (quality 90). Pixels within
@@ -29,7 +29,7 @@ a colour cast, optional blur, pixel noise and JPEG compression (quality 90). Pix
 
 Layout under `root`: `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette PNG, VOC colours),
 `ImageSets/Segmentation/{train,val}.txt`, `splits/<fraction>/{labeled,unlabeled}.txt` for each of
-`LABELLED_FRACTIONS` (nested: every labelled subset contains the smaller ones), `splits/val.txt`,
+`LABELED_FRACTIONS` (nested: every labeled subset contains the smaller ones), `splits/val.txt`,
 and `meta.json` (written last: without it the directory counts as incomplete). `full` has
 `labeled.txt` = all of train and **no** `unlabeled.txt` (supervised only).
 """
@@ -53,7 +53,7 @@ from prcl import IGNORE_INDEX
 from prcl.data.palette import voc_colormap, voc_palette
 
 GENERATOR_VERSION = 3  # bump whenever the files change: older datasets are then refused (3: + 1_64, 1_32)
-LABELLED_FRACTIONS: tuple[str, ...] = ("1_64", "1_32", "1_16", "1_8", "1_4", "1_2", "full")
+LABELED_FRACTIONS: tuple[str, ...] = ("1_64", "1_32", "1_16", "1_8", "1_4", "1_2", "full")
 SPLIT_CODES = {"train": 0, "val": 1, "splits": 2}  # second entry of every RNG seed sequence
 _OWN_ENTRIES = {"JPEGImages", "SegmentationClass", "ImageSets", "splits", "meta.json"}
 _PALETTE = voc_palette()
@@ -314,12 +314,12 @@ def _write_sample(job: tuple) -> np.ndarray:
 
 
 def _write_lists(out: Path, seed: int, train: list[str], val: list[str]) -> dict:
-    """VOC image sets and nested labelled/unlabelled splits (prefixes of one permutation)."""
+    """VOC image sets and nested labeled/unlabeled splits (prefixes of one permutation)."""
     lists = {"ImageSets/Segmentation/train.txt": train, "ImageSets/Segmentation/val.txt": val,
              "splits/val.txt": val}
     order = np.random.default_rng([seed, SPLIT_CODES["splits"]]).permutation(len(train))
     counts = {}
-    for frac in LABELLED_FRACTIONS:
+    for frac in LABELED_FRACTIONS:
         size = max(1, len(train) // (1 if frac == "full" else int(frac.split("_")[1])))
         chosen = set(order[:size].tolist())
         labeled = [sid for j, sid in enumerate(train) if j in chosen]

@@ -70,8 +70,8 @@ class RandomGaussianBlur:
 
 
 class TrainTransform:
-    """Training views of one image. Returns `image` (weak) and, for labelled data, `mask` (long, 255 =
-    ignore incl. padding); for unlabelled data `image_strong` and `padding` (bool, True = crop fill)."""
+    """Training views of one image. Returns `image` (weak) and, for labeled data, `mask` (long, 255 =
+    ignore incl. padding); for unlabeled data `image_strong` and `padding` (bool, True = crop fill)."""
 
     def __init__(
         self,
@@ -96,7 +96,7 @@ class TrainTransform:
         ])
 
     def __call__(self, image: Image.Image, mask: Optional[np.ndarray]) -> dict:
-        labelled = mask is not None
+        labeled = mask is not None
         if mask is None:  # track padding through the crop with a dummy mask
             mask = np.zeros((image.height, image.width), dtype=np.uint8)
         img_t = tv_tensors.Image(TF.pil_to_tensor(image))
@@ -105,7 +105,7 @@ class TrainTransform:
         weak = TF.to_pil_image(img_t.as_subclass(torch.Tensor))
         out = {"image": to_normalized_tensor(weak)}
         mask_t = mask_t.as_subclass(torch.Tensor).long()
-        if labelled:
+        if labeled:
             out["mask"] = mask_t
         else:
             out["padding"] = mask_t == IGNORE_INDEX

@@ -23,9 +23,9 @@ VOC_CLASSES = (
 VOC_ARCHIVE = "VOCtrainval_11-May-2012.tar"
 AUG_ARCHIVE = "SegmentationClassAug.zip"
 
-# Official sizes of the standard id lists, and the labelled counts of the paper's partitions.
+# Official sizes of the standard id lists, and the labeled counts of the paper's partitions.
 VOC_SPLIT_SIZES = {"train": 1464, "val": 1449, "trainval": 2913, "train_aug": 10582}
-VOC_LABELLED_COUNTS = {"classic": (92, 183, 366, 732, 1464), "blender": (662, 1323, 2646, 5291)}
+VOC_LABELED_COUNTS = {"classic": (92, 183, 366, 732, 1464), "blender": (662, 1323, 2646, 5291)}
 
 
 def find_voc_root(root: Path) -> Path:
@@ -59,7 +59,7 @@ class VocSource:
     raw_label_values = None
     colors = None  # the VOC palette
     split_sizes = VOC_SPLIT_SIZES
-    # scheme -> (standard split the labelled images come from, the one unlabelled images come from)
+    # scheme -> (standard split the labeled images come from, the one unlabeled images come from)
     # ("train" needs no SBD masks but is not a setting of the paper)
     schemes = {
         "classic": ("train", "train_aug"),
@@ -117,14 +117,14 @@ class VocSource:
         if not aug.is_dir():
             raise DataError(
                 f"the train_aug id list (10,582 images, used by the blender partitions and as the "
-                f"unlabelled pool) needs SegmentationClassAug/ under {self.root}: "
+                f"unlabeled pool) needs SegmentationClassAug/ under {self.root}: "
                 f"{self.origin('SegmentationClassAug')}"
             )
         val = {e.image for e in self.standard_entries("val")}
         return [SplitEntry(p.stem) for p in sorted(aug.glob("*.png")) if p.stem not in val]
 
     def check_splits(self) -> tuple[tuple[str, bool], ...]:
-        """(standard split, labelled) pairs that `prcl data check` reads by default."""
+        """(standard split, labeled) pairs that `prcl data check` reads by default."""
         train = "train_aug" if self.mask_dir.name == "SegmentationClassAug" else "train"
         return ((train, True), ("val", True))
 
@@ -138,9 +138,9 @@ class VocSource:
         fallback = self.root / "SegmentationClass" / f"{image_id}.png"
         return fallback if not mask.is_file() and fallback.is_file() else mask
 
-    def sample(self, entry: SplitEntry, labelled: bool = True) -> Sample:
+    def sample(self, entry: SplitEntry, labeled: bool = True) -> Sample:
         image_id = voc_id(entry)
-        mask = self.mask_path(image_id) if labelled else None
+        mask = self.mask_path(image_id) if labeled else None
         return Sample(self.root / "JPEGImages" / f"{image_id}{self.image_ext}", mask)
 
     def line(self, entry: SplitEntry, fmt: str = "ids") -> str:

@@ -9,7 +9,7 @@ from prcl.engine.distributed import all_reduce_sum
 
 
 class ConfusionMatrix:
-    """`mat[t, p]` counts pixels of true class t predicted as p; ignore-labelled pixels are skipped."""
+    """`mat[t, p]` counts pixels of true class t predicted as p; ignore-labeled pixels are skipped."""
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes

@@ -68,7 +68,7 @@ class Trainer:
         self.best_miou = state["best_miou"] if state else float("nan")
 
         data = build_train_data(
-            cfg, with_unlabelled=_method_uses_teacher(cfg), start_iteration=self.start_iteration,
+            cfg, with_unlabeled=_method_uses_teacher(cfg), start_iteration=self.start_iteration,
             rank=dist.rank(), world=dist.world_size(),
         )
         self.info, self.val_dataset = data.info, data.val
@@ -102,8 +102,8 @@ class Trainer:
         self.trajectory = PrototypeTrajectory(self.run_dir / "prototype_trajectory.pt")
         self._stop_signal: Optional[int] = None
         with torch.random.fork_rng(devices=[]):  # last, so a failure above starts no DataLoader workers
-            self.labelled = iter(data.labelled)
-            self.unlabelled = iter(data.unlabelled) if data.unlabelled is not None else None
+            self.labeled = iter(data.labeled)
+            self.unlabeled = iter(data.unlabeled) if data.unlabeled is not None else None
 
     # ----------------------------------------------------------------- run directory and state
     def _resume_state(self, force: bool) -> dict:
@@ -178,12 +178,12 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.train.amp == "bf16" else torch.float16)
 
     def train_step(self, iteration: int) -> tuple[dict[str, float], dict[str, float]]:
-        labelled = self._next(self.labelled)
-        unlabelled = self._next(self.unlabelled) if self.unlabelled is not None else None
+        labeled = self._next(self.labeled)
+        unlabeled = self._next(self.unlabeled) if self.unlabeled is not None else None
         progress = iteration / self.cfg.train.iterations
         undo = self._snapshot() if self.cfg.train.skip_nonfinite else None
         with self._autocast():
-            terms, stats = self.method.losses(self.student, self.teacher, labelled, unlabelled, progress)
+            terms, stats = self.method.losses(self.student, self.teacher, labeled, unlabeled, progress)
         loss = sum(terms.values())
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["total"] = float(loss.detach())
@@ -277,7 +277,7 @@ class Trainer:
         cfg, T = self.cfg, self.cfg.train.iterations
         handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.model.train()
-        images_per_it = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if self.unlabelled is not None else 0)
+        images_per_it = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if self.unlabeled is not None else 0)
         bar = tqdm(range(self.start_iteration, T), initial=self.start_iteration, total=T, disable=not self.main,
                    desc=f"{cfg.method.name}", dynamic_ncols=True, mininterval=1.0)
         miou, train_seconds, t0 = float("nan"), 0.0, time.time()
@@ -317,7 +317,7 @@ class Trainer:
                 signal.signal(s, h)
             if self.tb is not None:
                 self.tb.close()
-            for loader in (self.labelled, self.unlabelled):  # stop workers now, not at interpreter exit
+            for loader in (self.labeled, self.unlabeled):  # stop workers now, not at interpreter exit
                 getattr(loader, "_shutdown_workers", lambda: None)()
         bar.close()
         run_its = T - self.start_iteration

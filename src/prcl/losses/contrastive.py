@@ -62,7 +62,7 @@ class PRCLContrastiveLoss(nn.Module):
     valid [B,H,W] bool, probs [B,C,H,W] student softmax) -> (scalar loss, stats of python floats:
     loss, mean_var, proto_var, vn_spread, gdp_drift, anchors, classes, valid_pixels).
     Labels, valid and probs are at feature resolution; `valid` already holds the caller's rule
-    (labelled pixels, unlabelled ones with teacher confidence >= delta_w); probs only select the
+    (labeled pixels, unlabeled ones with teacher confidence >= delta_w); probs only select the
     anchors. Under DDP every rank must call forward every step (the class sums are all-reduced).
     Sampling uses `generator` (on the inputs' device) or torch's global RNG.
     Set `record_sample = True` to keep the last `ContrastSample` in `last_sample`.

@@ -26,7 +26,7 @@ class Method(nn.Module):
     banks) lives in registered buffers, so it is checkpointed with `state_dict()`."""
 
     name = "method"
-    uses_teacher = False  # needs an EMA teacher and unlabelled data
+    uses_teacher = False  # needs an EMA teacher and unlabeled data
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
@@ -37,8 +37,8 @@ class Method(nn.Module):
         self,
         student: nn.Module,
         teacher: Optional[nn.Module],
-        labelled: dict[str, torch.Tensor],
-        unlabelled: Optional[dict[str, torch.Tensor]],
+        labeled: dict[str, torch.Tensor],
+        unlabeled: Optional[dict[str, torch.Tensor]],
         progress: float,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Loss terms (summed by the trainer) and scalar statistics to log; `progress` = t/T."""

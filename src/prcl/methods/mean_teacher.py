@@ -42,9 +42,9 @@ class MeanTeacher(Method):
     mix = "none"
     wants_heads = False
 
-    def strong_view(self, unlabelled: dict, pseudo: torch.Tensor, confidence: torch.Tensor):
+    def strong_view(self, unlabeled: dict, pseudo: torch.Tensor, confidence: torch.Tensor):
         """The student's input and targets: strong image, mixed with a partner when `mix` is set."""
-        image = unlabelled["image_strong"]
+        image = unlabeled["image_strong"]
         if self.mix == "none":
             return image, pseudo, confidence
         if self.mix == "classmix":
@@ -53,19 +53,19 @@ class MeanTeacher(Method):
             masks = cutmix_masks(*pseudo.shape, device=pseudo.device)
         return tuple(mix_with_partner(masks, image, pseudo, confidence))
 
-    def losses(self, student, teacher, labelled, unlabelled, progress):
-        pseudo, confidence = teacher_pseudo_labels(teacher, unlabelled["image"], unlabelled["padding"])
-        image_u, pseudo, confidence = self.strong_view(unlabelled, pseudo, confidence)
-        n_l = labelled["image"].shape[0]
-        out = student(torch.cat([labelled["image"], image_u]), heads=self.wants_heads)
+    def losses(self, student, teacher, labeled, unlabeled, progress):
+        pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        image_u, pseudo, confidence = self.strong_view(unlabeled, pseudo, confidence)
+        n_l = labeled["image"].shape[0]
+        out = student(torch.cat([labeled["image"], image_u]), heads=self.wants_heads)
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
         terms = {
-            "sup": F.cross_entropy(logits_l, labelled["mask"], ignore_index=IGNORE_INDEX),
+            "sup": F.cross_entropy(logits_l, labeled["mask"], ignore_index=IGNORE_INDEX),
             "unsup": self.cfg.method.unsup_weight
             * weighted_pseudo_label_loss(logits_u, pseudo, confidence, self.cfg.method.unsup_threshold),
         }
         stats = {"pseudo_confident": float((confidence >= self.cfg.method.unsup_threshold).float().mean())}
-        extra_terms, extra_stats = self.extra_losses(out, labelled["mask"], pseudo, confidence, progress)
+        extra_terms, extra_stats = self.extra_losses(out, labeled["mask"], pseudo, confidence, progress)
         terms.update(extra_terms)
         stats.update(extra_stats)
         return terms, stats

@@ -1,4 +1,4 @@
-"""Supervised baseline: cross-entropy on the labelled images only (Eq. 13)."""
+"""Supervised baseline: cross-entropy on the labeled images only (Eq. 13)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,6 @@ from prcl.methods.base import Method, register
 
 @register("supervised")
 class Supervised(Method):
-    def losses(self, student, teacher, labelled, unlabelled, progress):
-        logits = student(labelled["image"], heads=False)["logits"]
-        return {"sup": F.cross_entropy(logits, labelled["mask"], ignore_index=IGNORE_INDEX)}, {}
+    def losses(self, student, teacher, labeled, unlabeled, progress):
+        logits = student(labeled["image"], heads=False)["logits"]
+        return {"sup": F.cross_entropy(logits, labeled["mask"], ignore_index=IGNORE_INDEX)}, {}
