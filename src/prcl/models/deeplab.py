@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prcl.models.backbone import check_feature_strides, backbone_channels, create_backbone
+from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl.models.backbone import backbone_channels, check_feature_strides, create_backbone, input_normalization
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -92,6 +93,14 @@ class DeepLabV3Plus(nn.Module):
             backbone, output_stride=output_stride, pretrained=pretrained, weights=weights, channels=backbone_widths
         )
         check_feature_strides(self.backbone, output_stride)
+        # Inputs arrive normalised with ImageNet statistics; a backbone trained with others (TF's
+        # EfficientNet-Lite: (x - 0.5) / 0.5) gets them through a fixed per-channel affine map.
+        mean, std = input_normalization(backbone)
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.renormalize = not (torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3)))
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1), persistent=False)
         low_c, high_c = backbone_channels(self.backbone)
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.aspp = ASPP(high_c, aspp_channels, rates)
@@ -102,6 +111,8 @@ class DeepLabV3Plus(nn.Module):
         self.prob_head = ProbabilityHead(self.fused_channels, prob_dim, prob_activation) if prob_dim else None
 
     def fused_feature(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renormalize:
+            x = torch.addcmul(self.input_shift.to(x.dtype), x, self.input_scale.to(x.dtype))
         low, high = self.backbone(x)
         high = F.interpolate(self.aspp(high), size=low.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([high, self.reduce(low)], dim=1)  # [B, 304, H/4, W/4]
