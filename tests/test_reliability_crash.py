@@ -240,5 +240,6 @@ def test_resume_drops_log_records_written_after_the_checkpoint(make_config):
     trainer.save(3)
     lines = [f'{{"iteration": {i}, "miou": 0.{i}}}\n' for i in (2, 3, 4)] + ['{"iteration": 5, "mi']
     (trainer.run_dir / "metrics.jsonl").write_text("".join(lines))
+    trainer.lock.release()  # the killed process's run lock goes with it
     Trainer(cfg, resume=True)
     assert (trainer.run_dir / "metrics.jsonl").read_text() == "".join(lines[:2])

@@ -49,6 +49,7 @@ def test_resume_equals_uninterrupted_run(make_config, method):
     for it in range(3):
         trainer.train_step(it)
     trainer.save(3)
+    trainer.lock.release()  # the crashed process's run lock goes with it
     resumed = Trainer(half, resume=True)
     assert resumed.start_iteration == 3
     resumed.fit()

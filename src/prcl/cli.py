@@ -17,12 +17,13 @@ from prcl.data.cli import add_data_commands
 from prcl.experiments import add_configs_commands
 from prcl.data.dataset import DataError
 from prcl.engine.checkpoint import CheckpointError
+from prcl.engine.run_dir import RunLockedError
 from prcl.engine.trainer import NonFiniteLossError
 from prcl.models.backbone import WeightsError
 
 # Errors caused by the user's input or environment: printed as one line (PRCL_DEBUG=1 shows the traceback).
-USER_ERRORS = (AnalysisError, ConfigError, DataError, CheckpointError, WeightsError, NonFiniteLossError, FileExistsError,
-               FileNotFoundError, PermissionError)
+USER_ERRORS = (AnalysisError, ConfigError, DataError, CheckpointError, WeightsError, NonFiniteLossError, RunLockedError,
+               FileExistsError, FileNotFoundError, PermissionError)
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,10 +1,19 @@
-"""The run directory: creating it, checking a resumed config, and trimming logs on resume."""
+"""The run directory: its lock, creating it, checking a resumed config, and trimming logs on resume."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import sys
 from pathlib import Path
+from typing import IO, Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from prcl.config import Config, ConfigError, save_config
 from prcl.data.sources import copy_split
@@ -16,6 +25,78 @@ RESUME_SAFE_KEYS = (
     "data.num_workers", "output_dir", "train.skip_nonfinite", "train.compile",
 )
 LOG_FILES = ("metrics.jsonl", "train_log.jsonl")
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another trainer holds the run directory's lock; the message names the run and its PID."""
+
+
+class RunLock:
+    """An OS lock (`flock`) on `<run>/.lock`, held by the one trainer of a run for its lifetime.
+
+    The kernel drops the lock when the holder's file is closed, so a crashed or killed trainer leaves
+    no stale lock; the file only records the holder's PID and host for the error message. The file is
+    never deleted (deleting a lock file while another process opens it would let two hold "the" lock),
+    which is why `create_run_dir` keeps it when it overwrites a run. `prcl eval|predict|analyze` never
+    take it. Usable as a context manager; `release` is idempotent.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.path = Path(run_dir), Path(run_dir) / LOCK_FILE
+        self._file: Optional[IO[str]] = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock at once, or raise `RunLockedError` naming the holder."""
+        if self.held or fcntl is None:
+            return self
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+        except OSError as err:
+            raise ConfigError(f"cannot create run directory {self.run_dir} ({err.strerror}); "
+                              "set output_dir=... to a writable place") from err
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunLockedError(
+                f"run directory {self.run_dir} is in use by another trainer (PID {holder}); wait for it to "
+                "finish or stop it, or train under another name=... (eval, predict and analyze work meanwhile)"
+            ) from None
+        except OSError as err:  # a file system without locks (e.g. NFS without lockd): say so, go on
+            f.close()
+            print(f"warning: cannot lock run directory {self.run_dir} ({err.strerror}); nothing stops a second "
+                  "trainer from using it", file=sys.stderr)
+            return self
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        f, self._file = self._file, None
+        try:
+            f.truncate(0)  # before unlocking: a new holder's PID is never erased
+            f.flush()
+        finally:
+            f.close()  # closing drops the flock
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -43,17 +124,22 @@ def check_resumable(saved: dict, cfg_dict: dict, run_dir: Path, force: bool) -> 
 def create_run_dir(cfg: Config, overwrite: bool) -> None:
     """Make `cfg.run_dir` with `checkpoints/`, the resolved `config.yaml` and a copy of the splits.
 
-    Rank 0 does the work; every rank waits for it.
+    Rank 0 does the work (holding the run's `RunLock`); every rank waits for it.
     """
     run_dir, main = cfg.run_dir, dist.is_main_process()
-    if run_dir.exists() and any(run_dir.iterdir()):
+    contents = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.is_dir() else []
+    if contents:
         if not overwrite:
             raise FileExistsError(
                 f"run directory {run_dir} already exists; continue it with `prcl train --resume "
                 f"{run_dir}`, start afresh with --overwrite, or pick another name=..."
             )
         if main:
-            shutil.rmtree(run_dir)
+            for path in contents:  # all but the lock file, which this trainer holds
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
     dist.barrier()
     if main:
         try:

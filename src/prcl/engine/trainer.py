@@ -30,7 +30,7 @@ from prcl.engine.ema import EMATeacher
 from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
 from prcl.engine.optimizer import build_optimizer
-from prcl.engine.run_dir import check_resumable, create_run_dir, drop_records_after
+from prcl.engine.run_dir import RunLock, check_resumable, create_run_dir, drop_records_after
 from prcl.engine.schedules import poly_scheduler
 from prcl.methods import build_method
 from prcl.models import build_model
@@ -52,6 +52,14 @@ def select_device(name: str) -> torch.device:
 
 class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, force: bool = False, overwrite: bool = False) -> None:
+        self.lock = RunLock(cfg.run_dir)  # rank 0 holds it from _setup until fit() ends (or _setup fails)
+        try:
+            self._setup(cfg, resume, force, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: Config, resume: bool, force: bool, overwrite: bool) -> None:
         self.cfg = cfg
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -61,6 +69,8 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = dist.is_main_process()
+        if self.main:
+            self.lock.acquire()  # before the run directory is read, created or overwritten
         state = self._resume_state(force) if resume else None
         self.start_iteration = state["iteration"] if state else 0
         self.saved_iteration: Optional[int] = self.start_iteration if state else None  # of last.pt
@@ -319,6 +329,7 @@ class Trainer:
                 self.tb.close()
             for loader in (self.labeled, self.unlabeled):  # stop workers now, not at interpreter exit
                 getattr(loader, "_shutdown_workers", lambda: None)()
+            self.lock.release()
         bar.close()
         run_its = T - self.start_iteration
         summary = {

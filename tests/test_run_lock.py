@@ -1,0 +1,90 @@
+"""One trainer per run directory: `RunLock` (an flock on `<run>/.lock`) is held by the trainer for its
+lifetime; a second `prcl train` on the run fails at once naming the holder's PID, eval still works, and
+a killed holder leaves no stale lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_MODEL
+from prcl import cli
+from prcl.config import load_config
+from prcl.engine import trainer as trainer_module
+from prcl.engine.run_dir import RunLock, RunLockedError
+from prcl.engine.trainer import Trainer
+
+
+def run_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", f"output_dir={out}", "name=r", "method.name=supervised",
+            "data.labeled_split=splits/1_4/labeled.txt", "data.crop_size=32", "data.batch_size=2",
+            "data.num_workers=0", "data.max_val_images=2", "eval.batch_size=2", "train.iterations=2",
+            "train.eval_every=100", *TINY_MODEL, *extra]
+
+
+@pytest.fixture
+def trained_run(synth_root, tmp_path) -> tuple[list[str], Path]:
+    args = run_args(synth_root, tmp_path / "runs")
+    assert cli.main(["train", *args]) == 0
+    return args, tmp_path / "runs" / "r"
+
+
+def test_a_second_trainer_on_a_locked_run_fails_at_once_naming_the_pid(trained_run, capsys, monkeypatch):
+    args, run = trained_run
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    capsys.readouterr()
+    with RunLock(run):  # this process plays the running trainer
+        for argv in (["train", "--overwrite", *args], ["train", "--resume", str(run)]):
+            assert cli.main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("prcl train: error: ") and "\n" not in err
+            assert f"run directory {run} is in use by another trainer (PID {os.getpid()} on " in err
+        with monkeypatch.context() as m:  # "at once": before any data or model is built
+            m.setattr(trainer_module, "build_train_data", lambda *a, **k: pytest.fail("built data"))
+            with pytest.raises(RunLockedError, match=f"PID {os.getpid()} "):
+                Trainer(load_config(None, args), overwrite=True)
+        assert last.read_bytes() == before  # --overwrite deleted nothing
+        assert cli.main(["eval", str(run)]) == 0  # eval (and predict, analyze) never take the lock
+    assert cli.main(["train", "--overwrite", *args]) == 0  # released: the run can be trained again
+
+
+def test_the_trainer_holds_the_lock_until_fit_ends(synth_root, tmp_path):
+    args = run_args(synth_root, tmp_path / "runs")
+    trainer = Trainer(load_config(None, args))
+    with pytest.raises(RunLockedError, match=f"PID {os.getpid()} "):
+        RunLock(trainer.run_dir).acquire()
+    trainer.fit()
+    RunLock(trainer.run_dir).acquire().release()
+
+    with pytest.raises(FileExistsError):  # a trainer that fails to start releases the lock
+        Trainer(load_config(None, args))
+    overwriting = Trainer(load_config(None, args), overwrite=True)
+    assert (overwriting.run_dir / ".lock").read_text().startswith(f"{os.getpid()} on ")
+    with pytest.raises(RunLockedError):  # --overwrite emptied the run but kept the held lock file
+        RunLock(overwriting.run_dir).acquire()
+    overwriting.lock.release()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from prcl.engine.run_dir import RunLock; "
+                               f"lock = RunLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"PID {holder.pid} "):
+            RunLock(run).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert holder.returncode == -signal.SIGKILL
+    assert (run / ".lock").read_text().startswith(f"{holder.pid} ")  # its PID is still written there ...
+    with RunLock(run) as lock:  # ... but the lock went with the process
+        assert lock.held and (run / ".lock").read_text().startswith(f"{os.getpid()} ")
