@@ -90,3 +90,29 @@ def test_demo_yaml_equals_the_defaults():
 
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     assert to_dict(load_config(demo)) == to_dict(load_config())
+
+
+def test_yaml_base_diamond_applies_each_file_once_and_only_a_real_cycle_is_an_error(tmp_path):
+    """top -> [a, b], a -> common, b -> common: layers common, a, b, top (depth first, each file once at
+    its first place), so b's inclusion of common does not undo a's change and b wins over a."""
+    from prcl.config import _yaml_chain
+
+    def write(name: str, data: dict) -> None:
+        (tmp_path / name).write_text(yaml.safe_dump(data))
+
+    write("common.yaml", {"train": {"iterations": 11, "eval_every": 5, "log_every": 7}})
+    write("a.yaml", {"_base_": "common.yaml", "train": {"iterations": 22, "checkpoint_every": 8}})
+    write("b.yaml", {"_base_": ["common.yaml"], "train": {"eval_every": 6, "checkpoint_every": 9}})
+    write("top.yaml", {"_base_": ["a.yaml", "b.yaml"], "seed": 3})
+    assert [layer.get("train", layer.get("seed")) for layer in _yaml_chain(tmp_path / "top.yaml")] == [
+        {"iterations": 11, "eval_every": 5, "log_every": 7}, {"iterations": 22, "checkpoint_every": 8},
+        {"eval_every": 6, "checkpoint_every": 9}, 3]
+    t = load_config(tmp_path / "top.yaml").train
+    assert (t.iterations, t.eval_every, t.log_every, t.checkpoint_every) == (22, 6, 7, 9)
+
+    write("x.yaml", {"_base_": "y.yaml"})
+    write("y.yaml", {"_base_": ["common.yaml", "x.yaml"]})
+    write("self.yaml", {"_base_": "self.yaml"})
+    for name in ("x.yaml", "self.yaml"):
+        with pytest.raises(ConfigError, match="includes itself through _base_"):
+            load_config(tmp_path / name)

@@ -324,14 +324,24 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     return cfg
 
 
-def _yaml_chain(path: Path, seen: Optional[set] = None) -> list[dict]:
-    """The YAML mappings of `path` and its `_base_` ancestors, base first."""
-    seen = seen or set()
+def _yaml_chain(path: Path, ancestry: tuple = (), done: Optional[set] = None) -> list[dict]:
+    """The YAML mappings of `path` and its `_base_` ancestors, base first, each file once.
+
+    Depth first, in the order `_base_` lists them: a file's layer comes after all of its bases, a
+    later sibling's after an earlier one's, so later keys win. A file reached twice (a diamond:
+    a.yaml and b.yaml both based on common.yaml) is applied at its first place only, so b's
+    inclusion of common.yaml does not undo what a.yaml changed. Only a file in its own ancestry
+    (`ancestry`, the path of `_base_` links that led here) is a cycle and an error.
+    """
+    done = set() if done is None else done
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; `prcl configs list` shows the shipped ones")
-    if path.resolve() in seen:
+    key = path.resolve()
+    if key in ancestry:
         raise ConfigError(f"config file {path} includes itself through _base_")
-    seen.add(path.resolve())
+    if key in done:
+        return []
+    done.add(key)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -342,7 +352,7 @@ def _yaml_chain(path: Path, seen: Optional[set] = None) -> list[dict]:
     bases = [bases] if isinstance(bases, str) else bases
     layers: list[dict] = []
     for base in bases:
-        layers.extend(_yaml_chain(path.parent / base, seen))
+        layers.extend(_yaml_chain(path.parent / base, ancestry + (key,), done))
     layers.append(data)
     return layers
 
