@@ -222,7 +222,8 @@ class Trainer:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if self.scaler.is_enabled() or not grads:  # fp16: the scaler skips overflowing steps itself
             return None
-        return None if _finite_everywhere(torch.nn.utils.get_total_norm(grads)) else "gradient"
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # torch < 2.6
+        return None if _finite_everywhere(norm) else "gradient"
 
     def _snapshot(self) -> dict[str, Any]:
         """Copies of what a forward pass changes (BatchNorm statistics, prototypes, memory bank)."""
