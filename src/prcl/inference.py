@@ -34,20 +34,38 @@ def model_from_checkpoint(
     path: Path, device: torch.device | str = "cpu", which: str = "evaluated"
 ) -> tuple[DeepLabV3Plus, Config, dict]:
     """A network of a checkpoint in eval mode: `which="evaluated"` is the teacher when the method
-    has one (without representation/probability heads), `"student"` the student with all its heads."""
+    has one (without representation/probability heads), `"student"` the student with all its heads.
+
+    Loaded strictly: the network is built with exactly the modules the saved one had (the teacher's
+    heads are removed, as `EMATeacher` does), and a checkpoint lacking any of its weights is a
+    `CheckpointError` naming them, never a network with some weights left at random."""
     if which not in ("evaluated", "student"):
         raise ValueError(f"which must be 'evaluated' or 'student', got {which!r}")
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
     cfg.model.pretrained, cfg.model.weights = False, None  # weights come from the checkpoint
     model = build_model(cfg, state["num_classes"])
-    use_teacher = which == "evaluated" and state.get("teacher") is not None
-    weights = state["teacher"] if use_teacher else state["model"]
-    try:
-        model.load_state_dict(weights, strict=not use_teacher)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its own config: {str(err).splitlines()[0]}") from err
+    part = "teacher" if which == "evaluated" and state.get("teacher") is not None else "model"
+    if part == "teacher":
+        model.rep_head = model.prob_head = None
+    load_weights(model, state[part], path, part)
     return model.to(device).eval(), cfg, state
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: Path, part: str) -> None:
+    """`model.load_state_dict(weights)`, strict, with errors that name the keys at fault."""
+    expected, given = set(model.state_dict()), set(weights)
+    for problem, keys in (("lacks", expected - given), ("has unexpected", given - expected)):
+        if keys:
+            names = sorted(keys)
+            shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+            raise CheckpointError(f"{path} {problem} {part} weights: {shown}; the file is damaged or from another "
+                                  "model/version (use the run's own checkpoint)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:  # e.g. a tensor of the wrong shape
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{path} does not match its own config: {detail}") from err
 
 
 def evaluate_checkpoint(
