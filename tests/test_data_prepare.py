@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from fixtures_data import make_cityscapes, make_voc, voc_id
 from prcl.data.check import check_dataset
 from prcl.data.dataset import DataError
+from prcl.data import prepare
 from prcl.data.prepare import prepare_dataset
 from prcl.data.sources import load_split
 
@@ -22,6 +23,18 @@ AUG_ONLY = [voc_id(5)]
 
 def files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def deep_out(tmp_path: Path) -> Path:
+    """An extraction root 4 levels below `tmp_path`: the archive's `../../../evil.jpg` member (3 levels
+    up from JPEGImages/) lands inside `tmp_path` however it is resolved, where `files_outside` sees it."""
+    return tmp_path / "a" / "b" / "c" / "VOC2012"
+
+
+def files_outside(out: Path, top: Path) -> set[str]:
+    """Files under `top` that are not under `out`."""
+    inside = out.relative_to(top).as_posix() + "/"
+    return {f for f in files_under(top) if not f.startswith(inside)}
 
 
 def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -51,18 +64,31 @@ def voc_archives(tmp_path_factory):
 
 def test_voc_layout(voc_archives, tmp_path):
     archives, source = voc_archives
-    out = tmp_path / "VOC2012"
+    out = deep_out(tmp_path)
     result = prepare_dataset("voc", archives, out, progress=False)
     expected = {f for f in files_under(source) if not f.startswith("Annotations/")}
     assert files_under(out) == expected
     assert result.files == {"VOCtrainval_11-May-2012.tar": len(expected) - len(TRAIN + VAL + AUG_ONLY),
                             "SegmentationClassAug.zip": len(TRAIN + VAL + AUG_ONLY)}
-    assert not (tmp_path / "evil.jpg").exists()
+    assert files_outside(out, tmp_path) == set()  # the ../../../evil.jpg member was not written anywhere
     assert (out / "JPEGImages" / f"{TRAIN[0]}.jpg").read_bytes() == (source / "JPEGImages" / f"{TRAIN[0]}.jpg").read_bytes()
     assert [s.id for s in load_split("voc", out, "train_aug")] == sorted(TRAIN + AUG_ONLY)
     assert check_dataset("voc", out).ok
     again = prepare_dataset("voc", archives, out, progress=False)  # a restart skips what is in place
     assert again.files == result.files and files_under(out) == expected
+
+
+def test_an_unsafe_extraction_would_be_seen(voc_archives, tmp_path, monkeypatch):
+    """The check of `test_voc_layout` can fail: were `..` components not refused, the archive's
+    `VOCdevkit/VOC2012/JPEGImages/../../../evil.jpg` would be written to `a/b/`, outside the root."""
+    def after_without_the_dotdot_check(name: str, anchor: str):
+        parts = PurePosixPath(name).parts
+        return parts[parts.index(anchor):] if anchor in parts and "__MACOSX" not in parts else None
+
+    monkeypatch.setattr(prepare, "_after", after_without_the_dotdot_check)
+    out = deep_out(tmp_path)
+    prepare_dataset("voc", voc_archives[0], out, progress=False)
+    assert files_outside(out, tmp_path) == {"a/b/evil.jpg"}
 
 
 def test_voc_without_aug_is_a_note(voc_archives, tmp_path):
