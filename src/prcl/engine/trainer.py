@@ -183,9 +183,14 @@ class Trainer:
         return batch
 
     def _autocast(self):
-        if self.cfg.train.amp == "none" or self.device.type != "cuda":
+        """bf16 autocast on CUDA or CPU; fp16 on CUDA only (it needs the GradScaler, which is CUDA's here)."""
+        amp = self.cfg.train.amp
+        if amp == "none":
             return nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if self.cfg.train.amp == "bf16" else torch.float16)
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {self.device.type}); "
+                              "use train.amp=bf16 or train.amp=none")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def train_step(self, iteration: int) -> tuple[dict[str, float], dict[str, float]]:
         labeled = self._next(self.labeled)
