@@ -1,5 +1,6 @@
-"""Two gloo processes on CPU train like one: identical weights and prototypes on both ranks, and the
-distributed evaluation equals the single-process evaluation of the same checkpoint."""
+"""Two gloo processes on CPU train like one: identical weights and prototypes on both ranks, the
+distributed evaluation equals the single-process evaluation of the same checkpoint, and one step of
+the two-process trainer on the halves of a batch equals one single-process step on the whole batch."""
 
 from __future__ import annotations
 
@@ -36,6 +37,71 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, overrides: li
     state.update({f"method.{k}": v for k, v in trainer.method.state_dict().items()})
     torch.save(state, Path(out) / f"rank{rank}.pt")
     dist.cleanup()
+
+
+def step_batch(num_classes: int = 8) -> dict[str, torch.Tensor]:
+    """A fixed global batch of 4 (no ignore pixels, so each half has the same number of valid pixels)."""
+    g = torch.Generator().manual_seed(7)
+    return {"image": torch.randn(4, 3, 32, 32, generator=g), "mask": torch.randint(0, num_classes, (4, 32, 32), generator=g)}
+
+
+STEP_OVERRIDES = ["method.name=supervised", "optim.name=sgd", "optim.lr=0.1", "train.iterations=2",
+                  "data.batch_size=4", "data.max_val_images=2"]
+
+
+def _steps(trainer, batch: dict[str, torch.Tensor]) -> list[float]:
+    """Two `train_step`s on `batch`, with BatchNorm at its running statistics and dropout off (eval mode)."""
+    trainer.model.eval()
+    trainer.labeled = iter([batch, batch])
+    losses = [trainer.train_step(it)[0]["total"] for it in range(2)]
+    trainer.lock.release()
+    return losses
+
+
+def _step_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from prcl.engine import distributed as dist
+    from prcl.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_config(Path(root), Path(out), *STEP_OVERRIDES, "name=ddp_step"))
+    half = {k: v[2 * rank : 2 * rank + 2] for k, v in step_batch().items()}
+    losses = _steps(trainer, half)
+    torch.save({"losses": losses, "model": trainer.model.state_dict()}, Path(out) / f"step{rank}.pt")
+    dist.cleanup()
+
+
+def test_two_process_step_equals_the_single_process_step_on_the_global_batch(synth_root, tmp_path):
+    """Gradient averaging makes the 2-process step the 1-process step of the global batch: same SGD
+    update, so the same weights to float tolerance, and the mean of the ranks' losses is the global loss.
+
+    Checked with BatchNorm at its running statistics and dropout off (`model.eval()`): in train mode each
+    rank's BatchNorm normalises over its own half of the batch (no SyncBN on CPU; the trainer converts to
+    SyncBN on CUDA), and dropout, augmentation and anchor sampling draw per-rank random streams, so the
+    full 2-process training run is rank-consistent (test above) but not bit-for-bit a 1-process run."""
+    mp.start_processes(_step_worker, args=(2, _free_port(), str(synth_root), str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    ranks = [torch.load(tmp_path / f"step{r}.pt", weights_only=True) for r in range(2)]
+
+    from prcl.engine.trainer import Trainer
+
+    single = Trainer(tiny_config(synth_root, tmp_path, *STEP_OVERRIDES, "name=single_step"))
+    initial = {k: v.clone() for k, v in single.model.state_dict().items()}
+    losses = _steps(single, step_batch())
+
+    assert ranks[0]["losses"] != ranks[1]["losses"], "each rank should see its own half"
+    for it in range(2):
+        assert losses[it] == pytest.approx((ranks[0]["losses"][it] + ranks[1]["losses"][it]) / 2, rel=1e-5)
+    weights = single.model.state_dict()
+    changed = 0
+    for k, v in weights.items():
+        assert torch.equal(ranks[0]["model"][k], ranks[1]["model"][k]), f"{k} differs between ranks"
+        assert torch.allclose(ranks[0]["model"][k].double(), v.double(), rtol=1e-4, atol=1e-6), k
+        changed += v.is_floating_point() and not torch.equal(v, initial[k])
+    assert changed > 10, "the steps should have moved the weights"
 
 
 @pytest.mark.parametrize("method", ["prcl"])
