@@ -57,3 +57,45 @@ def test_a_checkpoint_with_an_unexpected_weight_is_an_error_naming_it(checkpoint
     save_checkpoint(state, damaged)
     with pytest.raises(CheckpointError, match=r"has unexpected teacher weights: rep_head\.1\.weight"):
         model_from_checkpoint(damaged)
+
+
+def solid_block(pixels: np.ndarray, colour: np.ndarray, size: int = 6, tol: int = 24) -> bool:
+    """Whether `pixels` [H, W, 3] hold a size×size block of `colour` (a swatch, not a text stroke)."""
+    near = (np.abs(pixels.astype(int) - colour.astype(int)) <= tol).all(-1).astype(int)  # [H, W]
+    sums = np.pad(near, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    blocks = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
+    return bool((blocks == size * size).any())
+
+
+def test_predict_overlay_has_a_legend_of_the_predicted_classes_named_from_the_checkpoint(
+        checkpoint, tmp_path, monkeypatch):
+    from PIL import Image, ImageDraw
+
+    from prcl import inference
+    from prcl.data.palette import voc_colormap
+
+    state = load_checkpoint(checkpoint)
+    state["class_names"] = [f"thing-{i}" for i in range(state["num_classes"])]
+    renamed = tmp_path / "renamed.pt"
+    save_checkpoint(state, renamed)
+    h, w, predicted = 40, 60, [0, 2, 5]
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    mask = torch.tensor(predicted)[torch.arange(w) * len(predicted) // w].expand(h, w)  # three vertical stripes
+
+    def stripes(model, x, num_classes, *args):
+        return torch.nn.functional.one_hot(mask, num_classes).permute(2, 0, 1)[None].float()
+
+    drawn, real_text = [], ImageDraw.ImageDraw.text
+    monkeypatch.setattr(inference, "predict_logits", stripes)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: (
+        drawn.append(text), real_text(self, xy, text, *a, **k))[1])
+    inference.predict_files(renamed, [tmp_path / "img.png"], tmp_path / "out", device="cpu")
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "img.png")), mask.numpy())
+    overlay = np.asarray(Image.open(tmp_path / "out" / "img_overlay.jpg").convert("RGB"))
+    assert overlay.shape[1] == 2 * w and overlay.shape[0] > h  # image | blend, legend underneath
+    legend, colours = overlay[h:], voc_colormap()
+    for c in predicted:
+        assert solid_block(legend, colours[c]), f"no swatch of class {c}"
+    assert not solid_block(legend, colours[1])  # not predicted, not listed
+    assert drawn == ["thing-0", "thing-2", "thing-5"]  # the checkpoint's names, in class order

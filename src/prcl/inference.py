@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from prcl.config import Config, apply_overrides, from_dict
 from prcl.data.dataset import load_image
@@ -96,13 +96,41 @@ def colorize(mask: np.ndarray) -> Image.Image:
     return img
 
 
+SWATCH, GAP = 14, 6  # legend: colour square and spacing, px
+
+
+def legend_strip(classes: Sequence[int], names: Sequence[str], colours: np.ndarray, width: int) -> Image.Image:
+    """A white strip `width` px wide listing `classes` as colour swatch + name, wrapped into rows."""
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    x, y, places = GAP, GAP, []
+    for c in classes:
+        name = names[c] if c < len(names) else f"class {c}"
+        left, _, right, _ = measure.textbbox((0, 0), name, font=font)
+        entry = SWATCH + GAP // 2 + right - left
+        if x > GAP and x + entry > width - GAP:  # next row
+            x, y = GAP, y + SWATCH + GAP
+        places.append((x, y, c, name))
+        x += entry + 2 * GAP
+    strip = Image.new("RGB", (width, y + SWATCH + GAP), "white")
+    draw = ImageDraw.Draw(strip)
+    _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=font)  # one baseline for every name
+    for x, y, c, name in places:
+        draw.rectangle([x, y, x + SWATCH - 1, y + SWATCH - 1], fill=tuple(int(v) for v in colours[c]),
+                       outline=(128, 128, 128))
+        draw.text((x + SWATCH + GAP // 2, y + (SWATCH - (bottom - top)) // 2 - top), name, fill=(0, 0, 0), font=font)
+    return strip
+
+
 @torch.no_grad()
 def predict_files(path: Path, images: Sequence[Path], out_dir: Path, device: Optional[str] = None) -> list[Path]:
-    """For each image write `<stem>.png` (palette mask) and `<stem>_overlay.jpg` (image | blend)."""
+    """For each image write `<stem>.png` (palette mask) and `<stem>_overlay.jpg`: image | blend, above a
+    legend of the predicted classes (the checkpoint's `class_names`, each with its colour)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, state = model_from_checkpoint(path, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     colours = voc_colormap()
+    names = state.get("class_names") or []
     written = []
     for image_path in images:
         image = load_image(image_path)
@@ -114,6 +142,11 @@ def predict_files(path: Path, images: Sequence[Path], out_dir: Path, device: Opt
         colorize(mask).save(mask_path)
         rgb = np.asarray(image, dtype=np.float32)
         blend = (0.5 * rgb + 0.5 * colours[mask]).astype(np.uint8)
-        Image.fromarray(np.concatenate([np.asarray(image), blend], axis=1)).save(out_dir / f"{image_path.stem}_overlay.jpg")
+        pair = Image.fromarray(np.concatenate([np.asarray(image), blend], axis=1))
+        legend = legend_strip(np.unique(mask).tolist(), names, colours, pair.width)
+        overlay = Image.new("RGB", (pair.width, pair.height + legend.height), "white")
+        overlay.paste(pair, (0, 0))
+        overlay.paste(legend, (0, pair.height))
+        overlay.save(out_dir / f"{image_path.stem}_overlay.jpg", quality=95)
         written.append(mask_path)
     return written
