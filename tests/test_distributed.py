@@ -42,7 +42,8 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, overrides: li
 def step_batch(num_classes: int = 8) -> dict[str, torch.Tensor]:
     """A fixed global batch of 4 (no ignore pixels, so each half has the same number of valid pixels)."""
     g = torch.Generator().manual_seed(7)
-    return {"image": torch.randn(4, 3, 32, 32, generator=g), "mask": torch.randint(0, num_classes, (4, 32, 32), generator=g)}
+    return {"image": torch.randn(4, 3, 32, 32, generator=g),
+            "mask": torch.randint(0, num_classes, (4, 32, 32), generator=g)}
 
 
 STEP_OVERRIDES = ["method.name=supervised", "optim.name=sgd", "optim.lr=0.1", "train.iterations=2",
