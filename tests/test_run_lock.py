@@ -60,6 +60,7 @@ def test_the_trainer_holds_the_lock_until_fit_ends(synth_root, tmp_path):
     with pytest.raises(RunLockedError, match=f"PID {os.getpid()} "):
         RunLock(trainer.run_dir).acquire()
     trainer.fit()
+    assert not (trainer.run_dir / ".lock").exists()  # released and removed
     RunLock(trainer.run_dir).acquire().release()
 
     with pytest.raises(FileExistsError):  # a trainer that fails to start releases the lock
@@ -88,3 +89,36 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     assert (run / ".lock").read_text().startswith(f"{holder.pid} ")  # its PID is still written there ...
     with RunLock(run) as lock:  # ... but the lock went with the process
         assert lock.held and (run / ".lock").read_text().startswith(f"{os.getpid()} ")
+
+
+def test_a_lock_that_made_the_run_directory_removes_it_if_nothing_was_written(tmp_path):
+    with RunLock(tmp_path / "out" / "run"):  # e.g. a trainer that fails on its data before writing
+        assert (tmp_path / "out" / "run" / ".lock").is_file()
+    assert list(tmp_path.iterdir()) == []
+    with RunLock(tmp_path / "out" / "run"):
+        (tmp_path / "out" / "run" / "config.yaml").write_text("")
+    assert [p.name for p in (tmp_path / "out" / "run").iterdir()] == ["config.yaml"]
+
+
+def test_a_lock_file_deleted_by_its_releasing_holder_is_not_locked(tmp_path, monkeypatch):
+    """Open, then the holder releases (deletes) the file, then flock: the lock must be retried on the
+    new file, or two processes would each hold a lock on a different file."""
+    from prcl.engine import run_dir
+
+    holder, real_flock = RunLock(tmp_path / "run").acquire(), run_dir.fcntl.flock
+    calls = []
+
+    def flock(fd, op):  # the holder releases just after our open, before our first flock
+        if not calls:
+            holder.release()
+        calls.append(fd)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(run_dir.fcntl, "flock", flock)
+    lock = RunLock(tmp_path / "run").acquire()
+    monkeypatch.undo()
+    assert len(calls) == 2  # the first flock took a deleted file; retried on the new one
+    assert os.fstat(lock._file.fileno()).st_ino == os.stat(lock.path).st_ino
+    with pytest.raises(RunLockedError):  # and that one really is locked
+        RunLock(tmp_path / "run").acquire()
+    lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -36,15 +37,18 @@ class RunLock:
     """An OS lock (`flock`) on `<run>/.lock`, held by the one trainer of a run for its lifetime.
 
     The kernel drops the lock when the holder's file is closed, so a crashed or killed trainer leaves
-    no stale lock; the file only records the holder's PID and host for the error message. The file is
-    never deleted (deleting a lock file while another process opens it would let two hold "the" lock),
-    which is why `create_run_dir` keeps it when it overwrites a run. `prcl eval|predict|analyze` never
-    take it. Usable as a context manager; `release` is idempotent.
+    no stale lock (at most a stale file, which the next trainer simply locks); the file records the
+    holder's PID and host for the error message. `release` deletes the file, and the run directory
+    too when `acquire` created it and nothing else was written (a trainer that fails to start leaves
+    nothing behind). `acquire` retries when it locked a file that its holder deleted meanwhile, so two
+    processes never both hold the lock. `prcl eval|predict|analyze` never take it. Usable as a context
+    manager; `release` is idempotent.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.path = Path(run_dir), Path(run_dir) / LOCK_FILE
         self._file: Optional[IO[str]] = None
+        self._created: list[Path] = []  # the directories acquire() made, deepest first
 
     @property
     def held(self) -> bool:
@@ -54,43 +58,58 @@ class RunLock:
         """Take the lock at once, or raise `RunLockedError` naming the holder."""
         if self.held or fcntl is None:
             return self
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
-        except OSError as err:
-            raise ConfigError(f"cannot create run directory {self.run_dir} ({err.strerror}); "
-                              "set output_dir=... to a writable place") from err
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise RunLockedError(
-                f"run directory {self.run_dir} is in use by another trainer (PID {holder}); wait for it to "
-                "finish or stop it, or train under another name=... (eval, predict and analyze work meanwhile)"
-            ) from None
-        except OSError as err:  # a file system without locks (e.g. NFS without lockd): say so, go on
-            f.close()
-            print(f"warning: cannot lock run directory {self.run_dir} ({err.strerror}); nothing stops a second "
-                  "trainer from using it", file=sys.stderr)
-            return self
-        f.seek(0)
+        created = list(itertools.takewhile(lambda d: not d.exists(), [self.run_dir, *self.run_dir.parents]))
+        while True:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+            except OSError as err:
+                raise ConfigError(f"cannot create run directory {self.run_dir} ({err.strerror}); "
+                                  "set output_dir=... to a writable place") from err
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise RunLockedError(
+                    f"run directory {self.run_dir} is in use by another trainer (PID {holder}); wait for it to "
+                    "finish or stop it, or train under another name=... (eval, predict and analyze work meanwhile)"
+                ) from None
+            except OSError as err:  # a file system without locks (e.g. NFS without lockd): say so, go on
+                f.close()
+                print(f"warning: cannot lock run directory {self.run_dir} ({err.strerror}); nothing stops a "
+                      "second trainer from using it", file=sys.stderr)
+                return self
+            if self._is_current(f):
+                break
+            f.close()  # its holder released (deleted) it between our open and flock: lock the new file
         f.truncate()
         f.write(f"{os.getpid()} on {socket.gethostname()}\n")
         f.flush()
-        self._file = f
+        self._file, self._created = f, created
         return self
+
+    def _is_current(self, f: IO[str]) -> bool:
+        try:
+            on_disk, ours = os.stat(self.path), os.fstat(f.fileno())
+        except FileNotFoundError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
 
     def release(self) -> None:
         if self._file is None:
             return
         f, self._file = self._file, None
         try:
-            f.truncate(0)  # before unlocking: a new holder's PID is never erased
-            f.flush()
+            self.path.unlink(missing_ok=True)  # while still locked (see the retry in acquire)
         finally:
             f.close()  # closing drops the flock
+        for d in self._created:  # what a trainer that failed to start had made, if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._created = []
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
