@@ -24,12 +24,12 @@ import time
 
 CONFIGS = {
     "prcl": dict(method="prcl"),
-    "prcl_no_vn": dict(method="prcl", vn_enabled=False),
-    "prcl_release (PR, local)": dict(method="prcl", prototype="local", vn_enabled=False),
+    "prcl_no_vn": dict(method="prcl", vn={"enabled": False}),
+    "prcl_release (PR, local)": dict(method="prcl", prototype="local", vn={"enabled": False}),
     "baseline": dict(method="baseline"),
     "baseline_plus": dict(method="baseline_plus"),
-    "prcl + MB 30000": dict(method="prcl", vn_enabled=False, memory_bank_size=30000),
-    "prcl + MB 65536": dict(method="prcl", vn_enabled=False, memory_bank_size=65536),
+    "prcl + MB 30000": dict(method="prcl", vn={"enabled": False}, memory_bank={"enabled": True, "size": 30000}),
+    "prcl + MB 65536": dict(method="prcl", vn={"enabled": False}, memory_bank={"enabled": True, "size": 65536}),
 }
 
 
@@ -52,13 +52,14 @@ def _inputs(args, torch):
 def run_one(name: str, args) -> dict:
     import torch
 
+    from prcl.config import contrastive_preset
     from prcl.losses import PRCLContrastiveLoss
 
     torch.set_num_threads(args.threads)
     cfg = dict(CONFIGS[name])
-    loss_fn = PRCLContrastiveLoss.for_method(
-        cfg.pop("method"), args.classes, args.dim, temperature=0.5, num_anchors=args.anchors,
-        num_negatives=args.negatives, chunk_elements=args.chunk, **cfg)
+    settings = contrastive_preset(cfg.pop("method"), temperature=0.5, num_anchors=args.anchors,
+                                  num_negatives=args.negatives, **cfg)
+    loss_fn = PRCLContrastiveLoss(args.classes, args.dim, settings, chunk_elements=args.chunk)
     mu, var, labels, valid, probs = _inputs(args, torch)
     var_in = var if loss_fn.probabilistic else None
     rss0 = _rss_mib()  # inputs and state exist; the peak below adds one step's working memory

@@ -29,8 +29,8 @@ def test_bf16_autocast_trains_on_cpu_with_float32_weights_and_checkpoints(make_c
 
 
 def test_fp16_on_cpu_is_refused_naming_the_key(make_config):
-    trainer = Trainer(make_config("method.name=supervised", "train.amp=fp16", "train.device=cpu",
-                                  "train.iterations=1", "data.max_val_images=2"))
+    cfg = make_config("method.name=supervised", "train.amp=fp16", "train.device=cpu", "train.iterations=1",
+                      "data.max_val_images=2")
     with pytest.raises(ConfigError, match=r"train\.amp=fp16 needs a CUDA device .*train\.amp=bf16"):
-        trainer.train_step(0)
-    trainer.lock.release()
+        Trainer(cfg)
+    assert not cfg.run_dir.exists()  # refused before the run directory is made

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from prcl.config import ConfigError, contrastive_preset
 from prcl.losses import (ClassMemoryBank, KeySet, PRCLContrastiveLoss, info_nce, pairwise_similarity,
                          sample_anchors_and_negatives)
 from prcl.losses.sampling import sample_classes
@@ -15,8 +16,13 @@ from prcl.probabilistic import mutual_likelihood_score
 
 F64 = torch.float64
 B, D, H, W, C = 2, 5, 4, 4, 4
-SMALL = dict(num_anchors=3, num_negatives=5, vn_num=2, memory_bank_size=40, memory_bank_enqueue=3,
-             memory_bank_negatives=1)
+SMALL = dict(num_anchors=3, num_negatives=5, vn={"num": 2},
+             memory_bank={"enabled": True, "size": 40, "enqueue": 3, "negatives": 1})
+
+
+def _loss(num_classes: int, dim: int, method: str = "prcl", **overrides) -> PRCLContrastiveLoss:
+    """The loss of a method preset with `method.contrastive` overrides (config key names)."""
+    return PRCLContrastiveLoss(num_classes, dim, contrastive_preset(method, **overrides))
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -107,13 +113,13 @@ def _probs_rows(probs, labels, valid):
             if valid[b, h, w] and labels[b, h, w] != 255]
 
 
-@pytest.mark.parametrize("method,extra", [("prcl", dict(memory_bank_size=40)),
+@pytest.mark.parametrize("method,extra", [("prcl", {}),
                                           ("baseline", {}), ("baseline_plus", {}),
-                                          ("prcl", dict(prototype="local", vn_enabled=False,
-                                                        memory_bank_size=0))])
+                                          ("prcl", dict(prototype="local", vn={"enabled": False},
+                                                        memory_bank={"enabled": False}))])
 def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
     tau = 0.7
-    loss_fn = PRCLContrastiveLoss.for_method(method, C, D, temperature=tau, **{**SMALL, **extra})
+    loss_fn = _loss(C, D, method, temperature=tau, **{**SMALL, **extra})
     loss_fn.record_sample = True
     prob = loss_fn.probabilistic
     step1, step2 = _batch(1, probabilistic=prob), _batch(2, classes=(0, 1, 3), probabilistic=prob)
@@ -212,8 +218,8 @@ def test_uncertain_mislabeled_pixel_moves_less():
         mu = points.t().reshape(1, d, 1, -1).clone().requires_grad_()
         var = torch.full_like(mu, 0.1)
         var[..., -1] = bad_var
-        loss_fn = PRCLContrastiveLoss(2, d, temperature=0.5, prototype="local", vn_enabled=False,
-                                      num_anchors=4, num_negatives=8)
+        loss_fn = _loss(2, d, temperature=0.5, prototype="local", vn={"enabled": False},
+                        num_anchors=4, num_negatives=8)
         loss, stats = loss_fn(mu, var, labels, torch.ones_like(labels, dtype=torch.bool), probs,
                               generator=_gen(6))
         loss.backward()
@@ -245,29 +251,29 @@ def test_sampling_follows_class_distribution_and_masks():
 def test_no_anchor_gives_a_differentiable_zero_and_alone_class_uses_vns():
     mu, var, labels, valid, probs = _batch(9)
     confident = torch.nn.functional.one_hot(labels.clamp(max=C - 1), C).permute(0, 3, 1, 2).to(F64)
-    for loss_fn in (PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL),
-                    PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)):
+    for loss_fn in (_loss(C, D, temperature=0.5, **SMALL),
+                    _loss(C, D, "baseline", temperature=0.5)):
         v = var if loss_fn.probabilistic else None
         for vmask in (valid, torch.zeros_like(valid)):
             loss, stats = loss_fn(mu, v, labels, vmask, confident)
             loss.backward()
             assert loss.item() == 0.0 and stats["anchors"] == 0 and (mu.grad == 0).all()
-    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    loss_fn = _loss(C, D, temperature=0.5, **SMALL)
     loss_fn(*_batch(10))  # GDPs for classes 0-2
     alone = _batch(11, classes=(1,))
     loss, stats = loss_fn(*alone)
     assert stats["classes"] == 1 and loss.item() > 0 and stats["vn_spread"] > 0
-    baseline = PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)
+    baseline = _loss(C, D, "baseline", temperature=0.5)
     assert baseline(alone[0], None, *alone[2:])[1]["classes"] == 0
 
 
 def test_state_dict_resume_reproduces_the_next_step():
-    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    loss_fn = _loss(C, D, temperature=0.5, **SMALL)
     loss_fn(*_batch(12), generator=_gen(1))
     state = copy.deepcopy(loss_fn.state_dict())
     assert {"gdp.precision", "gdp.precision_mean", "gdp.initialized", "bank.mu", "bank.var",
             "bank.ptr", "bank.filled"} <= set(state)
-    resumed = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    resumed = _loss(C, D, temperature=0.5, **SMALL)
     resumed.load_state_dict(state)
     a, stats_a = loss_fn(*_batch(13), generator=_gen(2))
     b, stats_b = resumed(*_batch(13), generator=_gen(2))
@@ -299,25 +305,37 @@ def test_memory_bank_is_a_fifo_of_fixed_size():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=0.0), "temperature"),
-    (dict(prototype="mean"), "prototype"),
-    (dict(probabilistic=False), "prototype='gdp' needs probabilistic"),
-    (dict(probabilistic=False, prototype="local"), "vn_enabled=True needs"),
-    (dict(strong_threshold=1.5), "strong_threshold"),
-    (dict(vn_scale="sigma"), "vn_scale"),
-    (dict(mls_reduction="max"), "mls_reduction"),
-    (dict(num_anchors=0), "num_anchors"),
-    (dict(memory_bank_size=-1), "memory_bank_size"),
-    (dict(gdp_forgetting=2.0), "forgetting"),
+    (dict(temperature=0.0), "'method.contrastive.temperature' must be > 0"),
+    (dict(prototype="mean"), "'method.contrastive.prototype' must be one of"),
+    (dict(pr=False), "prototype=gdp needs pr=true"),
+    (dict(pr=False, prototype="local"), "vn.enabled=true needs pr=true"),
+    (dict(strong_threshold=1.5), "'method.contrastive.strong_threshold' must be in \\(0, 1\\]"),
+    (dict(vn={"scale": "sigma"}), "'method.contrastive.vn.scale' must be one of"),
+    (dict(mls={"reduction": "max"}), "'method.contrastive.mls.reduction' must be one of"),
+    (dict(num_anchors=0), "'method.contrastive.num_anchors' must be > 0"),
+    (dict(memory_bank={"size": -1}), "'method.contrastive.memory_bank.size' must be > 0"),
+    (dict(gdp_forgetting=2.0), "'method.contrastive.gdp_forgetting' must be in \\[0, 1\\]"),
+    (dict(ema_momentum=1.0), "'method.contrastive.ema_momentum' must be < 1"),
 ])
-def test_bad_arguments_raise_clear_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        PRCLContrastiveLoss(C, D, **{"temperature": 0.5, **kwargs})
+def test_bad_settings_raise_the_config_error(kwargs, match):
+    """One rule, one place: the loss applies the config's own checks (messages name the config key),
+    whether the settings come from a preset or are a hand-built ContrastiveConfig."""
+    with pytest.raises(ConfigError, match=match):
+        _loss(C, D, **kwargs)
+    c = contrastive_preset("prcl")
+    for key, value in kwargs.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                setattr(getattr(c, key), sub, v)
+        else:
+            setattr(c, key, value)
+    with pytest.raises(ConfigError, match=match):
+        PRCLContrastiveLoss(C, D, c)
 
 
 def test_bad_inputs_raise_clear_errors():
     mu, var, labels, valid, probs = _batch(14)
-    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5)
+    loss_fn = _loss(C, D, temperature=0.5)
     with pytest.raises(ValueError, match="var must be"):
         loss_fn(mu, None, labels, valid, probs)
     with pytest.raises(ValueError, match="probs must be"):
@@ -327,13 +345,13 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"labels of valid pixels must lie in \[0, 4\)"):
         loss_fn(mu, var, labels.masked_fill(valid, 7), valid, probs)
     with pytest.raises(ValueError, match="var must be None"):
-        PRCLContrastiveLoss.for_method("baseline", C, D, temperature=0.5)(mu, var, labels, valid, probs)
-    with pytest.raises(ValueError, match="method must be"):
-        PRCLContrastiveLoss.for_method("reco", C, D, temperature=0.5)
+        _loss(C, D, "baseline", temperature=0.5)(mu, var, labels, valid, probs)
+    with pytest.raises(ConfigError, match="unknown method 'reco'"):
+        _loss(C, D, "reco", temperature=0.5)
 
 
 def test_gdp_drift_stat_and_integer_label_dtypes():
-    loss_fn = PRCLContrastiveLoss(C, D, temperature=0.5, **SMALL)
+    loss_fn = _loss(C, D, temperature=0.5, **SMALL)
     loss_fn(*_batch(15), generator=_gen(1))
     before, seen = loss_fn.gdp.mean.clone(), loss_fn.gdp.initialized.clone()
     mu, var, labels, valid, probs = _batch(16, classes=(0, 1, 3))
@@ -366,7 +384,7 @@ def test_shared_point_matmul_path_matches_direct_mls():
 def test_local_positive_with_gdp_virtual_negatives():
     """Table 8 '+PR+VN': local prototypes are the positives, VNs still come from a maintained GDP."""
     torch.manual_seed(0)
-    loss_fn = PRCLContrastiveLoss(4, 8, temperature=0.5, prototype="local", num_anchors=4, num_negatives=4)
+    loss_fn = _loss(4, 8, temperature=0.5, prototype="local", num_anchors=4, num_negatives=4)
     assert loss_fn.gdp is not None and loss_fn.vn_enabled
     mu = torch.randn(2, 8, 5, 5, requires_grad=True)
     var = torch.rand(2, 8, 5, 5) + 0.1

@@ -77,7 +77,7 @@ def rewrite_mask(path: Path, fn) -> None:
     ("trian.iterations=5", "unknown config key 'trian.iterations'; did you mean 'train.iterations'?"),
     ("train.iterations=many", "config key 'train.iterations' must be int, got 'many'"),
     ("optim.lr=-0.1", "config key 'optim.lr' must be > 0, got -0.1"),
-    ("method.contrastive.strong_threshold=1.5", "'method.contrastive.strong_threshold' must be in [0, 1]"),
+    ("method.contrastive.strong_threshold=1.5", "'method.contrastive.strong_threshold' must be in (0, 1]"),
     ("data.unlabeled_split=null", "needs unlabeled data: set data.unlabeled_split"),
 ])
 def test_bad_config_values(capsys, data, tmp_path, override, message):

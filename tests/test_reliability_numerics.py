@@ -97,10 +97,10 @@ def test_non_finite_gradient_behind_a_finite_loss(make_config):
     real = trainer.method.losses
 
     def losses(*args):  # sqrt(|w - w|²) is 0 but its gradient is 0/0
-        terms, stats = real(*args)
+        step = real(*args)
         w = next(trainer.model.parameters())  # the backbone's first convolution
-        terms["probe"] = ((w - w.detach()) ** 2).sum().sqrt()
-        return terms, stats
+        step.terms["probe"] = ((w - w.detach()) ** 2).sum().sqrt()
+        return step
 
     trainer.method.losses = losses
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at iteration 1, .*'probe': 0\.0.*no checkpoint"):

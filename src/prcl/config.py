@@ -64,6 +64,8 @@ class VirtualNegativesConfig:
 class MemoryBankConfig:
     enabled: bool = False
     size: int = 30000  # total queue length over classes (Table 7: 30000 / 65536)
+    enqueue: int = 256  # pixels of each class pushed per step
+    negatives: int = 4  # bank entries of every other class per anchor (like vn.num)
 
 
 @dataclass
@@ -75,6 +77,10 @@ class MLSConfig:
 
 @dataclass
 class ContrastiveConfig:
+    """The pixel contrast λc(t)·Lc (Eq. 11-15). The method presets (`METHOD_PRESETS`) set `enabled`,
+    `pr`, `prototype` and `vn.enabled`; keys given explicitly override them (the ablations)."""
+
+    enabled: bool = True  # add the contrastive term (methods with pseudo-labels only)
     temperature: float = 0.5  # τ in Eq. 15
     num_anchors: int = 64  # anchors per class (paper: 256; the CPU demo uses fewer)
     num_negatives: int = 256  # real negatives per anchor (paper: 512)
@@ -93,11 +99,11 @@ class ContrastiveConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "prcl"  # supervised | mean_teacher | classmix | baseline | baseline_plus | prcl
-    ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay)
+    name: str = "prcl"  # one of METHOD_PRESETS (below); the name sets the defaults of `mix` and `contrastive`
+    ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay) (methods with a teacher)
     unsup_threshold: float = 0.97  # δu of Eq. 14
     unsup_weight: float = 1.0
-    mix: str = "classmix"  # classmix | cutmix | none, on the strong view (methods with a teacher)
+    mix: str = "classmix"  # classmix | cutmix | none: how the student's unlabeled view is mixed (preset per method)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
@@ -133,6 +139,8 @@ class TrainConfig:
     threads: Optional[int] = None  # torch CPU threads; null = torch default
     channels_last: bool = False  # NHWC model and images (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the student's forward (slow first steps; see benchmarks/)
+    diagnostics_every: int = 100  # >0: log each loss term's gradient norm at the trunk every K iterations
+    # (engine/diagnostics.py; costs a few extra backward passes on those iterations, ~3% at 100)
     log_prototypes_every: int = 0  # >0: record prototypes every K iterations (prototype_trajectory.pt, Fig. 8)
     skip_nonfinite: bool = False  # on a NaN/Inf loss or gradient: false = stop (naming the last good
     # checkpoint), true = skip that step (undoing its BatchNorm/prototype updates) and count it
@@ -155,12 +163,29 @@ class Config:
         return Path(self.output_dir) / self.name
 
 
+# A method name sets the defaults of `method.mix` and of the contrastive switches (Table 1 rows); keys
+# given explicitly in a YAML file or on the command line override them, which is how the ablations of
+# Tables 5-8 are made. The single table of methods: `prcl.methods` registers a class for each name.
+METHOD_PRESETS: dict[str, dict] = {
+    "supervised": {"mix": "none", "contrastive": {"enabled": False}},
+    "mean_teacher": {"mix": "none", "contrastive": {"enabled": False}},
+    "classmix": {"mix": "classmix", "contrastive": {"enabled": False}},
+    "baseline": {"mix": "classmix", "contrastive": {"enabled": True, "pr": False, "prototype": "local",
+                                                    "vn": {"enabled": False}}},
+    "baseline_plus": {"mix": "classmix", "contrastive": {"enabled": True, "pr": False, "prototype": "ema",
+                                                         "vn": {"enabled": False}}},
+    "prcl": {"mix": "classmix", "contrastive": {"enabled": True, "pr": True, "prototype": "gdp",
+                                                "vn": {"enabled": True}}},
+}
+WITHOUT_PSEUDO_LABELS = ("supervised",)
+"""Methods that see labeled images only: no mixing, no contrastive term."""
+
 CHOICES = {
     "data.dataset": ("synthetic", "voc", "cityscapes", "folder"),
     "model.prob_activation": ("sigmoid", "softplus"),
     "model.output_stride": (8, 16),
     "optim.name": ("sgd", "adamw"),
-    "method.name": ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl"),
+    "method.name": tuple(METHOD_PRESETS),
     "method.mix": ("classmix", "cutmix", "none"),
     "method.contrastive.prototype": ("gdp", "local", "ema"),
     "method.contrastive.vn.scale": ("variance", "std"),
@@ -175,13 +200,18 @@ POSITIVE = (
     "method.contrastive.num_anchors", "method.contrastive.num_negatives", "optim.lr",
     "train.iterations", "train.eval_every", "train.checkpoint_every", "train.log_every",
     "eval.crop_size", "eval.stride", "eval.batch_size", "method.contrastive.memory_bank.size",
+    "method.contrastive.memory_bank.enqueue", "method.contrastive.memory_bank.negatives",
+    "method.contrastive.vn.num",
 )
 UNIT_INTERVAL = (
-    "method.ema_decay", "method.unsup_threshold", "method.contrastive.strong_threshold",
-    "method.contrastive.weak_threshold", "method.contrastive.ema_momentum",
-    "method.contrastive.gdp_forgetting", "data.color_jitter", "data.blur", "optim.momentum",
+    "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
+    "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
+    "data.blur", "optim.momentum",
 )
-NON_NEGATIVE = ("train.log_prototypes_every", "optim.prob_head_lr", "optim.weight_decay", "data.num_workers", "method.contrastive.vn.num")
+POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
+NON_NEGATIVE = ("train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr", "optim.weight_decay", "data.num_workers",
+                "method.contrastive.vn.beta")
+BELOW_ONE = ("method.contrastive.ema_momentum",)  # [0, 1): a momentum of 1 never moves
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -247,37 +277,62 @@ def _merge(obj: Any, values: dict, prefix: str = "") -> None:
             setattr(obj, name, _coerce(key, value, tp))
 
 
-def get_value(cfg: Config, key: str) -> Any:
+def get_value(cfg: Any, key: str) -> Any:
     obj: Any = cfg
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def validate(cfg: Config) -> None:
-    """Range and choice checks that types alone cannot express."""
-    for key, choices in CHOICES.items():
-        if get_value(cfg, key) not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {get_value(cfg, key)!r}")
-    for key in POSITIVE:
-        v = get_value(cfg, key)
-        if v is not None and v <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {v!r}")
-    for key in UNIT_INTERVAL:
-        v = get_value(cfg, key)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"config key '{key}' must be in [0, 1], got {v!r}")
-    for key in NON_NEGATIVE:
-        if get_value(cfg, key) < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {get_value(cfg, key)!r}")
-    lo, hi = cfg.data.scale_range
-    if not 0 < lo <= hi:
-        raise ConfigError(f"config key 'data.scale_range' must satisfy 0 < min <= max, got {[lo, hi]}")
-    c = cfg.method.contrastive
+RANGE_RULES: tuple[tuple[tuple[str, ...], Any, str], ...] = (
+    (POSITIVE, lambda v: v > 0, "> 0"),
+    (UNIT_INTERVAL, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    (POSITIVE_UNIT_INTERVAL, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    (NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
+    (BELOW_ONE, lambda v: v < 1.0, "< 1"),
+)
+
+
+def check_section(obj: Any, prefix: str = "") -> None:
+    """The choice and range rules of every key under `prefix` ("" = the whole config), read from
+    `obj`, the config section at that prefix (e.g. a `ContrastiveConfig` at "method.contrastive.")."""
+    def keys(table):
+        return [k for k in table if k.startswith(prefix)]
+
+    for key in keys(CHOICES):
+        v = get_value(obj, key[len(prefix):])
+        if v not in CHOICES[key]:
+            raise ConfigError(f"config key '{key}' must be one of {list(CHOICES[key])}, got {v!r}")
+    for table, ok, text in RANGE_RULES:
+        for key in keys(table):
+            v = get_value(obj, key[len(prefix):])
+            if v is not None and not ok(v):
+                raise ConfigError(f"config key '{key}' must be {text}, got {v!r}")
+    if prefix == "method.contrastive." or not prefix:
+        _check_contrastive(obj if prefix else obj.method.contrastive)
+
+
+def _check_contrastive(c: "ContrastiveConfig") -> None:
     if c.prototype == "gdp" and not c.pr:
         raise ConfigError("method.contrastive.prototype=gdp needs pr=true (a GDP is a Gaussian); use local or ema")
     if c.vn.enabled and not c.pr:
         raise ConfigError("method.contrastive.vn.enabled=true needs pr=true (VNs are drawn from GDPs)")
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that types alone cannot express, and combinations that would be ignored."""
+    check_section(cfg)
+    lo, hi = cfg.data.scale_range
+    if not 0 < lo <= hi:
+        raise ConfigError(f"config key 'data.scale_range' must satisfy 0 < min <= max, got {[lo, hi]}")
+    m = cfg.method
+    if m.name in WITHOUT_PSEUDO_LABELS:
+        if m.mix != "none":
+            raise ConfigError(f"method.mix={m.mix} has no effect with method.name={m.name} (it sees no unlabeled "
+                              "images); remove the key or pick a semi-supervised method")
+        if m.contrastive.enabled:
+            raise ConfigError(f"method.contrastive.enabled=true needs pseudo-labels, which method.name={m.name} does "
+                              "not make; use classmix or another semi-supervised method")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -295,15 +350,6 @@ def _nest(key: str, value: Any) -> dict:
     return out
 
 
-# A method name sets the defaults of the contrastive switches (Table 1 rows); keys given explicitly in
-# a YAML file or on the command line override them, which is how the ablations of Tables 5-8 are made.
-METHOD_PRESETS: dict[str, dict] = {
-    "baseline": {"pr": False, "prototype": "local", "vn": {"enabled": False}},
-    "baseline_plus": {"pr": False, "prototype": "ema", "vn": {"enabled": False}},
-    "prcl": {"pr": True, "prototype": "gdp", "vn": {"enabled": True}},
-}
-
-
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- method preset <- YAML file (with `_base_` chain) <- `key=value` overrides."""
     layers = _yaml_chain(Path(path)) if path is not None else []
@@ -317,7 +363,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
             name = method["name"]
     cfg = Config()
     if name in METHOD_PRESETS:
-        _merge(cfg, {"method": {"contrastive": METHOD_PRESETS[name]}})
+        _merge(cfg, {"method": METHOD_PRESETS[name]})
     for layer in layers:
         _merge(cfg, layer)
     validate(cfg)
@@ -357,6 +403,18 @@ def _yaml_chain(path: Path, ancestry: tuple = (), done: Optional[set] = None) ->
     return layers
 
 
+def contrastive_preset(method: str = "prcl", **overrides: Any) -> ContrastiveConfig:
+    """The `method.contrastive` section of a method preset, with overrides (nested sections as dicts,
+    e.g. `vn={"num": 2}`), validated: the way to configure `PRCLContrastiveLoss` outside a run."""
+    if method not in METHOD_PRESETS:
+        raise ConfigError(f"unknown method '{method}'; choose one of {list(METHOD_PRESETS)}")
+    c = ContrastiveConfig()
+    _merge(c, METHOD_PRESETS[method].get("contrastive", {}), "method.contrastive.")
+    _merge(c, overrides, "method.contrastive.")
+    check_section(c, "method.contrastive.")
+    return c
+
+
 def to_dict(cfg: Config) -> dict:
     def convert(v: Any) -> Any:
         if isinstance(v, tuple):
@@ -370,6 +428,9 @@ def to_dict(cfg: Config) -> dict:
 
 def from_dict(values: dict) -> Config:
     cfg = Config()
+    name = (values.get("method") or {}).get("name") if isinstance(values, dict) else None
+    if name in METHOD_PRESETS:  # a config saved before a key existed gets its method's default
+        _merge(cfg, {"method": METHOD_PRESETS[name]})
     _merge(cfg, values)
     validate(cfg)
     return cfg

@@ -1,7 +1,7 @@
 """ClassMix and CutMix for the strong view: images, pseudo-labels and confidences mixed together.
 
-Image i is pasted onto its partner i-1 (a roll within this process's batch), through a binary mask:
-ClassMix takes the pixels of half of the classes in image i's pseudo-label; CutMix a random box.
+Image i is pasted onto its partner i-shift (a roll within this process's batch; shift 1 by default),
+through a binary mask: ClassMix takes the pixels of half of the classes in image i's pseudo-label; CutMix a random box.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def cutmix_masks(
     return masks
 
 
-def mix_with_partner(mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Where `mask[i]` take `t[i]`, elsewhere its partner `t[i-1]`; `t` is `[B, H, W]` or `[B, C, H, W]`."""
+def mix_with_partner(mask: torch.Tensor, *tensors: torch.Tensor, shift: int = 1) -> list[torch.Tensor]:
+    """Where `mask[i]` take `t[i]`, elsewhere its partner `t[i-shift]`; `t` is `[B, H, W]` or `[B, C, H, W]`."""
     out = []
     for t in tensors:
         m = mask if t.dim() == 3 else mask.unsqueeze(1)
-        out.append(torch.where(m, t, t.roll(1, dims=0)))
+        out.append(torch.where(m, t, t.roll(shift, dims=0)))
     return out

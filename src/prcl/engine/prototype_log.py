@@ -7,8 +7,6 @@ Saved as `run_dir/prototype_trajectory.pt` = {"iterations": [T], "local"/"gdp"/"
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
 import torch
 
 from prcl.engine.checkpoint import save_checkpoint
@@ -22,21 +20,14 @@ class PrototypeTrajectory:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             self.records = {k: list(v) for k, v in state.items()}
 
-    @staticmethod
-    def _masked(mean: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-        return torch.where(ok[:, None], mean, torch.full_like(mean, float("nan"))).float().cpu()
-
-    def record(self, iteration: int, loss: Optional[torch.nn.Module]) -> None:
-        """Append the prototypes held by a `PRCLContrastiveLoss` (no-op for methods without one)."""
-        if loss is None or getattr(loss, "last_local_mean", None) is None:
+    def record(self, iteration: int, prototypes: dict[str, torch.Tensor]) -> None:
+        """Append a method's prototypes (`Method.prototypes()`: {kind: [C, D]}, NaN rows for classes it
+        has none of); a no-op for methods without prototypes."""
+        if not prototypes:
             return
         keep = [i for i, it in enumerate(self.records["iterations"]) if int(it) < iteration]
         self.records = {k: [v[i] for i in keep] for k, v in self.records.items()}  # drop replayed steps
-        entry = {"iterations": torch.tensor(iteration), "local": loss.last_local_mean.float().cpu()}
-        if loss.gdp is not None:
-            entry["gdp"] = self._masked(loss.gdp.mean, loss.gdp.initialized)
-        if loss.ema is not None:
-            entry["ema"] = self._masked(loss.ema.mean, loss.ema.initialized)
+        entry = {"iterations": torch.tensor(iteration), **{k: v.float().cpu() for k, v in prototypes.items()}}
         for k, v in entry.items():
             self.records.setdefault(k, []).append(v)
 

@@ -1,7 +1,8 @@
 """The trainer: one loop for every method, readable top to bottom.
 
-    build data, student (+ EMA teacher), method, SGD with poly lr
+    build data, student (+ EMA teacher when the method has one), method, optimiser with poly lr
     for t in [start, T):  losses = method(batch) → backward → step → teacher EMA
+        every `diagnostics_every`: each loss term's gradient norm at the trunk (engine/diagnostics.py)
         every `log_every`: train_log.jsonl + TensorBoard;  every `eval_every`: mIoU → metrics.jsonl
         every `checkpoint_every` (and on SIGINT/SIGTERM, and at the end): checkpoints/last.pt
 """
@@ -26,13 +27,15 @@ from prcl.data.loaders import build_train_data
 from prcl.engine import distributed as dist
 from prcl.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_all,
                                     set_rng_state)
+from prcl.engine.diagnostics import InertTermMonitor, gradient_norms
 from prcl.engine.ema import EMATeacher
 from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
 from prcl.engine.optimizer import build_optimizer
 from prcl.engine.run_dir import RunLock, check_resumable, create_run_dir, drop_records_after
+from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
-from prcl.methods import build_method
+from prcl.methods import METHODS, StepLosses, build_method
 from prcl.models import build_model
 
 
@@ -66,6 +69,9 @@ class Trainer:
         self.device = select_device(cfg.train.device)
         dist.init_distributed(self.device)
         self.device = select_device(cfg.train.device)
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":  # before anything is written
+            raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {self.device.type}); "
+                              "use train.amp=bf16 or train.amp=none")
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = dist.is_main_process()
@@ -78,7 +84,7 @@ class Trainer:
         self.best_miou = state["best_miou"] if state else float("nan")
 
         data = build_train_data(
-            cfg, with_unlabeled=_method_uses_teacher(cfg), start_iteration=self.start_iteration,
+            cfg, with_unlabeled=METHODS[cfg.method.name].uses_unlabeled, start_iteration=self.start_iteration,
             rank=dist.rank(), world=dist.world_size(),
         )
         self.info, self.val_dataset = data.info, data.val
@@ -108,7 +114,8 @@ class Trainer:
             create_run_dir(cfg, overwrite)
         elif self.main:
             drop_records_after(self.run_dir, self.start_iteration)
-        self.tb = None
+        self.log = RunLog(self.run_dir, main=self.main, start_iteration=self.start_iteration)
+        self.monitor = InertTermMonitor()
         self.trajectory = PrototypeTrajectory(self.run_dir / "prototype_trajectory.pt")
         self._stop_signal: Optional[int] = None
         with torch.random.fork_rng(devices=[]):  # last, so a failure above starts no DataLoader workers
@@ -187,21 +194,24 @@ class Trainer:
         amp = self.cfg.train.amp
         if amp == "none":
             return nullcontext()
-        if amp == "fp16" and self.device.type != "cuda":
-            raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {self.device.type}); "
-                              "use train.amp=bf16 or train.amp=none")
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def train_step(self, iteration: int) -> tuple[dict[str, float], dict[str, float]]:
+        """One optimisation step; returns the loss values and the method's statistics (with the
+        gradient diagnostics on the iterations that compute them)."""
         labeled = self._next(self.labeled)
         unlabeled = self._next(self.unlabeled) if self.unlabeled is not None else None
         progress = iteration / self.cfg.train.iterations
         undo = self._snapshot() if self.cfg.train.skip_nonfinite else None
         with self._autocast():
-            terms, stats = self.method.losses(self.student, self.teacher, labeled, unlabeled, progress)
-        loss = sum(terms.values())
-        values = {k: float(v.detach()) for k, v in terms.items()}
+            step = self.method.losses(self.student, self.teacher, labeled, unlabeled, progress)
+        loss = sum(step.terms.values())
+        values = {k: float(v.detach()) for k, v in step.terms.items()}
         values["total"] = float(loss.detach())
+        stats = dict(step.stats)
+        every = self.cfg.train.diagnostics_every
+        if every and (iteration + 1) % every == 0:
+            stats.update(self._diagnose(step, iteration + 1))
         self.optimizer.zero_grad(set_to_none=True)
         problem = self._backward(loss)
         if problem is None:
@@ -216,6 +226,14 @@ class Trainer:
                 self.teacher.update(self.model, iteration)
         values["skipped_steps"] = self.skipped_steps
         return values, stats
+
+    def _diagnose(self, step: StepLosses, iteration: int) -> dict[str, float]:
+        """Gradient norm of each loss term (and path) at the trunk; warns once about inert terms."""
+        norms = gradient_norms(step.terms, step.paths, self.model.trunk_parameters())
+        if self.main:
+            for message in self.monitor.check(norms, step.stats, iteration):
+                tqdm.write(f"warning: {message}")
+        return norms
 
     # ----------------------------------------------------------------- numerical guards
     def _backward(self, loss: torch.Tensor) -> Optional[str]:
@@ -266,20 +284,6 @@ class Trainer:
         )
         return cm.miou(), [None if math.isnan(v) else v for v in cm.iou().tolist()]
 
-    def _log(self, filename: str, record: dict, prefix: str) -> None:
-        if not self.main:
-            return
-        with open(self.run_dir / filename, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            purge = self.start_iteration + 1 if self.start_iteration else None  # hide events after the checkpoint
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
-        for k, v in record.items():
-            if k != "iteration" and isinstance(v, (int, float)) and v is not None:
-                self.tb.add_scalar(f"{prefix}/{k}", v, record["iteration"])
-
     def _handle_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop at once, without a checkpoint
             raise KeyboardInterrupt
@@ -290,61 +294,77 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
-        cfg, T = self.cfg, self.cfg.train.iterations
+        """Train from the start (or the resumed) iteration to `train.iterations`; returns the summary."""
+        T = self.cfg.train.iterations
+        bar = tqdm(range(self.start_iteration, T), initial=self.start_iteration, total=T, disable=not self.main,
+                   desc=self.cfg.method.name, dynamic_ncols=True, mininterval=1.0)
         handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.model.train()
-        images_per_it = cfg.data.batch_size + ((cfg.data.unlabeled_batch_size or cfg.data.batch_size) if self.unlabeled is not None else 0)
-        bar = tqdm(range(self.start_iteration, T), initial=self.start_iteration, total=T, disable=not self.main,
-                   desc=f"{cfg.method.name}", dynamic_ncols=True, mininterval=1.0)
-        miou, train_seconds, t0 = float("nan"), 0.0, time.time()
+        self.miou, self.train_seconds, t0 = float("nan"), 0.0, time.time()
         try:
             for it in bar:
                 tic = time.time()
                 values, stats = self.train_step(it)
-                train_seconds += time.time() - tic
-                done = it + 1
-                if cfg.train.log_prototypes_every and done % cfg.train.log_prototypes_every == 0:
-                    self.trajectory.record(done, getattr(self.method, "contrastive", None))
-                if done % cfg.train.log_every == 0 or done == T:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
-                    self._log("train_log.jsonl", {"iteration": done, "lr": lr, **values, **stats}, "train")
-                if done % cfg.train.eval_every == 0 or done == T:
-                    miou, per_class = self.evaluate()
-                    improved = not (self.best_miou >= miou)  # also true while best is NaN
-                    self.best_miou = miou if improved else self.best_miou
-                    self._log("metrics.jsonl", {"iteration": done, "miou": miou, "per_class_iou": per_class}, "val")
-                    bar.write(f"iteration {done}: mIoU {100 * miou:.2f} (best {100 * self.best_miou:.2f})")
-                    if improved:
-                        self.save(done, "best.pt")
-                if done % cfg.train.checkpoint_every == 0 or done == T:
-                    self.save(done)
-                stop = torch.tensor([float(self._stop_signal is not None)], device=self.device)
-                if dist.all_reduce_sum(stop).item():  # under DDP every rank stops after the same step
-                    signum = int(self._stop_signal or signal.SIGTERM)
-                    if self.saved_iteration != done:
-                        self.save(done)
-                    bar.close()
-                    print(f"stopped by signal {signum} at iteration {done}; checkpoint saved. "
-                          f"Resume with: prcl train --resume {self.run_dir}")
-                    raise SystemExit(128 + signum)
+                self.train_seconds += time.time() - tic
+                self._after_step(it + 1, values, stats, bar)
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
-            if self.tb is not None:
-                self.tb.close()
-            for loader in (self.labeled, self.unlabeled):  # stop workers now, not at interpreter exit
-                getattr(loader, "_shutdown_workers", lambda: None)()
-            self.lock.release()
+            self._close()
         bar.close()
-        run_its = T - self.start_iteration
+        return self._summary(time.time() - t0)
+
+    def _after_step(self, done: int, values: dict[str, float], stats: dict[str, float], bar: tqdm) -> None:
+        """Prototype trajectory, logs, evaluation, checkpoints and a requested stop, as scheduled."""
+        c, T = self.cfg.train, self.cfg.train.iterations
+        if c.log_prototypes_every and done % c.log_prototypes_every == 0:
+            self.trajectory.record(done, self.method.prototypes())
+        if done % c.log_every == 0 or done == T or any(k.startswith("grad/") for k in stats):
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
+            self.log.write("train_log.jsonl", {"iteration": done, "lr": lr, **values, **stats}, "train")
+        if done % c.eval_every == 0 or done == T:
+            self.miou, per_class = self.evaluate()
+            improved = not (self.best_miou >= self.miou)  # also true while best is NaN
+            self.best_miou = self.miou if improved else self.best_miou
+            self.log.write("metrics.jsonl", {"iteration": done, "miou": self.miou, "per_class_iou": per_class}, "val")
+            bar.write(f"iteration {done}: mIoU {100 * self.miou:.2f} (best {100 * self.best_miou:.2f})")
+            if improved:
+                self.save(done, "best.pt")
+        if done % c.checkpoint_every == 0 or done == T:
+            self.save(done)
+        self._stop_if_signalled(done, bar)
+
+    def _stop_if_signalled(self, done: int, bar: tqdm) -> None:
+        stop = torch.tensor([float(self._stop_signal is not None)], device=self.device)
+        if dist.all_reduce_sum(stop).item():  # under DDP every rank stops after the same step
+            signum = int(self._stop_signal or signal.SIGTERM)
+            if self.saved_iteration != done:
+                self.save(done)
+            bar.close()
+            print(f"stopped by signal {signum} at iteration {done}; checkpoint saved. "
+                  f"Resume with: prcl train --resume {self.run_dir}")
+            raise SystemExit(128 + signum)
+
+    def _close(self) -> None:
+        """Close the logs, stop DataLoader workers now rather than at interpreter exit (dropping the
+        last reference to an iterator shuts its workers down) and release the run lock."""
+        self.log.close()
+        self.labeled = self.unlabeled = None
+        self.lock.release()
+
+    def _summary(self, wall_seconds: float) -> dict[str, Any]:
+        cfg, T = self.cfg, self.cfg.train.iterations
+        d = cfg.data
+        images_per_it = d.batch_size + ((d.unlabeled_batch_size or d.batch_size) if self.method.uses_unlabeled else 0)
         summary = {
             "method": cfg.method.name,
-            "miou": miou,
+            "miou": self.miou,
             "best_miou": self.best_miou,
             "iterations": T,
-            "wall_seconds": time.time() - t0,
-            "images_per_second": images_per_it * run_its / train_seconds if train_seconds else None,
+            "wall_seconds": wall_seconds,
+            "images_per_second": images_per_it * (T - self.start_iteration) / self.train_seconds
+            if self.train_seconds else None,
             "skipped_steps": self.skipped_steps,
             "run_dir": str(self.run_dir),
         }
@@ -357,12 +377,6 @@ def _finite_everywhere(x: torch.Tensor) -> bool:
     """Whether `x` is finite on every process (one tiny all-reduce under DDP)."""
     bad = (~torch.isfinite(x.detach())).any().float().reshape(1)
     return dist.all_reduce_sum(bad).item() == 0
-
-
-def _method_uses_teacher(cfg: Config) -> bool:
-    from prcl.methods import METHODS
-
-    return METHODS[cfg.method.name].uses_teacher
 
 
 def train(cfg: Config, **kwargs: Any) -> dict[str, Any]:

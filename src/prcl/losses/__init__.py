@@ -1,12 +1,11 @@
 """Losses of the PRCL toolkit: the pixel contrastive loss (Eq. 15) and its building blocks."""
 
-from prcl.losses.contrastive import METHOD_PRESETS, PRCLContrastiveLoss
+from prcl.losses.contrastive import PRCLContrastiveLoss
 from prcl.losses.memory_bank import ClassMemoryBank
 from prcl.losses.pairwise import KeySet, info_nce, pairwise_similarity
 from prcl.losses.sampling import ContrastSample, sample_anchors_and_negatives
 
 __all__ = [
-    "METHOD_PRESETS",
     "ClassMemoryBank",
     "ContrastSample",
     "KeySet",

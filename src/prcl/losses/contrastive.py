@@ -28,6 +28,7 @@ Decisions where the paper is silent (documented once, here):
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -35,18 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prcl import IGNORE_INDEX
+from prcl.config import Config, ContrastiveConfig, check_section, contrastive_preset
 from prcl.losses.memory_bank import ClassMemoryBank
 from prcl.losses.pairwise import KeySet, info_nce
 from prcl.losses.sampling import ContrastSample, sample_anchors_and_negatives
 from prcl.probabilistic import (EMAPrototypes, GlobalDistributionPrototypes, class_natural_sums,
                                 mutual_likelihood_score, virtual_negatives)
-
-METHOD_PRESETS: Dict[str, Dict[str, object]] = {
-    "baseline": dict(probabilistic=False, prototype="local", vn_enabled=False),
-    "baseline_plus": dict(probabilistic=False, prototype="ema", vn_enabled=False),
-    "prcl": dict(probabilistic=True, prototype="gdp", vn_enabled=True),
-}
-"""Switches of the contrastive methods of Table 1 (use `PRCLContrastiveLoss.for_method`)."""
 
 
 def _require(ok: bool, message: str) -> None:
@@ -54,9 +49,19 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _uniform_loss(keys: list[KeySet], num_classes: int) -> Tensor:
+    """The loss at uniform logits, mean over anchor classes of log(valid keys): far below it the
+    softmax is saturated, at it the contrast is flat."""
+    counts = sum(ks.valid.sum(1) if ks.valid is not None else torch.full((num_classes,), ks.index.shape[-1],
+                                                                           device=ks.index.device)
+                 for ks in keys)
+    return counts.double().log().mean()
+
+
 class PRCLContrastiveLoss(nn.Module):
-    """Eq. 15 with the switches above. State (GDP, EMA prototypes, memory bank) are submodules with
-    registered buffers, so `state_dict()` carries them and resuming restores them.
+    """Eq. 15 configured by a `ContrastiveConfig` (`prcl.config`; `contrastive_preset("baseline")`
+    etc. give the Table 1 rows, `from_config` a run's). State (GDP, EMA prototypes, memory bank) are
+    submodules with registered buffers, so `state_dict()` carries them and resuming restores them.
 
     forward(mu [B,D,H,W], var [B,D,H,W] (sigma^2 > 0) or None, labels [B,H,W] long (255 = ignore),
     valid [B,H,W] bool, probs [B,C,H,W] student softmax) -> (scalar loss, stats of python floats:
@@ -68,81 +73,39 @@ class PRCLContrastiveLoss(nn.Module):
     Set `record_sample = True` to keep the last `ContrastSample` in `last_sample`.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        dim: int,
-        *,
-        temperature: float,
-        num_anchors: int = 256,
-        num_negatives: int = 512,
-        strong_threshold: float = 0.8,
-        probabilistic: bool = True,
-        prototype: str = "gdp",
-        ema_momentum: float = 0.99,
-        vn_enabled: bool = True,
-        vn_num: int = 4,
-        vn_beta: float = 1.0,
-        vn_scale: str = "variance",
-        memory_bank_size: int = 0,
-        memory_bank_enqueue: int = 256,
-        memory_bank_negatives: int = 4,
-        mls_normalize: bool = True,
-        mls_reduction: str = "mean",
-        mls_include_const: bool = False,
-        gdp_forgetting: float = 1.0,
-        chunk_elements: Optional[int] = None,
-    ) -> None:
+    def __init__(self, num_classes: int, dim: int, config: Optional[ContrastiveConfig] = None, *,
+                 chunk_elements: Optional[int] = None) -> None:
         super().__init__()
+        c = config if config is not None else contrastive_preset("prcl")
+        check_section(c, "method.contrastive.")  # the config's own rules, stated once
         _require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
-        _require(dim >= 1, f"dim must be >= 1, got {dim}")
-        _require(temperature > 0, f"temperature must be > 0, got {temperature}")
-        _require(num_anchors >= 1, f"num_anchors must be >= 1, got {num_anchors}")
-        _require(num_negatives >= 1, f"num_negatives must be >= 1, got {num_negatives}")
-        _require(0 < strong_threshold <= 1, f"strong_threshold must lie in (0, 1], got {strong_threshold}")
-        _require(prototype in ("gdp", "local", "ema"),
-                 f"prototype must be 'gdp', 'local' or 'ema', got {prototype!r}")
-        _require(probabilistic or prototype != "gdp",
-                 "prototype='gdp' needs probabilistic=True (the GDP is a Gaussian); use 'local' or 'ema'")
-        _require(not vn_enabled or probabilistic,
-                 "vn_enabled=True needs probabilistic=True (VNs are drawn from the GDP, a Gaussian); "
-                 "set vn_enabled=False")
-        _require(vn_num >= 1 and vn_beta >= 0, f"vn_num must be >= 1 and vn_beta >= 0, got "
-                 f"{vn_num} and {vn_beta}")
-        _require(vn_scale in ("variance", "std"), f"vn_scale must be 'variance' or 'std', got {vn_scale!r}")
-        _require(memory_bank_size >= 0, f"memory_bank_size must be >= 0, got {memory_bank_size}")
-        _require(memory_bank_enqueue >= 1 and memory_bank_negatives >= 1,
-                 "memory_bank_enqueue and memory_bank_negatives must be >= 1")
-        _require(mls_reduction in ("mean", "sum"), f"mls_reduction must be 'mean' or 'sum', got "
-                 f"{mls_reduction!r}")
         _require(chunk_elements is None or chunk_elements >= 1,
                  f"chunk_elements must be None (per device default) or >= 1, got {chunk_elements}")
-        self.num_classes, self.dim, self.temperature = num_classes, dim, float(temperature)
-        self.num_anchors, self.num_negatives = num_anchors, num_negatives
-        self.strong_threshold, self.probabilistic, self.prototype = strong_threshold, probabilistic, prototype
-        self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = vn_enabled, vn_num, vn_beta, vn_scale
-        self.memory_bank_enqueue, self.memory_bank_negatives = memory_bank_enqueue, memory_bank_negatives
-        self.normalize = mls_normalize or not probabilistic
-        self.mls_reduction, self.mls_include_const = mls_reduction, mls_include_const
+        self.config = copy.deepcopy(c)
+        self.num_classes, self.dim, self.temperature = num_classes, dim, float(c.temperature)
+        self.num_anchors, self.num_negatives = c.num_anchors, c.num_negatives
+        self.strong_threshold, self.probabilistic, self.prototype = c.strong_threshold, c.pr, c.prototype
+        self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = c.vn.enabled, c.vn.num, c.vn.beta, c.vn.scale
+        self.memory_bank_enqueue, self.memory_bank_negatives = c.memory_bank.enqueue, c.memory_bank.negatives
+        self.normalize = c.mls.normalize or not c.pr
+        self.mls_reduction, self.mls_include_const = c.mls.reduction, c.mls.include_const
         self.chunk_elements = chunk_elements
         # The GDP is kept whenever it is the positive or the source of VNs (Table 8 "+PR+VN" uses
         # local prototypes as positives and GDP-drawn VNs).
-        self.gdp = (GlobalDistributionPrototypes(num_classes, dim, forgetting=gdp_forgetting)
-                    if prototype == "gdp" or vn_enabled else None)
-        self.ema = (EMAPrototypes(num_classes, dim, momentum=ema_momentum, with_var=probabilistic)
-                    if prototype == "ema" else None)
-        self.bank = (ClassMemoryBank(num_classes, dim, memory_bank_size, with_var=probabilistic)
-                     if memory_bank_size > 0 else None)
+        self.gdp = (GlobalDistributionPrototypes(num_classes, dim, forgetting=c.gdp_forgetting)
+                    if c.prototype == "gdp" or c.vn.enabled else None)
+        self.ema = (EMAPrototypes(num_classes, dim, momentum=c.ema_momentum, with_var=c.pr)
+                    if c.prototype == "ema" else None)
+        self.bank = (ClassMemoryBank(num_classes, dim, c.memory_bank.size, with_var=c.pr)
+                     if c.memory_bank.enabled else None)
         self.record_sample = False
         self.last_sample: Optional[ContrastSample] = None
         self.last_local_mean: Optional[Tensor] = None
 
     @classmethod
-    def for_method(cls, method: str, num_classes: int, dim: int, *, temperature: float,
-                   **overrides: object) -> "PRCLContrastiveLoss":
-        """The loss of a Table-1 method ('baseline', 'baseline_plus', 'prcl'), with overrides."""
-        _require(method in METHOD_PRESETS, f"method must be one of {sorted(METHOD_PRESETS)}, got {method!r}")
-        return cls(num_classes, dim, temperature=temperature, **{**METHOD_PRESETS[method], **overrides})
+    def from_config(cls, cfg: Config, num_classes: int, **kwargs: object) -> "PRCLContrastiveLoss":
+        """The loss of a run: `cfg.method.contrastive` on representations of `cfg.model.rep_dim` dims."""
+        return cls(num_classes, cfg.model.rep_dim, cfg.method.contrastive, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, temperature={self.temperature}, "
@@ -274,11 +237,12 @@ class PRCLContrastiveLoss(nn.Module):
                 num_anchors=self.num_anchors, num_negatives=self.num_negatives, generator=generator)
             sample = sample.select(self._has_negatives(sample))
         k = sample.anchor_classes.numel()
-        vn_spread = drift.new_zeros(())
+        vn_spread, uniform = drift.new_zeros(()), drift.new_zeros(())
         if k == 0:  # a zero that is still part of the graph, so backward() works
             loss = mu.sum() * 0.0 + (var.sum() * 0.0 if var is not None else 0.0)
         else:
             keys, vn_spread = self._keys(sample, proto_mean, proto_var, pix_mu, pix_var, generator)
+            uniform = _uniform_loss(keys, k)
             anchor_var = None if pix_var is None else pix_var[sample.anchor_index]
             loss = info_nce(pix_mu[sample.anchor_index], anchor_var, keys, temperature=self.temperature,
                             reduction=self.mls_reduction, include_const=self.mls_include_const,
@@ -288,7 +252,7 @@ class PRCLContrastiveLoss(nn.Module):
                               self.memory_bank_enqueue, generator)
         if self.record_sample:
             self.last_sample = sample
-        return loss, self._stats(loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, pix_label)
+        return loss, self._stats(loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, uniform, pix_label)
 
     @torch.no_grad()
     def _keys(self, sample: ContrastSample, proto_mean: Tensor, proto_var: Optional[Tensor],
@@ -321,12 +285,13 @@ class PRCLContrastiveLoss(nn.Module):
         return (vn_keys.mu.view(*vn_classes.shape, -1) - gdp_mean[vn_classes]).norm(dim=2).mean().double()
 
     @torch.no_grad()
-    def _stats(self, loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, pix_label) -> Dict[str, float]:
+    def _stats(self, loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, uniform, pix_label) -> Dict[str, float]:
         zero = drift.new_zeros(())
         mean_var = pix_var.double().mean() if pix_var is not None and pix_var.numel() else zero
         proto = proto_var[proto_ok].double().mean() if proto_var is not None and proto_ok.any() else zero
-        values = torch.stack([loss.detach().double(), mean_var, proto, vn_spread.double(), drift.double()])
-        names = ("loss", "mean_var", "proto_var", "vn_spread", "gdp_drift")
+        values = torch.stack([loss.detach().double(), mean_var, proto, vn_spread.double(), drift.double(),
+                              uniform.double()])
+        names = ("loss", "mean_var", "proto_var", "vn_spread", "gdp_drift", "uniform_loss")
         stats = dict(zip(names, values.tolist()))
         stats.update(anchors=float(k * self.num_anchors), classes=float(k),
                      valid_pixels=float(pix_label.numel()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -12,25 +13,47 @@ from prcl.config import Config
 METHODS: dict[str, type["Method"]] = {}
 
 
-def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+def register(*names: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Register a `Method` class under one or more `method.name`s (the presets of `prcl.config`
+    say how the names that share a class differ)."""
     def add(cls: type["Method"]) -> type["Method"]:
-        METHODS[name] = cls
-        cls.name = name
+        for name in names:
+            METHODS[name] = cls
         return cls
 
     return add
+
+
+@dataclass
+class StepLosses:
+    """What a method computes in one iteration.
+
+    terms: loss terms, summed by the trainer; stats: scalars to log; paths: for gradient diagnostics,
+    `{term: {name: tensor}}` the intermediate tensors through which a term reaches the network (e.g.
+    the contrastive term through `mu` and `var`), so the trainer can split its gradient by path.
+    """
+
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def update(self, other: "StepLosses") -> None:
+        self.terms.update(other.terms)
+        self.stats.update(other.stats)
+        self.paths.update(other.paths)
 
 
 class Method(nn.Module):
     """Computes the loss terms of one iteration. State it keeps across iterations (prototypes, memory
     banks) lives in registered buffers, so it is checkpointed with `state_dict()`."""
 
-    name = "method"
-    uses_teacher = False  # needs an EMA teacher and unlabeled data
+    uses_teacher = False  # needs an EMA teacher (the trainer builds, updates and evaluates it)
+    uses_unlabeled = False  # needs the unlabeled stream
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.name = cfg.method.name
         self.num_classes = num_classes
 
     def losses(
@@ -40,9 +63,14 @@ class Method(nn.Module):
         labeled: dict[str, torch.Tensor],
         unlabeled: Optional[dict[str, torch.Tensor]],
         progress: float,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Loss terms (summed by the trainer) and scalar statistics to log; `progress` = t/T."""
+    ) -> StepLosses:
+        """The loss terms of one iteration; `progress` = t/T."""
         raise NotImplementedError
+
+    def prototypes(self) -> dict[str, torch.Tensor]:
+        """Class prototypes the method keeps, `{kind: [C, D]}` with NaN rows for classes it has none of
+        (prototype trajectories, Fig. 8); empty for methods without prototypes."""
+        return {}
 
 
 def build_method(cfg: Config, num_classes: int) -> Method:

@@ -1,18 +1,22 @@
-"""Contrastive mean-teacher methods of Table 1: `baseline`, `baseline_plus` and `prcl`.
+"""The pixel contrast λc(t)·Lc (Eq. 11-12) as a term any method with pseudo-labels can add.
 
-All three are ClassMix plus λc(t)·Lc (Eq. 11-12) on the representation head; they differ only in the
-switches of `method.contrastive` (see `prcl.config.METHOD_PRESETS`), so ablations are configs.
+`ContrastiveTerm` turns one student forward pass (on labeled + unlabeled images) into the loss of
+`prcl.losses.PRCLContrastiveLoss`: labels and pseudo-labels at feature resolution, the δw mask on
+unlabeled pixels, λc(t). Which contrast (Baseline, Baseline+, PRCL, the ablations) is the config's
+`method.contrastive` section; `method.contrastive.enabled` switches the term on (the presets of
+`prcl.config.METHOD_PRESETS` do it for baseline, baseline_plus and prcl).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from prcl import IGNORE_INDEX
+from prcl.config import Config
 from prcl.losses import PRCLContrastiveLoss
-from prcl.methods.base import register
-from prcl.methods.mean_teacher import ClassMix
+from prcl.methods.base import StepLosses
 from prcl.probabilistic import contrastive_weight
 
 
@@ -21,35 +25,19 @@ def to_feature_resolution(t: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return F.interpolate(t[:, None].float(), size=size, mode="nearest")[:, 0].to(t.dtype)
 
 
-class ContrastiveMethod(ClassMix):
-    wants_heads = True
+class ContrastiveTerm(nn.Module):
+    """λc(t)·Lc for a student output with `mu` (and `var` for probabilistic representations)."""
 
-    def __init__(self, cfg, num_classes: int) -> None:
-        super().__init__(cfg, num_classes)
-        c = cfg.method.contrastive
-        self.contrastive = PRCLContrastiveLoss(
-            num_classes,
-            cfg.model.rep_dim,
-            temperature=c.temperature,
-            num_anchors=c.num_anchors,
-            num_negatives=c.num_negatives,
-            strong_threshold=c.strong_threshold,
-            probabilistic=c.pr,
-            prototype=c.prototype,
-            ema_momentum=c.ema_momentum,
-            vn_enabled=c.vn.enabled,
-            vn_num=c.vn.num,
-            vn_beta=c.vn.beta,
-            vn_scale=c.vn.scale,
-            memory_bank_size=c.memory_bank.size if c.memory_bank.enabled else 0,
-            mls_normalize=c.mls.normalize,
-            mls_reduction=c.mls.reduction,
-            mls_include_const=c.mls.include_const,
-            gdp_forgetting=c.gdp_forgetting,
-        )
+    def __init__(self, cfg: Config, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg.method.contrastive
+        self.loss = PRCLContrastiveLoss.from_config(cfg, num_classes)
 
-    def extra_losses(self, out, labels, pseudo, confidence, progress):
-        c = self.cfg.method.contrastive
+    def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, pseudo: torch.Tensor,
+                confidence: torch.Tensor, progress: float) -> StepLosses:
+        """`out`: the student's forward on `[labeled; unlabeled]` images; labels `[B_l, H, W]`, pseudo-labels
+        and teacher confidences `[B_u, H, W]` at image resolution (aligned with the student's view)."""
+        c = self.cfg
         mu = out["mu"].float()
         size = mu.shape[-2:]
         target = torch.cat([labels, pseudo])  # [B_l + B_u, H, W]
@@ -58,23 +46,21 @@ class ContrastiveMethod(ClassMix):
         valid = (target != IGNORE_INDEX) & (conf >= c.weak_threshold)
         probs = F.interpolate(out["logits"].detach().float(), size=size, mode="bilinear", align_corners=False).softmax(1)
         var = out["var"].float() if "var" in out else None
-        loss, stats = self.contrastive(mu, var, target, valid, probs)
+        loss, stats = self.loss(mu, var, target, valid, probs)
         weight = contrastive_weight(progress, c.lambda0, c.lambda_alpha)
         stats = {f"contrastive/{k}": v for k, v in stats.items()}
         stats["contrastive/lambda"] = weight
-        return {"contrastive": weight * loss}, stats
+        paths = {"mu": out["mu"]} if var is None else {"mu": out["mu"], "var": out["var"]}
+        return StepLosses({"contrastive": weight * loss}, stats, {"contrastive": paths})
 
-
-@register("baseline")
-class Baseline(ContrastiveMethod):
-    """Deterministic μ, cosine similarity, prototypes from the current batch."""
-
-
-@register("baseline_plus")
-class BaselinePlus(ContrastiveMethod):
-    """Baseline with EMA-updated prototypes (Eq. 16)."""
-
-
-@register("prcl")
-class PRCL(ContrastiveMethod):
-    """Probabilistic representations + MLS, GDP (Eq. 9) and virtual negatives (Eq. 10)."""
+    def prototypes(self) -> dict[str, torch.Tensor]:
+        """The loss's local (last step), GDP and EMA prototypes, `[C, D]` float32 with NaN rows."""
+        loss = self.loss
+        if loss.last_local_mean is None:
+            return {}
+        out = {"local": loss.last_local_mean.float().cpu()}
+        for kind, state in (("gdp", loss.gdp), ("ema", loss.ema)):
+            if state is not None:
+                out[kind] = torch.where(state.initialized[:, None], state.mean,
+                                        torch.full_like(state.mean, float("nan"))).float().cpu()
+        return out

@@ -1,5 +1,8 @@
-"""Mean teacher (Sec. 3.1) and ClassMix: the teacher labels the weak view, the student learns the
-strong (optionally mixed) view with the confidence-weighted cross-entropy of Eq. 14."""
+"""The mean-teacher family (Sec. 3.1): `mean_teacher`, `classmix`, and with the pixel contrast
+`baseline`, `baseline_plus` and `prcl` (Table 1). The EMA teacher labels the weak view; the student
+learns the strong view, mixed with a partner image by `method.mix` (ClassMix, CutMix or none), with
+the confidence-weighted cross-entropy of Eq. 14, plus λc(t)·Lc when `method.contrastive.enabled`.
+The names differ only in their presets (`prcl.config.METHOD_PRESETS`)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
 from prcl.data.mixing import classmix_masks, cutmix_masks, mix_with_partner
-from prcl.methods.base import Method, register
+from prcl.methods.base import Method, StepLosses, register
+from prcl.methods.contrastive import ContrastiveTerm
 
 
 def weighted_pseudo_label_loss(
@@ -36,50 +40,43 @@ def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor, padding
     return pseudo, confidence
 
 
-@register("mean_teacher")
+def mix_strong_view(mix: str, image: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
+                    shift: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The student's input and targets: `image` pasted onto its partner `shift` places back in the
+    batch through a ClassMix or CutMix mask (`mix="none"`: unchanged)."""
+    if mix == "none":
+        return image, pseudo, confidence
+    masks = classmix_masks(pseudo) if mix == "classmix" else cutmix_masks(*pseudo.shape, device=pseudo.device)
+    image, pseudo, confidence = mix_with_partner(masks, image, pseudo, confidence, shift=shift)
+    return image, pseudo, confidence
+
+
+@register("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 class MeanTeacher(Method):
     uses_teacher = True
-    mix = "none"
-    wants_heads = False
-
-    def strong_view(self, unlabeled: dict, pseudo: torch.Tensor, confidence: torch.Tensor):
-        """The student's input and targets: strong image, mixed with a partner when `mix` is set."""
-        image = unlabeled["image_strong"]
-        if self.mix == "none":
-            return image, pseudo, confidence
-        if self.mix == "classmix":
-            masks = classmix_masks(pseudo)
-        else:
-            masks = cutmix_masks(*pseudo.shape, device=pseudo.device)
-        return tuple(mix_with_partner(masks, image, pseudo, confidence))
-
-    def losses(self, student, teacher, labeled, unlabeled, progress):
-        pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
-        image_u, pseudo, confidence = self.strong_view(unlabeled, pseudo, confidence)
-        n_l = labeled["image"].shape[0]
-        out = student(torch.cat([labeled["image"], image_u]), heads=self.wants_heads)
-        logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
-        terms = {
-            "sup": F.cross_entropy(logits_l, labeled["mask"], ignore_index=IGNORE_INDEX),
-            "unsup": self.cfg.method.unsup_weight
-            * weighted_pseudo_label_loss(logits_u, pseudo, confidence, self.cfg.method.unsup_threshold),
-        }
-        stats = {"pseudo_confident": float((confidence >= self.cfg.method.unsup_threshold).float().mean())}
-        extra_terms, extra_stats = self.extra_losses(out, labeled["mask"], pseudo, confidence, progress)
-        terms.update(extra_terms)
-        stats.update(extra_stats)
-        return terms, stats
-
-    def extra_losses(self, out: dict, labels: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                     progress: float) -> tuple[dict, dict]:
-        """Hook for methods that add terms on the same forward pass (contrastive learning)."""
-        return {}, {}
-
-
-@register("classmix")
-class ClassMix(MeanTeacher):
-    """Mean teacher with ClassMix (or CutMix, `method.mix=cutmix`) on the strong view."""
+    uses_unlabeled = True
 
     def __init__(self, cfg, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
-        self.mix: Optional[str] = cfg.method.mix
+        self.mix: str = cfg.method.mix
+        self.contrast: Optional[ContrastiveTerm] = (ContrastiveTerm(cfg, num_classes)
+                                                    if cfg.method.contrastive.enabled else None)
+
+    def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
+        m = self.cfg.method
+        pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        image_u, pseudo, confidence = mix_strong_view(self.mix, unlabeled["image_strong"], pseudo, confidence)
+        n_l = labeled["image"].shape[0]
+        out = student(torch.cat([labeled["image"], image_u]), heads=self.contrast is not None)
+        logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
+        step = StepLosses(
+            {"sup": F.cross_entropy(logits_l, labeled["mask"], ignore_index=IGNORE_INDEX),
+             "unsup": m.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence, m.unsup_threshold)},
+            {"pseudo_confident": float((confidence >= m.unsup_threshold).float().mean())},
+        )
+        if self.contrast is not None:
+            step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress))
+        return step
+
+    def prototypes(self) -> dict[str, torch.Tensor]:
+        return self.contrast.prototypes() if self.contrast is not None else {}

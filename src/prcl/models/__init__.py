@@ -5,14 +5,11 @@ from __future__ import annotations
 from prcl.config import Config
 from prcl.models.deeplab import DeepLabV3Plus, ProbabilityHead
 
-CONTRASTIVE_METHODS = ("baseline", "baseline_plus", "prcl")
-
-
 def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
-    """The student network for `cfg`: representation head for contrastive methods, probability head
-    when the representations are probabilistic."""
+    """The student network for `cfg`: a representation head when the method adds the pixel contrast
+    (`method.contrastive.enabled`), a probability head when its representations are probabilistic."""
     m = cfg.model
-    contrastive = cfg.method.name in CONTRASTIVE_METHODS
+    contrastive = cfg.method.contrastive.enabled
     return DeepLabV3Plus(
         num_classes,
         m.backbone,
@@ -29,4 +26,4 @@ def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
     )
 
 
-__all__ = ["DeepLabV3Plus", "ProbabilityHead", "build_model", "CONTRASTIVE_METHODS"]
+__all__ = ["DeepLabV3Plus", "ProbabilityHead", "build_model"]

@@ -127,6 +127,10 @@ class DeepLabV3Plus(nn.Module):
             out["var"] = self.prob_head(fused)
         return out
 
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """What every head shares: backbone, ASPP and the low-level projection (gradient diagnostics)."""
+        return [p for m in (self.backbone, self.aspp, self.reduce) for p in m.parameters()]
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by optimiser group: the probability head has its own (small) lr."""
         prob = list(self.prob_head.parameters()) if self.prob_head is not None else []
