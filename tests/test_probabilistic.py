@@ -145,10 +145,16 @@ def test_gdp_update_from_pixel_sums_matches_prototype_update_and_round_trips():
                                    getattr(by_protos, name)[[0, 2]].numpy(), rtol=1e-12)
     restored = GlobalDistributionPrototypes(3, D)
     restored.load_state_dict(by_sums.state_dict())
-    assert set(by_sums.state_dict()) == {"precision", "precision_mean", "initialized"}
+    assert set(by_sums.state_dict()) == {"precision", "precision_mean", "count", "initialized"}
+    # predictive variance = harmonic mean of the pixels' σ² (a float64 loop as the reference)
+    for c in (0, 2):
+        pix = var[labels == c].double()
+        np.testing.assert_allclose(by_sums.predictive_var[c].numpy(),
+                                   (len(pix) / (1.0 / pix).sum(0)).numpy(), rtol=1e-12)
+    assert by_sums.count.tolist() == [4.0, 0.0, 3.0]
     assert torch.equal(restored.mean, by_sums.mean) and torch.equal(restored.initialized, by_sums.initialized)
     assert by_sums.precision.dtype == torch.float64
-    assert GlobalDistributionPrototypes(21, 256).nbytes == 21 * 256 * 8 * 2 + 21
+    assert GlobalDistributionPrototypes(21, 256).nbytes == 21 * 256 * 8 * 2 + 21 * 8 + 21
 
 
 def test_gdp_forgetting_scales_old_natural_parameters():

@@ -58,6 +58,8 @@ class VirtualNegativesConfig:
     num: int = 4  # VNs per class (Fig. 10a)
     beta: float = 1.0  # virtual radius β (Fig. 10b)
     scale: str = "variance"  # variance (Eq. 10) | std (not in the paper)
+    var: str = "zero"  # the VN's variance in the MLS: zero (the paper: a point) | prototype (its class's
+    # prototype variance, as `prototype_var` defines it; not in the paper)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ContrastiveConfig:
     `pr`, `prototype` and `vn.enabled`; keys given explicitly override them (the ablations)."""
 
     enabled: bool = True  # add the contrastive term (methods with pseudo-labels only)
+    form: str = "release"  # a row of CONTRASTIVE_FORMS: sets temperature, mls.*, prototype_var, vn.var, var_grad
     temperature: float = 0.5  # τ in Eq. 15
     num_anchors: int = 64  # anchors per class (paper: 256; the CPU demo uses fewer)
     num_negatives: int = 256  # real negatives per anchor (paper: 512)
@@ -92,6 +95,10 @@ class ContrastiveConfig:
     prototype: str = "gdp"  # gdp (Eq. 9) | local (Eq. 4, release) | ema (Eq. 16, Baseline+)
     ema_momentum: float = 0.99  # α of Eq. 16
     gdp_forgetting: float = 1.0  # 1 = paper; <1 decays old GDP precision (not in the paper)
+    var_grad: str = "trunk"  # where Lc's σ² gradient goes: trunk (the paper: through the σ² head into the
+    # shared trunk) | head (the σ² head reads the fused feature through a stop-gradient; not in the paper)
+    prototype_var: str = "posterior"  # the prototype's variance in the MLS: posterior (Eq. 4/9: of the
+    # class mean, shrinks like 1/pixels) | predictive (of one pixel of the class: pixels/precision; not in the paper)
     vn: VirtualNegativesConfig = field(default_factory=VirtualNegativesConfig)
     memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     mls: MLSConfig = field(default_factory=MLSConfig)
@@ -177,6 +184,16 @@ METHOD_PRESETS: dict[str, dict] = {
     "prcl": {"mix": "classmix", "contrastive": {"enabled": True, "pr": True, "prototype": "gdp",
                                                 "vn": {"enabled": True}}},
 }
+# How the probabilistic contrast is scaled and what each key's variance is (issue #13). A form sets the
+# defaults of these keys; keys given explicitly override them. `paper`: Eq. 3, 4, 15 literally (raw μ,
+# sum over dims, posterior prototype variance, VNs as points); `release`: the authors' code (unit μ,
+# mean over dims) with the journal's τ = 0.5 (the release itself uses τ = 100: `temperature=100`).
+CONTRASTIVE_FORMS: dict[str, dict] = {
+    "paper": {"temperature": 0.5, "mls": {"normalize": False, "reduction": "sum", "include_const": True},
+              "prototype_var": "posterior", "vn": {"var": "zero"}, "var_grad": "trunk"},
+    "release": {"temperature": 0.5, "mls": {"normalize": True, "reduction": "mean", "include_const": False},
+                "prototype_var": "posterior", "vn": {"var": "zero"}, "var_grad": "trunk"},
+}
 WITHOUT_PSEUDO_LABELS = ("supervised",)
 """Methods that see labeled images only: no mixing, no contrastive term."""
 
@@ -188,7 +205,11 @@ CHOICES = {
     "method.name": tuple(METHOD_PRESETS),
     "method.mix": ("classmix", "cutmix", "none"),
     "method.contrastive.prototype": ("gdp", "local", "ema"),
+    "method.contrastive.form": tuple(CONTRASTIVE_FORMS),
     "method.contrastive.vn.scale": ("variance", "std"),
+    "method.contrastive.vn.var": ("zero", "prototype"),
+    "method.contrastive.prototype_var": ("posterior", "predictive"),
+    "method.contrastive.var_grad": ("trunk", "head"),
     "method.contrastive.mls.reduction": ("mean", "sum"),
     "eval.mode": ("whole", "center_crop", "sliding"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -356,18 +377,32 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     for text in overrides:
         key, value = parse_override(text)
         layers.append(_nest(key, value))
-    name = Config().method.name
-    for layer in layers:
-        method = layer.get("method")
-        if isinstance(method, dict) and "name" in method:
-            name = method["name"]
     cfg = Config()
-    if name in METHOD_PRESETS:
-        _merge(cfg, {"method": METHOD_PRESETS[name]})
+    for preset in _presets(layers):
+        _merge(cfg, preset)
     for layer in layers:
         _merge(cfg, layer)
     validate(cfg)
     return cfg
+
+
+def _presets(layers: Sequence[dict]) -> list[dict]:
+    """The preset layers that the method name and the contrastive form found in `layers` (the last
+    one given wins; else the defaults) put under them."""
+    defaults = Config().method
+    name, form = defaults.name, defaults.contrastive.form
+    for layer in layers:
+        method = layer.get("method") if isinstance(layer, dict) else None
+        if isinstance(method, dict):
+            name = method.get("name", name)
+            if isinstance(method.get("contrastive"), dict):
+                form = method["contrastive"].get("form", form)
+    out = []
+    if name in METHOD_PRESETS:
+        out.append({"method": METHOD_PRESETS[name]})
+    if form in CONTRASTIVE_FORMS:
+        out.append({"method": {"contrastive": CONTRASTIVE_FORMS[form]}})
+    return out
 
 
 def _yaml_chain(path: Path, ancestry: tuple = (), done: Optional[set] = None) -> list[dict]:
@@ -409,7 +444,8 @@ def contrastive_preset(method: str = "prcl", **overrides: Any) -> ContrastiveCon
     if method not in METHOD_PRESETS:
         raise ConfigError(f"unknown method '{method}'; choose one of {list(METHOD_PRESETS)}")
     c = ContrastiveConfig()
-    _merge(c, METHOD_PRESETS[method].get("contrastive", {}), "method.contrastive.")
+    for preset in _presets([{"method": {"name": method, "contrastive": overrides}}]):
+        _merge(c, preset["method"].get("contrastive", {}), "method.contrastive.")
     _merge(c, overrides, "method.contrastive.")
     check_section(c, "method.contrastive.")
     return c
@@ -428,9 +464,8 @@ def to_dict(cfg: Config) -> dict:
 
 def from_dict(values: dict) -> Config:
     cfg = Config()
-    name = (values.get("method") or {}).get("name") if isinstance(values, dict) else None
-    if name in METHOD_PRESETS:  # a config saved before a key existed gets its method's default
-        _merge(cfg, {"method": METHOD_PRESETS[name]})
+    for preset in _presets([values]):  # a config saved before a key existed gets its preset's default
+        _merge(cfg, preset)
     _merge(cfg, values)
     validate(cfg)
     return cfg

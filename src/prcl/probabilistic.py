@@ -137,6 +137,7 @@ class GlobalDistributionPrototypes(nn.Module):
 
     precision: Tensor
     precision_mean: Tensor
+    count: Tensor
     initialized: Tensor
 
     def __init__(self, num_classes: int, dim: int, *, forgetting: float = 1.0) -> None:
@@ -146,17 +147,21 @@ class GlobalDistributionPrototypes(nn.Module):
         self.num_classes, self.dim, self.forgetting = num_classes, dim, float(forgetting)
         self.register_buffer("precision", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("precision_mean", torch.zeros(num_classes, dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
 
     @torch.no_grad()
-    def update_natural(self, class_ids: Tensor, precision: Tensor, precision_mean: Tensor) -> None:
+    def update_natural(self, class_ids: Tensor, precision: Tensor, precision_mean: Tensor,
+                       count: Optional[Tensor] = None) -> None:
         """Eq. 9 in natural parameters for the classes `class_ids` [K] (unique):
-        precision += local sum 1/var, precision_mean += local sum mu/var (after forgetting)."""
+        precision += local sum 1/var, precision_mean += local sum mu/var (after forgetting), and the
+        number of representations seen += `count` [K] (for `predictive_var`; 0 when not given)."""
         _check_update("update_natural", self.num_classes, self.dim, class_ids, precision, precision_mean)
         ids = class_ids.to(self.precision.device)
         f = self.forgetting
         self.precision[ids] = f * self.precision[ids] + precision.to(self.precision)
         self.precision_mean[ids] = f * self.precision_mean[ids] + precision_mean.to(self.precision)
+        self.count[ids] = f * self.count[ids] + (0.0 if count is None else count.to(self.count))
         self.initialized[ids] = True
 
     def update(self, class_ids: Tensor, mu_local: Tensor, var_local: Tensor) -> None:
@@ -168,7 +173,7 @@ class GlobalDistributionPrototypes(nn.Module):
     def update_from_sums(self, counts: Tensor, precision: Tensor, precision_mean: Tensor) -> Tensor:
         """Update every class with counts > 0 from `class_natural_sums` output; returns their ids."""
         ids = torch.nonzero(counts > 0).flatten()
-        self.update_natural(ids, precision[ids], precision_mean[ids])
+        self.update_natural(ids, precision[ids], precision_mean[ids], counts[ids])
         return ids
 
     @property
@@ -182,6 +187,13 @@ class GlobalDistributionPrototypes(nn.Module):
     def var(self) -> Tensor:
         """[C, D] float64 GDP variances 1/precision (inf for classes not initialised)."""
         return self.precision.reciprocal()
+
+    @property
+    def predictive_var(self) -> Tensor:
+        """[C, D] float64 variance of *one* representation of the class: count / precision, the
+        harmonic mean of the σ² seen (not in the paper; `var` is the variance of the class mean,
+        which shrinks like 1/count). inf for classes not initialised or updated without counts."""
+        return self.count[:, None] / self.precision
 
     @property
     def nbytes(self) -> int:

@@ -87,6 +87,7 @@ class PRCLContrastiveLoss(nn.Module):
         self.strong_threshold, self.probabilistic, self.prototype = c.strong_threshold, c.pr, c.prototype
         self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = c.vn.enabled, c.vn.num, c.vn.beta, c.vn.scale
         self.memory_bank_enqueue, self.memory_bank_negatives = c.memory_bank.enqueue, c.memory_bank.negatives
+        self.prototype_var, self.vn_var = c.prototype_var, c.vn.var
         self.normalize = c.mls.normalize or not c.pr
         self.mls_reduction, self.mls_include_const = c.mls.reduction, c.mls.include_const
         self.chunk_elements = chunk_elements
@@ -140,6 +141,8 @@ class PRCLContrastiveLoss(nn.Module):
         drift = precision.new_zeros(())
         present = counts > 0
         local_mean = precision_mean / precision.clamp(min=1e-300)
+        # the variance a prototype carries in the MLS: of the class mean (Eq. 4), or of one pixel
+        local_var = (counts[:, None] if self.prototype_var == "predictive" else 1.0) / precision
         if self.gdp is not None:
             before, was = self.gdp.mean, self.gdp.initialized.clone()
             self.gdp.update_from_sums(counts, precision, precision_mean)
@@ -149,18 +152,22 @@ class PRCLContrastiveLoss(nn.Module):
         # [C, D] local prototypes of this step, NaN for absent classes (prototype trajectories, Fig. 8)
         self.last_local_mean = torch.where(present[:, None], local_mean, torch.full_like(local_mean, float("nan")))
         if self.prototype == "gdp":
-            mean, var, ok = self.gdp.mean, self.gdp.var, self.gdp.initialized
+            mean, var, ok = self.gdp.mean, self._gdp_var(), self.gdp.initialized
         elif self.ema is not None:
             ids = torch.nonzero(present).flatten()
-            self.ema.update(ids, local_mean[ids], precision[ids].reciprocal() if self.probabilistic else None)
+            self.ema.update(ids, local_mean[ids], local_var[ids] if self.probabilistic else None)
             mean, var, ok = self.ema.mean, self.ema.var, self.ema.initialized
         else:
-            mean, var, ok = local_mean, precision.reciprocal(), present
+            mean, var, ok = local_mean, local_var, present
         mean = torch.where(ok[:, None], mean, torch.zeros_like(mean))
         if self.normalize:
             mean = F.normalize(mean, dim=1)
         var = torch.where(ok[:, None], var, torch.ones_like(var)).to(dtype) if self.probabilistic else None
         return mean.to(dtype), var, ok, drift
+
+    def _gdp_var(self) -> Tensor:
+        """[C, D] the GDP's variance in the MLS (`prototype_var`)."""
+        return self.gdp.predictive_var if self.prototype_var == "predictive" else self.gdp.var
 
     def _class_logits(self, mean: Tensor, var: Optional[Tensor]) -> Tensor:
         """[C, C] similarity of the prototypes / tau: the negative-class distribution of Sec. 3.5."""
@@ -176,7 +183,8 @@ class PRCLContrastiveLoss(nn.Module):
     def _virtual_negatives(self, anchor_classes: Tensor, dtype: torch.dtype,
                            generator: Optional[torch.Generator]):
         """Eq. 10 VNs of every class with a GDP, drawn per anchor class: (raw [K, G*v, D] float64,
-        classes [K, G*v], KeySet with var 0 and the anchor's own class masked out)."""
+        classes [K, G*v], KeySet with the anchor's own class masked out and var 0 (`vn.var=zero`)
+        or the GDP variance of the VN's class (`vn.var=prototype`))."""
         assert self.gdp is not None
         have = torch.nonzero(self.gdp.initialized).flatten()  # [G]
         k, g, v = anchor_classes.numel(), have.numel(), self.vn_num
@@ -188,6 +196,9 @@ class PRCLContrastiveLoss(nn.Module):
         table = table.reshape(-1, self.dim).to(dtype)
         index = torch.arange(k * g * v, device=raw.device).view(k, 1, g * v)
         valid = classes != anchor_classes[:, None]
+        if self.vn_var == "prototype":
+            var = self._gdp_var()[classes.reshape(-1)].to(dtype)  # [K*G*v, D]
+            return raw, classes, KeySet(table, var, index, valid)
         return raw, classes, KeySet(table, None, index, valid, points=True)
 
     def _has_negatives(self, sample: ContrastSample) -> Tensor:

@@ -23,6 +23,7 @@ def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
         rep_dim=m.rep_dim if contrastive else None,
         prob_dim=m.rep_dim if contrastive and cfg.method.contrastive.pr else None,
         prob_activation=m.prob_activation,
+        prob_head_input="detached" if cfg.method.contrastive.var_grad == "head" else "shared",
     )
 
 

@@ -85,6 +85,7 @@ class DeepLabV3Plus(nn.Module):
         rep_dim: Optional[int] = None,
         prob_dim: Optional[int] = None,
         prob_activation: str = "sigmoid",
+        prob_head_input: str = "shared",
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16):
@@ -109,6 +110,9 @@ class DeepLabV3Plus(nn.Module):
         self.seg_head = make_head(self.fused_channels, head_channels, num_classes)
         self.rep_head = make_head(self.fused_channels, head_channels, rep_dim) if rep_dim else None
         self.prob_head = ProbabilityHead(self.fused_channels, prob_dim, prob_activation) if prob_dim else None
+        if prob_head_input not in ("shared", "detached"):
+            raise ValueError(f"prob_head_input must be shared or detached, got {prob_head_input!r}")
+        self.detach_prob_input = prob_head_input == "detached"
 
     def fused_feature(self, x: torch.Tensor) -> torch.Tensor:
         if self.renormalize:
@@ -124,7 +128,7 @@ class DeepLabV3Plus(nn.Module):
         if heads and self.rep_head is not None:
             out["mu"] = self.rep_head(fused)
         if heads and self.prob_head is not None:
-            out["var"] = self.prob_head(fused)
+            out["var"] = self.prob_head(fused.detach() if self.detach_prob_input else fused)
         return out
 
     def trunk_parameters(self) -> list[nn.Parameter]:
