@@ -33,7 +33,7 @@ def test_overrides_are_parsed_as_yaml_values():
     ("train.iterations=2.5", "'train.iterations' must be int"),
     ("optim.lr=-0.1", "'optim.lr' must be > 0"),
     ("method.unsup_threshold=1.5", "'method.unsup_threshold' must be in [0, 1]"),
-    ("method.name=fixmatch", "'method.name' must be one of"),
+    ("method.name=dinomatch", "'method.name' must be one of"),
     ("model.output_stride=32", "'model.output_stride' must be one of"),
     ("data.scale_range=[2.0, 1.0]", "0 < min <= max"),
     ("data.scale_range=[1.0]", "needs a list of 2 values"),

@@ -105,7 +105,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_global_batch(syn
     assert changed > 10, "the steps should have moved the weights"
 
 
-@pytest.mark.parametrize("method", ["prcl"])
+@pytest.mark.parametrize("method", ["prcl", "unimatch_prcl"])
 def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, method):
     overrides = [f"method.name={method}", "train.iterations=4", "train.eval_every=4", "data.batch_size=4",
                  "data.max_val_images=7", "name=ddp"]  # 7 val images: not divisible by 2

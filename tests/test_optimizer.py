@@ -53,3 +53,24 @@ def test_poly_schedule_scales_both_groups_each_iteration():
         optim.step()
         scheduler.step()
     assert [g["lr"] for g in optim.param_groups] == [0.0, 0.0]  # stays at 0 past the end
+
+
+def test_head_lr_scale_gives_decoder_and_heads_their_own_group():
+    """UniMatch's recipe: the backbone at lr, everything after it at 10× lr; the σ² head keeps its group."""
+    cfg = load_config(None, [*TINY_MODEL, "method.name=unimatch_prcl", "optim.name=sgd", "optim.lr=0.001",
+                             "optim.head_lr_scale=10", "optim.prob_head_lr=0.0003"])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=5)
+    optim = build_optimizer(model, cfg.optim)
+    backbone, head, prob = optim.param_groups
+    assert [g["lr"] for g in optim.param_groups] == pytest.approx([0.001, 0.01, 0.0003])
+    ids = [id(p) for g in optim.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    for part in (model.aspp, model.reduce, model.seg_head, model.rep_head):
+        assert {id(p) for p in part.parameters()} <= {id(p) for p in head["params"]}
+    scheduler = poly_scheduler(optim, 10, cfg.optim.poly_power)
+    for _ in range(5):
+        optim.step()
+        scheduler.step()
+    assert [g["lr"] for g in optim.param_groups] == pytest.approx([x * 0.5 ** 0.9 for x in (0.001, 0.01, 0.0003)])

@@ -6,6 +6,7 @@ suggests the closest valid key; values are type-checked and range-checked before
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -108,9 +109,10 @@ class ContrastiveConfig:
 class MethodConfig:
     name: str = "prcl"  # one of METHOD_PRESETS (below); the name sets the defaults of `mix` and `contrastive`
     ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay) (methods with a teacher)
-    unsup_threshold: float = 0.97  # δu of Eq. 14
+    unsup_threshold: float = 0.97  # δu of Eq. 14; fixmatch/unimatch: τ, the pixel confidence their loss needs (preset 0.95)
     unsup_weight: float = 1.0
-    mix: str = "classmix"  # classmix | cutmix | none: how the student's unlabeled view is mixed (preset per method)
+    mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
+    # (preset per method; cutmix = a box of half the image, always; cutmix_unimatch = UniMatch's random box, p = 0.5)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
@@ -121,6 +123,8 @@ class OptimConfig:
     name: str = "adamw"  # sgd (paper) | adamw
     lr: float = 2e-3  # backbone and heads
     prob_head_lr: float = 5e-5  # probability head ("soft freeze")
+    head_lr_scale: float = 1.0  # decoder and heads (ASPP, projections, segmentation/representation heads) at
+    # lr × this, the backbone at lr (UniMatch's VOC recipe: 10); 1 = one group
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only
     weight_decay: float = 1e-4
@@ -184,6 +188,12 @@ METHOD_PRESETS: dict[str, dict] = {
     "prcl": {"mix": "classmix", "contrastive": {"enabled": True, "pr": True, "prototype": "gdp",
                                                 "vn": {"enabled": True}}},
 }
+_UNIMATCH_RECIPE = {"mix": "cutmix_unimatch", "unsup_threshold": 0.95}  # UniMatch's VOC recipe (CVPR 2023)
+METHOD_PRESETS.update({  # FixMatch and UniMatch; unimatch_prcl = unimatch + prcl's contrastive switches
+    "fixmatch": {**_UNIMATCH_RECIPE, "contrastive": {"enabled": False}},
+    "unimatch": {**_UNIMATCH_RECIPE, "contrastive": {"enabled": False}},
+    "unimatch_prcl": {**_UNIMATCH_RECIPE, "contrastive": copy.deepcopy(METHOD_PRESETS["prcl"]["contrastive"])},
+})
 # How the probabilistic contrast is scaled and what each key's variance is (issue #13). A form sets the
 # defaults of these keys; keys given explicitly override them. `paper`: Eq. 3, 4, 15 literally (raw μ,
 # sum over dims, posterior prototype variance, VNs as points); `release`: the authors' code (unit μ,
@@ -203,7 +213,7 @@ CHOICES = {
     "model.output_stride": (8, 16),
     "optim.name": ("sgd", "adamw"),
     "method.name": tuple(METHOD_PRESETS),
-    "method.mix": ("classmix", "cutmix", "none"),
+    "method.mix": ("classmix", "cutmix", "cutmix_unimatch", "none"),
     "method.contrastive.prototype": ("gdp", "local", "ema"),
     "method.contrastive.form": tuple(CONTRASTIVE_FORMS),
     "method.contrastive.vn.scale": ("variance", "std"),
@@ -217,7 +227,7 @@ CHOICES = {
 }
 POSITIVE = (
     "data.crop_size", "data.batch_size", "data.unlabeled_batch_size", "model.aspp_channels",
-    "model.rep_dim", "model.head_channels", "method.contrastive.temperature",
+    "model.rep_dim", "model.head_channels", "method.contrastive.temperature", "optim.head_lr_scale",
     "method.contrastive.num_anchors", "method.contrastive.num_negatives", "optim.lr",
     "train.iterations", "train.eval_every", "train.checkpoint_every", "train.log_every",
     "eval.crop_size", "eval.stride", "eval.batch_size", "method.contrastive.memory_bank.size",

@@ -139,8 +139,10 @@ def per_process_batch(global_batch: int, world: int, what: str) -> int:
     return global_batch // world
 
 
-def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int = 0, rank: int = 0, world: int = 1) -> TrainData:
-    """Loaders positioned at `start_iteration` (for resume) and the val dataset."""
+def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int = 0, rank: int = 0, world: int = 1,
+                     strong_views: int = 1) -> TrainData:
+    """Loaders positioned at `start_iteration` (for resume) and the val dataset; unlabeled samples carry
+    `strong_views` independently augmented strong views (`Method.strong_views`)."""
     info, val = build_val_dataset(cfg)
     root = Path(cfg.data.root)
     d = cfg.data
@@ -157,7 +159,8 @@ def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int 
         bu = per_process_batch(d.unlabeled_batch_size or d.batch_size, world, "data.unlabeled_batch_size")
         unlabeled = SegmentationDataset(
             load_split(d.dataset, root, d.unlabeled_split, labeled=False),
-            TrainTransform(d.crop_size, d.scale_range, strong=True, color_jitter=d.color_jitter, blur=d.blur),
+            TrainTransform(d.crop_size, d.scale_range, strong=True, color_jitter=d.color_jitter, blur=d.blur,
+                           strong_views=strong_views),
         )
         unl_loader = _loader(unlabeled, bu, cfg, cfg.seed + 1, rank, world, start_iteration * bu)
     return TrainData(info, lab_loader, unl_loader, val)

@@ -69,9 +69,15 @@ class RandomGaussianBlur:
         return image
 
 
+def strong_view_keys(views: int) -> list[str]:
+    """The batch keys of `views` strong views: `image_strong`, `image_strong2`, ..."""
+    return ["image_strong"] + [f"image_strong{k}" for k in range(2, views + 1)]
+
+
 class TrainTransform:
     """Training views of one image. Returns `image` (weak) and, for labeled data, `mask` (long, 255 =
-    ignore incl. padding); for unlabeled data `image_strong` and `padding` (bool, True = crop fill)."""
+    ignore incl. padding); for unlabeled data `padding` (bool, True = crop fill) and `strong_views`
+    strong views (`strong_view_keys`), each with its own draw of the photometric augmentations."""
 
     def __init__(
         self,
@@ -81,6 +87,7 @@ class TrainTransform:
         strong: bool = False,
         color_jitter: float = 0.8,
         blur: float = 0.5,
+        strong_views: int = 1,
     ) -> None:
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX, "others": 0}
         self.geometric = v2.Compose([
@@ -89,6 +96,7 @@ class TrainTransform:
             v2.RandomHorizontalFlip(),
         ])
         self.strong = strong
+        self.strong_views = strong_views
         self.photometric = v2.Compose([
             v2.RandomApply([v2.ColorJitter(0.5, 0.5, 0.5, 0.25)], p=color_jitter),
             v2.RandomGrayscale(p=0.2),
@@ -110,7 +118,8 @@ class TrainTransform:
         else:
             out["padding"] = mask_t == IGNORE_INDEX
         if self.strong:
-            out["image_strong"] = to_normalized_tensor(self.photometric(weak))
+            for key in strong_view_keys(self.strong_views):
+                out[key] = to_normalized_tensor(self.photometric(weak))
         return out
 
 

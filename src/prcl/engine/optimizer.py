@@ -8,10 +8,15 @@ from prcl.config import OptimConfig
 
 
 def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
-    """Parameter groups from `model.param_groups()`: "main" at `o.lr`, the probability head (if any) at
-    `o.prob_head_lr` (the paper's "soft freeze" of the σ² head, Sec. 4.1)."""
+    """Parameter groups from `model.param_groups()`: the backbone at `o.lr`, the decoder and heads at
+    `o.lr · o.head_lr_scale` (one group with the backbone when the scale is 1), the probability head (if
+    any) at `o.prob_head_lr` (the paper's "soft freeze" of the σ² head, Sec. 4.1)."""
     groups = model.param_groups()
-    param_groups = [{"params": groups["main"], "lr": o.lr}]
+    if o.head_lr_scale == 1:
+        param_groups = [{"params": groups["backbone"] + groups["head"], "lr": o.lr}]
+    else:
+        param_groups = [{"params": groups["backbone"], "lr": o.lr},
+                        {"params": groups["head"], "lr": o.lr * o.head_lr_scale}]
     if groups["prob_head"]:
         param_groups.append({"params": groups["prob_head"], "lr": o.prob_head_lr})
     if o.name == "sgd":

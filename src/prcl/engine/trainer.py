@@ -83,9 +83,10 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss/gradient (train.skip_nonfinite)
         self.best_miou = state["best_miou"] if state else float("nan")
 
+        method_cls = METHODS[cfg.method.name]
         data = build_train_data(
-            cfg, with_unlabeled=METHODS[cfg.method.name].uses_unlabeled, start_iteration=self.start_iteration,
-            rank=dist.rank(), world=dist.world_size(),
+            cfg, with_unlabeled=method_cls.uses_unlabeled, start_iteration=self.start_iteration,
+            rank=dist.rank(), world=dist.world_size(), strong_views=method_cls.strong_views,
         )
         self.info, self.val_dataset = data.info, data.val
 

@@ -49,6 +49,7 @@ class Method(nn.Module):
 
     uses_teacher = False  # needs an EMA teacher (the trainer builds, updates and evaluates it)
     uses_unlabeled = False  # needs the unlabeled stream
+    strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
-from prcl.data.mixing import classmix_masks, cutmix_masks, mix_with_partner
+from prcl.data.mixing import mix_masks, mix_with_partner
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
 
@@ -43,11 +43,10 @@ def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor, padding
 def mix_strong_view(mix: str, image: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
                     shift: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The student's input and targets: `image` pasted onto its partner `shift` places back in the
-    batch through a ClassMix or CutMix mask (`mix="none"`: unchanged)."""
+    batch through a ClassMix or CutMix mask (`mix_masks`; `mix="none"`: unchanged)."""
     if mix == "none":
         return image, pseudo, confidence
-    masks = classmix_masks(pseudo) if mix == "classmix" else cutmix_masks(*pseudo.shape, device=pseudo.device)
-    image, pseudo, confidence = mix_with_partner(masks, image, pseudo, confidence, shift=shift)
+    image, pseudo, confidence = mix_with_partner(mix_masks(mix, pseudo), image, pseudo, confidence, shift=shift)
     return image, pseudo, confidence
 
 

@@ -5,6 +5,9 @@
     fused ─► segmentation head   Conv3×3-BN-ReLU-Conv1×1 → C logits
     fused ─► representation head Conv3×3-BN-ReLU-Conv1×1 → μ  (D)
     fused ─► probability head    1×1 Linear-BN-ReLU-Linear-BN + sigmoid/softplus → σ² (D)
+
+`forward(x, feature_dropout=p)` adds UniMatch's feature-perturbation stream: the backbone runs once and
+the decoder runs on [clean; Dropout2d(p)] features, returning `logits_fp` beside the clean outputs.
 """
 
 from __future__ import annotations
@@ -114,17 +117,27 @@ class DeepLabV3Plus(nn.Module):
             raise ValueError(f"prob_head_input must be shared or detached, got {prob_head_input!r}")
         self.detach_prob_input = prob_head_input == "detached"
 
-    def fused_feature(self, x: torch.Tensor) -> torch.Tensor:
+    def fused_feature(self, x: torch.Tensor, feature_dropout: float = 0.0) -> torch.Tensor:
+        """`[B, 304, H/4, W/4]`; with `feature_dropout` = p > 0, `[2B, ...]`: the clean batch, then the
+        batch with channel dropout (Dropout2d, always on, as UniMatch) on both backbone features."""
         if self.renormalize:
             x = torch.addcmul(self.input_shift.to(x.dtype), x, self.input_scale.to(x.dtype))
         low, high = self.backbone(x)
+        if feature_dropout > 0:
+            low = torch.cat([low, F.dropout2d(low, feature_dropout, training=True)])
+            high = torch.cat([high, F.dropout2d(high, feature_dropout, training=True)])
         high = F.interpolate(self.aspp(high), size=low.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([high, self.reduce(low)], dim=1)  # [B, 304, H/4, W/4]
 
-    def forward(self, x: torch.Tensor, *, heads: bool = True) -> dict[str, torch.Tensor]:
-        fused = self.fused_feature(x)
+    def forward(self, x: torch.Tensor, *, heads: bool = True, feature_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """`logits` (input size), `fused`, `mu`/`var` (with `heads` and the heads built); with
+        `feature_dropout` > 0 also `logits_fp`, the perturbed stream's logits (the heads see clean features)."""
+        fused = self.fused_feature(x, feature_dropout)
         logits = F.interpolate(self.seg_head(fused), size=x.shape[2:], mode="bilinear", align_corners=False)
         out = {"logits": logits, "fused": fused}
+        if feature_dropout > 0:  # decoder BatchNorm saw clean and perturbed together, as in UniMatch
+            out["logits"], out["logits_fp"] = logits.chunk(2)
+            fused = out["fused"] = fused[: x.shape[0]]
         if heads and self.rep_head is not None:
             out["mu"] = self.rep_head(fused)
         if heads and self.prob_head is not None:
@@ -136,7 +149,9 @@ class DeepLabV3Plus(nn.Module):
         return [p for m in (self.backbone, self.aspp, self.reduce) for p in m.parameters()]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimiser group: the probability head has its own (small) lr."""
+        """Parameters by optimiser group: `backbone`, `head` (ASPP, projections, segmentation and
+        representation heads: UniMatch trains them at 10× the backbone's lr) and `prob_head` (σ², own lr)."""
         prob = list(self.prob_head.parameters()) if self.prob_head is not None else []
-        prob_ids = {id(p) for p in prob}
-        return {"main": [p for p in self.parameters() if id(p) not in prob_ids], "prob_head": prob}
+        backbone = list(self.backbone.parameters())
+        taken = {id(p) for p in prob + backbone}
+        return {"backbone": backbone, "head": [p for p in self.parameters() if id(p) not in taken], "prob_head": prob}
