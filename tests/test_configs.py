@@ -102,14 +102,16 @@ def test_every_config_loads_and_has_its_own_run_name(loaded):
     for path, cfg in loaded.items():
         assert cfg.name not in names, f"{path} and {names.get(cfg.name)} share the run name {cfg.name}"
         names[cfg.name] = path
-    assert len(names) == 76  # 75 paper runs + demo.yaml
+    assert len(names) == 103  # 75 paper runs + demo.yaml + 27 under UniMatch's recipe
 
 
 def test_configs_list_covers_exactly_the_paper_cells(entries):
     cells = [(e.table, e.row, e.labels) for e in entries if e.table is not None]
     assert len(cells) == len(set(cells)) == 88
     assert set(cells) == EXPECTED_CELLS
-    assert [e.path.name for e in entries if e.table is None] == ["demo.yaml"]
+    no_cell = [e.path.relative_to(CONFIGS).as_posix() for e in entries if e.table is None and e.reference is None]
+    assert no_cell == ["demo.yaml"] + sorted(f"unimatch/{d}/{n}/{m}.yaml" for d, counts in UNIMATCH_SPLITS.items()
+                                             for n in counts for m in ("fixmatch", "unimatch_prcl"))
     miou = {(e.table, e.row, e.labels): e.paper_miou for e in entries}
     assert miou[(1, "PRCL", 92)] == 70.23 and miou[(2, "PRCL", 5291)] == 80.11
     assert miou[(3, "Supervised", 186)] == 62.04 and miou[(7, "MB size=65536", 92)] == 67.11
@@ -133,6 +135,41 @@ def test_each_cell_has_the_papers_settings(entries, loaded):
             continue
         bank = c.memory_bank.size if c.memory_bank.enabled else None
         assert (cfg.method.name, c.pr, c.prototype, c.vn.enabled, bank, c.vn.beta) == ROW_SWITCHES[e.row], where
+
+
+# UniMatch's recipe, written out from its repository (configs/pascal.yaml, cityscapes.yaml, unimatch.py):
+# (crop, lr, head lr multiplier, τ, epochs, images in the pool, eval mode) per dataset; batch 8 + 8, SGD
+# momentum 0.9 without Nesterov, weight decay 1e-4, deep-stem ResNet-101 at output stride 16.
+UNIMATCH_SPLITS = {"voc/classic": CLASSIC, "cityscapes": CITY}
+UNIMATCH_RECIPE = {"voc/classic": (321, 1e-3, 10.0, 0.95, 80, 10582, "whole"),
+                   "cityscapes": (801, 5e-3, 1.0, 0.0, 240, 2975, "sliding")}
+UNIMATCH_README = {("voc/classic", 92): 75.2, ("voc/classic", 183): 77.2, ("voc/classic", 366): 78.8,
+                   ("voc/classic", 732): 79.9, ("voc/classic", 1464): 81.2, ("cityscapes", 186): 76.6,
+                   ("cityscapes", 372): 77.9, ("cityscapes", 744): 79.2, ("cityscapes", 1488): 79.5}
+
+
+def test_unimatch_recipe_configs(entries, loaded):
+    refs = {e.path.relative_to(CONFIGS).as_posix(): e for e in entries if e.reference is not None}
+    for (dataset, n), miou in UNIMATCH_README.items():
+        for method in ("fixmatch", "unimatch", "unimatch_prcl"):
+            rel = f"unimatch/{dataset}/{n}/{method}.yaml"
+            cfg = loaded[CONFIGS / rel]
+            crop, lr, head, tau, epochs, pool, eval_mode = UNIMATCH_RECIPE[dataset]
+            d, o, m = cfg.data, cfg.optim, cfg.method
+            assert (cfg.method.name, m.mix, m.unsup_threshold, m.contrastive.enabled) == (
+                method, "cutmix_unimatch", tau, method == "unimatch_prcl"), rel
+            assert (d.crop_size, d.batch_size, d.unlabeled_batch_size, d.color_jitter, d.blur) == (crop, 8, 8, 0.8, 0.5), rel
+            assert (o.name, o.lr, o.head_lr_scale, o.momentum, o.nesterov, o.weight_decay) == (
+                "sgd", lr, head, 0.9, False, 1e-4), rel
+            assert (cfg.model.backbone, cfg.model.output_stride, cfg.model.pretrained) == ("resnet101s.gluon_in1k", 16, True)
+            assert cfg.train.iterations == epochs * ((pool - n) // 8), rel
+            assert (cfg.eval.mode, d.labeled_split) == (eval_mode, f"splits/{dataset}/{n}/labeled.txt"), rel
+            if eval_mode == "sliding":
+                assert (cfg.eval.crop_size, cfg.eval.stride) == (801, None), rel
+        ref = refs[f"unimatch/{dataset}/{n}/unimatch.yaml"]
+        assert (ref.row, ref.labels, ref.paper_miou) == ("UniMatch", n, miou)
+        assert f"reports {miou:.1f} mIoU (not run here)" in (CONFIGS / f"unimatch/{dataset}/{n}/unimatch.yaml").read_text()
+    assert len(refs) == len(UNIMATCH_README)
 
 
 def test_cityscapes_evaluates_by_sliding_window_of_768():

@@ -5,6 +5,10 @@ config path under `configs/`). Several ablation cells are the same experiment (T
 Table 6 "PR w/o US" and Table 8 "PR" at 92 labels are one run), so they share one config.
 `list_configs` joins these cells with the YAML files found on disk; `prcl configs list` prints it.
 Table 4 (embedding metrics) is computed from trained runs by the analysis tools, not trained.
+
+`REFERENCE_CELLS` are not the paper's: numbers other methods' authors publish (UniMatch's README), each
+beside the config under `configs/unimatch/` that follows their recipe. They are targets to compare a run
+with; none has been run here.
 """
 
 from __future__ import annotations
@@ -77,6 +81,31 @@ PAPER_TABLES = tuple(sorted({c.table for c in PAPER_CELLS}))
 
 
 @dataclass(frozen=True)
+class ReferenceCell:
+    """A number published by another method's authors, and the config here that follows their recipe."""
+
+    source: str  # where the number is published
+    row: str
+    labels: int
+    miou: float
+    config: str
+
+
+UNIMATCH_README = "UniMatch README (ResNet-101)"
+# github.com/LiheYoung/UniMatch README: VOC classic (crop 321) and Cityscapes (crop 801, output stride 16,
+# τ = 0); the README publishes no FixMatch numbers, so the fixmatch/unimatch_prcl configs have none.
+_REFERENCES: tuple[tuple[str, str, str, Sequence[int], Sequence[float]], ...] = (
+    (UNIMATCH_README, "UniMatch", "unimatch/voc/classic/{n}/unimatch.yaml", VOC_CLASSIC, (75.2, 77.2, 78.8, 79.9, 81.2)),
+    (UNIMATCH_README, "UniMatch", "unimatch/cityscapes/{n}/unimatch.yaml", CITYSCAPES, (76.6, 77.9, 79.2, 79.5)),
+)
+REFERENCE_CELLS: tuple[ReferenceCell, ...] = tuple(
+    ReferenceCell(source, row, n, miou, template.format(n=n))
+    for source, row, template, counts, mious in _REFERENCES
+    for n, miou in zip(counts, mious)
+)
+
+
+@dataclass(frozen=True)
 class ConfigEntry:
     """A config file under the configs root and the paper cell it reproduces (None: no cell)."""
 
@@ -87,8 +116,9 @@ class ConfigEntry:
     labels: Optional[int]
     method: str
     iterations: int
-    paper_miou: Optional[float]
+    paper_miou: Optional[float]  # the paper's mIoU, or the reference's (then `reference` names its source)
     name: str  # the run directory name
+    reference: Optional[str] = None  # source of a `REFERENCE_CELLS` number (not the PRCL paper)
 
 
 def _config_files(root: Path) -> list[Path]:
@@ -97,7 +127,8 @@ def _config_files(root: Path) -> list[Path]:
 
 
 def list_configs(root: Union[str, Path] = "configs", table: Optional[int] = None) -> list[ConfigEntry]:
-    """One entry per (config file, paper cell) in paper order, then configs of no cell by path.
+    """One entry per (config file, paper cell) in paper order, then per (config, reference cell), then
+    configs of no cell by path.
 
     Every listed file is loaded with `load_config`, so a broken config raises its `ConfigError`
     here. `table` keeps only that table's cells (and loads only their files).
@@ -106,6 +137,7 @@ def list_configs(root: Union[str, Path] = "configs", table: Optional[int] = None
     if not root.is_dir():
         raise ConfigError(f"config folder {root} does not exist; run from the repository root or pass --root")
     order = {cell: i for i, cell in enumerate(PAPER_CELLS)}
+    ref_order = {cell: i for i, cell in enumerate(REFERENCE_CELLS)}
     wanted = {c.config for c in PAPER_CELLS if c.table == table}
     entries: list[tuple[tuple, ConfigEntry]] = []
     for path in _config_files(root):
@@ -113,14 +145,17 @@ def list_configs(root: Union[str, Path] = "configs", table: Optional[int] = None
         if table is not None and rel not in wanted:
             continue  # not loaded: listing one table stays fast
         cfg = load_config(path)
-        cells: Iterable[Optional[PaperCell]] = [c for c in PAPER_CELLS if c.config == rel] or [None]
+        cells: Iterable[Union[PaperCell, ReferenceCell, None]] = (
+            [c for c in PAPER_CELLS if c.config == rel] + [c for c in REFERENCE_CELLS if c.config == rel] or [None])
         for cell in cells:
+            ref = cell if isinstance(cell, ReferenceCell) else None
             entry = ConfigEntry(
-                path, cell.table if cell else None, cell.row if cell else None, cfg.data.dataset,
-                cell.labels if cell else None, cfg.method.name, cfg.train.iterations,
-                cell.miou if cell else None, cfg.name,
+                path, cell.table if isinstance(cell, PaperCell) else None, cell.row if cell else None,
+                cfg.data.dataset, cell.labels if cell else None, cfg.method.name, cfg.train.iterations,
+                cell.miou if cell else None, cfg.name, ref.source if ref else None,
             )
-            entries.append(((0, order[cell]) if cell else (1, rel), entry))
+            key = (0, order[cell]) if isinstance(cell, PaperCell) else (1, ref_order[cell]) if ref else (2, rel)
+            entries.append((key, entry))
     entries.sort(key=lambda item: item[0])
     return [e for _, e in entries if table is None or e.table == table]
 
@@ -131,11 +166,11 @@ def missing_cells(root: Union[str, Path] = "configs") -> list[PaperCell]:
 
 
 def format_table(entries: Sequence[ConfigEntry], root: Path) -> str:
-    """A plain-text table: one line per entry."""
-    header = ("table", "row", "labels", "paper", "dataset", "method", "iters", "config")
+    """A plain-text table: one line per entry; table `ref` = a reference number (`REFERENCE_CELLS`)."""
+    header = ("table", "row", "labels", "reported", "dataset", "method", "iters", "config")
     rows = [header] + [
         (
-            str(e.table) if e.table is not None else "-", e.row or "-",
+            str(e.table) if e.table is not None else "ref" if e.reference else "-", e.row or "-",
             str(e.labels) if e.labels is not None else "-",
             f"{e.paper_miou:.2f}" if e.paper_miou is not None else "-",
             e.dataset, e.method, str(e.iterations), e.path.relative_to(root).as_posix(),
@@ -158,9 +193,16 @@ def run_list(args: argparse.Namespace) -> int:
     missing = [c for c in missing_cells(root) if c in cells]
     runs = len({e.path for e in entries if e.table is not None})
     print(f"\n{len(cells) - len(missing)} of {len(cells)} paper cells have a config ({runs} distinct runs)")
+    if args.table is None and REFERENCE_CELLS:
+        sources = ", ".join(dict.fromkeys(c.source for c in REFERENCE_CELLS))
+        print(f"ref: numbers published by other methods' authors ({sources}) beside the config that follows "
+              "their recipe; not the PRCL paper's, not run here")
     for c in missing:
         print(f"missing: table {c.table} '{c.row}' {c.labels} labels -> {root / c.config}")
-    return 1 if missing else 0
+    missing_refs = [c for c in REFERENCE_CELLS if args.table is None and not (root / c.config).is_file()]
+    for c in missing_refs:
+        print(f"missing: ref '{c.row}' {c.labels} labels ({c.source}) -> {root / c.config}")
+    return 1 if missing or missing_refs else 0
 
 
 def add_configs_commands(subparsers: Any) -> argparse.ArgumentParser:
