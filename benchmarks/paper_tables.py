@@ -6,6 +6,7 @@ each). Finished runs (with `summary.json`) are skipped, so the script resumes wh
 the markdown table is rewritten after every run, so it fills in as results arrive.
 
     python benchmarks/paper_tables.py --tables 1 4 8 7 tau sigma --fractions 1_64 1_16 --seeds 0 1 2 --tau-seeds 0
+    python benchmarks/paper_tables.py --tables 15 --fractions 1_64 1_16 --seeds 0 1 2   # FixMatch / UniMatch (+PRCL)
     python benchmarks/paper_tables.py --tables gap --fractions 1_16 --seeds 0 --iterations 2400 \
         --runs benchmarks/runs_gap --out benchmarks/results/dataset_gap.md --title "..."
 """
@@ -54,8 +55,10 @@ class Experiment:
 TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (prcl analyze)",
           "8": "Table 8 — PRCL components", "7": "Table 7 — extra negatives: none / memory bank / VN",
           "tau": "Temperature sweep (chose the default τ)", "sigma": "σ² head learning rate",
-          "gap": "Dataset property: supervised, few vs all labels"}
+          "gap": "Dataset property: supervised, few vs all labels",
+          "15": "Issue #15 — FixMatch, UniMatch and PRCL's contrast on UniMatch"}
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
+TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl")  # the first 3 = Table 1's runs
 
 
 def experiments(tables: list[str], fractions: list[str], temperatures: list[float],
@@ -70,6 +73,8 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
             out += [Experiment("1", m, frac, [f"method.name={m}"]) for m in TABLE1_METHODS]
             if frac == fractions[0]:
                 out.append(Experiment("1", "supervised", "full", ["method.name=supervised"]))
+        if "15" in tables:  # same overrides as Table 1's rows, so those runs are shared
+            out += [Experiment("15", m, frac, [f"method.name={m}"]) for m in TABLE15_METHODS]
         if "4" in tables:  # representation quality of the Table 1 runs (prcl analyze)
             out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
         if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
