@@ -13,11 +13,15 @@ torch.set_num_threads(2)
 
 TINY_MODEL = [
     "model.backbone=resnet18",
+    "model.pretrained=false",
     "model.backbone_channels=[8,16,32,64]",
     "model.aspp_channels=16",
     "model.low_level_channels=8",
     "model.head_channels=16",
     "model.rep_dim=16",
+    "optim.name=adamw",
+    "optim.lr=2e-3",
+    "train.channels_last=false",
 ]
 
 

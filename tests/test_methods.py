@@ -145,6 +145,8 @@ def test_inert_and_saturated_terms_are_reported_once():
     assert "'contrastive' is inert" in first[0] and "0.4%" in first[0]
     assert "saturated" in first[1]
     assert monitor.check(norms, stats, 200) == []
+    faded = {"grad/sup": 1.0, "grad/contrastive": 0.005}  # λc(t) = exp(-5) at the end of training
+    assert InertTermMonitor().check(faded, {"contrastive/lambda": math.exp(-5.0)}, 400) == []
 
 
 def test_trainer_logs_gradient_diagnostics(make_config, capsys):

@@ -6,7 +6,8 @@ each term, ‖∂term/∂θ_trunk‖ over the trunk parameters (backbone, ASPP, 
 heads share), and for terms with declared paths (the contrastive term through μ and through σ²) the
 norm of each path's share, (∂term/∂path)ᵀ ∂path/∂θ_trunk. By the chain rule the shares sum (as
 vectors) to the term's gradient. `InertTermMonitor` warns once per term when a term is inert (its
-gradient below 1 % of the supervised term's) or its loss is saturated.
+gradient, before its scheduled weight such as λc(t), below 1 % of the supervised term's) or its
+loss is saturated.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class InertTermMonitor:
             term = key[len("grad/"):]
             if "." in term or term == self.reference or term in self.warned or ref <= 0:
                 continue
-            if value < INERT_RATIO * ref:
+            weight = stats.get(f"{term}/lambda", 1.0)  # a scheduled weight (λc(t)) fading out is not inertness
+            if weight > 0 and value / weight < INERT_RATIO * ref:
                 self.warned.add(term)
                 messages.append(f"iteration {iteration}: loss term '{term}' is inert: its gradient at the trunk is "
                                 f"{100 * value / ref:.2g}% of the '{self.reference}' term's ({value:.2e} vs {ref:.2e})")
