@@ -310,3 +310,14 @@ def test_uncertainty_stats_auroc_overall_confident_and_within_class():
     nothing_wrong.add(var[:50], np.zeros(50, bool), np.ones(50, bool), gt[:50])
     result = nothing_wrong.result()  # undefined with one outcome only
     assert result["auroc_var_detects_wrong"] is None and result["auroc_var_detects_wrong_within_class"] is None
+
+
+def test_curves_plot_the_gradient_diagnostics(tmp_path):
+    from prcl.analysis.figures import RunLogs, _gradient_keys, plot_curves
+
+    log = [{"iteration": i, "total": 1.0, "grad/sup": 1.0, "grad/contrastive": 0.2, "grad/contrastive.mu": 0.05,
+            "grad/contrastive.var": 0.15} for i in (100, 200)]
+    runs = [RunLogs("a", log, [{"iteration": 200, "miou": 0.5, "per_class_iou": [0.5, 0.5]}])]
+    assert _gradient_keys(runs) == (["grad/contrastive", "grad/sup"], ["grad/contrastive.mu", "grad/contrastive.var"])
+    path = plot_curves(runs, ["a", "b"], tmp_path / "curves.png")
+    assert path.is_file() and path.stat().st_size > 10_000

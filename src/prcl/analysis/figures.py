@@ -105,15 +105,29 @@ def _plot_class_iou(ax, runs: Sequence[RunLogs], class_names: Sequence[str]) -> 
         _no_data(ax)
 
 
+def _gradient_keys(runs: Sequence[RunLogs]) -> tuple[list[str], list[str]]:
+    """The logged gradient-diagnostic keys: per term (`grad/sup`, ...) and per path (`grad/contrastive.mu`)."""
+    keys = sorted({k for run in runs for r in run.train_log for k in r if k.startswith("grad/")})
+    return [k for k in keys if "." not in k], [k for k in keys if "." in k]
+
+
 def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path) -> Path:
-    """Losses, lr, λc (Eq. 12), val mIoU, contrastive statistics and per-class IoU; runs overlaid."""
-    fig, ax = _figure(2, 3, (4.6, 3.4))
+    """Losses, lr, λc (Eq. 12), val mIoU, contrastive statistics, per-class IoU and the gradient
+    diagnostics (each term's gradient norm at the trunk, the contrastive term's by path); runs overlaid."""
+    fig, ax = _figure(3, 3, (4.6, 3.4))
     _plot_keys(ax[0, 0], runs, LOSS_KEYS, "train_log", "training losses (contrastive = λc·Lc)")
     _plot_keys(ax[0, 1], runs, ("lr",), "train_log", "learning rate")
     _plot_keys(ax[0, 2], runs, ("contrastive/lambda",), "train_log", "λc(t), Eq. 12")
     _plot_keys(ax[1, 0], runs, ("miou",), "metrics", "val mIoU (%)", scale=100.0)
     _plot_keys(ax[1, 1], runs, STAT_KEYS, "train_log", "contrastive statistics", log=True)
     _plot_class_iou(ax[1, 2], runs, class_names)
+    terms, paths = _gradient_keys(runs)
+    _plot_keys(ax[2, 0], runs, terms, "train_log", "gradient norm at the trunk, per loss term", log=True)
+    _plot_keys(ax[2, 1], runs, paths, "train_log", "contrastive term's gradient at the trunk, by path", log=True)
+    share = [RunLogs(r.label, [{"iteration": x["iteration"], "μ share": x["grad/contrastive.mu"] / (
+        x["grad/contrastive.mu"] + x["grad/contrastive.var"])} for x in r.train_log
+        if x.get("grad/contrastive.mu", 0) + x.get("grad/contrastive.var", 0) > 0], r.metrics) for r in runs]
+    _plot_keys(ax[2, 2], share, ("μ share",), "train_log", "share of the contrastive trunk gradient through μ")
     fig.tight_layout()
     return _save(fig, path)
 
