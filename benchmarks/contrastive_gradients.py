@@ -29,12 +29,12 @@ from prcl.methods.contrastive import ContrastiveTerm
 from prcl.models import build_model
 
 VARIANTS = {
-    "baseline (cosine, local)": ["pr=false", "prototype=local", "vn.enabled=false"],
-    "prcl, release form (mean, posterior)": [],
-    "prcl, literal Eq. 3 (sum)": ["mls.reduction=sum"],
-    "prcl, sum + predictive prototype var": ["mls.reduction=sum", "prototype_var=predictive", "vn.var=prototype"],
-    "prcl, sum + predictive + σ² head only": ["mls.reduction=sum", "prototype_var=predictive", "vn.var=prototype",
-                                             "var_grad=head"],
+    "baseline (cosine, local prototypes)": ["pr=false", "prototype=local", "vn.enabled=false"],
+    "prcl, form=release (unit μ, mean over dims, posterior prototype σ²)": ["form=release"],
+    "prcl, form=paper (raw μ, Eq. 3 summed)": ["form=paper"],
+    "prcl, form=release with the sum over dims": ["form=release", "mls.reduction=sum"],
+    "prcl, form=predictive": ["form=predictive"],
+    "prcl, form=predictive, var_grad=head": ["form=predictive", "var_grad=head"],
 }
 
 

@@ -42,9 +42,13 @@ def _batch(seed: int, classes=(0, 1, 2), probabilistic: bool = True):
 
 
 # ----------------------------------------------------------------------------- reference
-def _ref_mls(a, va, b, vb):
+def _ref_mls(a, va, b, vb, reduction="mean", log_det="same"):
     v = va + vb
-    return -0.5 * ((a - b).square() / v + v.log()).mean()
+    d = a.numel()
+    distance, logdet = (a - b).square().div(v).sum(), v.log().sum()
+    ds = 1 / d if reduction == "mean" else 1.0
+    ls = 1 / d if reduction == "mean" or log_det == "mean" else 1.0
+    return -0.5 * (ds * distance + ls * logdet)
 
 
 def _ref_pixels(mu, var, labels, valid):
@@ -61,19 +65,22 @@ def _ref_pixels(mu, var, labels, valid):
     return rows_mu, rows_var, rows_label
 
 
-def _ref_local(rows_mu, rows_var, rows_label, c):
-    """Eq. 4 (precision-weighted) or the plain mean (rows_var None) of class c, detached."""
+def _ref_local(rows_mu, rows_var, rows_label, c, predictive=False):
+    """Eq. 4 (precision-weighted) or the plain mean (rows_var None) of class c, detached; its
+    variance is 1/precision (Eq. 4) or, `predictive`, the mean σ² of the class's pixels."""
     idx = [i for i, lab in enumerate(rows_label) if lab == c]
     if rows_var[0] is None:
         return torch.stack([rows_mu[i].detach() for i in idx]).mean(0), None
     precision = sum(1 / rows_var[i].detach() for i in idx)
-    return sum(rows_mu[i].detach() / rows_var[i].detach() for i in idx) / precision, 1 / precision
+    var = sum(rows_var[i].detach() for i in idx) / len(idx) if predictive else 1 / precision
+    return sum(rows_mu[i].detach() / rows_var[i].detach() for i in idx) / precision, var
 
 
-def _reference_loss(rows, protos, sample, tau, bank=None):
-    """Eq. 15 by loops: mean over anchor classes of the mean over anchors of -log softmax[positive]."""
+def _reference_loss(rows, protos, sample, tau, bank=None, mls=("mean", "same"), vn_var=None):
+    """Eq. 15 by loops: mean over anchor classes of the mean over anchors of -log softmax[positive].
+    `vn_var`: {class: variance of its VNs} (None: VNs are points, variance 0)."""
     rows_mu, rows_var, _ = rows
-    sim = (lambda a, va, b, vb: _ref_mls(a, va, b, vb)) if rows_var[0] is not None else \
+    sim = (lambda a, va, b, vb: _ref_mls(a, va, b, vb, *mls)) if rows_var[0] is not None else \
         (lambda a, va, b, vb: (a * b).sum())
     per_class = []
     for k, c in enumerate(sample.anchor_classes.tolist()):
@@ -89,7 +96,7 @@ def _reference_loss(rows, protos, sample, tau, bank=None):
             if sample.vn is not None:
                 for z, cls in zip(sample.vn[k], sample.vn_classes[k].tolist()):
                     if cls != c:
-                        logits.append(sim(a, va, z / z.norm(), torch.zeros_like(z)))
+                        logits.append(sim(a, va, z / z.norm(), torch.zeros_like(z) if vn_var is None else vn_var[cls]))
             if sample.bank_index is not None:
                 for j, ok in zip(sample.bank_index[k, slot].tolist(), sample.bank_valid[k].tolist()):
                     if ok:
@@ -116,6 +123,9 @@ def _probs_rows(probs, labels, valid):
 @pytest.mark.parametrize("method,extra", [("prcl", {}),
                                           ("baseline", {}), ("baseline_plus", {}),
                                           ("prcl", dict(prototype="local", vn={"enabled": False},
+                                                        memory_bank={"enabled": False})),
+                                          ("prcl", dict(form="predictive", memory_bank={"enabled": False})),
+                                          ("prcl", dict(form="predictive", prototype="local",
                                                         memory_bank={"enabled": False}))])
 def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
     tau = 0.7
@@ -133,17 +143,20 @@ def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
     rows1, rows2 = _ref_pixels(*step1[:4]), _ref_pixels(*step2[:4])
     _check_sample(sample, rows2[2], _probs_rows(step2[4], step2[2], step2[3]), 0.8)
     protos = {}
+    predictive = loss_fn.prototype_var == "predictive"
+    union = tuple(r1 + r2 for r1, r2 in zip(rows1, rows2))
     for c in set(rows2[2]):
         if loss_fn.prototype == "gdp":  # GDP after this step = Eq. 4 over both steps' pixels
-            union = tuple(r1 + r2 for r1, r2 in zip(rows1, rows2))
-            protos[c] = _ref_local(*union, c)
+            protos[c] = _ref_local(*union, c, predictive)
         elif loss_fn.prototype == "ema":  # Eq. 16, initialised by step 1 when the class was seen
             now = _ref_local(*rows2, c)[0]
             protos[c] = (0.99 * _ref_local(*rows1, c)[0] + 0.01 * now if c in rows1[2] else now, None)
         else:
-            protos[c] = _ref_local(*rows2, c)
+            protos[c] = _ref_local(*rows2, c, predictive)
+    vn_var = ({c: _ref_local(*union, c, predictive)[1] for c in set(union[2])}  # the GDP's, as the VN's source
+              if loss_fn.vn_var == "prototype" else None)
     mu, var = step2[0], step2[1]
-    ref = _reference_loss(rows2, protos, sample, tau, bank)
+    ref = _reference_loss(rows2, protos, sample, tau, bank, (loss_fn.mls_reduction, loss_fn.mls_log_det), vn_var)
     assert stats["loss"] == pytest.approx(ref.item(), rel=1e-10)
     assert stats["classes"] == sample.anchor_classes.numel() > 0
     inputs = [mu] + ([var] if prob else [])
@@ -153,9 +166,11 @@ def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("reduction,const,dim,clamp", [("mean", False, 5, False), ("sum", True, 8, True),
-                                                       ("mean", False, 8, False)])
-def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const, dim, clamp):
+@pytest.mark.parametrize("reduction,const,dim,clamp,log_det", [("mean", False, 5, False, "same"),
+                                                               ("sum", True, 8, True, "same"),
+                                                               ("mean", False, 8, False, "same"),
+                                                               ("sum", True, 8, False, "mean")])
+def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const, dim, clamp, log_det):
     """The chunked kernel == the public MLS (plain and grouped-log paths, with and without clamp)."""
     g = _gen(3)
     a = torch.randn(7, dim, generator=g, dtype=F64, requires_grad=True)
@@ -167,9 +182,9 @@ def test_pairwise_kernel_matches_mls_values_and_grads(reduction, const, dim, cla
         va[0], index[0, :2] = 0.0, 0
     va.requires_grad_()
     got = pairwise_similarity(a, va, table, tvar, index, reduction=reduction, include_const=const,
-                              chunk_elements=2 * 6 * dim)  # several chunks
+                              log_det=log_det, chunk_elements=2 * 6 * dim)  # several chunks
     want = mutual_likelihood_score(a[:, None], va[:, None], table[index], tvar[index], reduction=reduction,
-                                   normalize=False, include_const=const)
+                                   normalize=False, include_const=const, log_det=log_det)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     weights = torch.randn(7, 6, generator=g, dtype=F64)
     grads = torch.autograd.grad((got * weights).sum(), (a, va))
@@ -194,10 +209,11 @@ def test_gradcheck_info_nce_with_fixed_indices():
             KeySet(vns, None, torch.arange(k * 4).view(k, 1, 4),  # shared points: the matmul path
                    torch.tensor([[True, False, True, True], [False, True, True, False]]), points=True),
             KeySet(vns, torch.zeros_like(vns), torch.randint(k * 4, (k, a_n, 2), generator=g))]
-    for chunk, fast in ((7, True), (1 << 20, False)):  # tiny chunks: many loop iterations
+    for chunk, fast, reduction, log_det in ((7, True, "mean", "same"), (1 << 20, False, "mean", "same"),
+                                            (7, True, "sum", "mean")):  # tiny chunks: many loop iterations
         assert torch.autograd.gradcheck(
-            lambda m, v: info_nce(m, v, keys, temperature=0.5, chunk_elements=chunk), (anchors, anchor_var),
-            fast_mode=fast)
+            lambda m, v: info_nce(m, v, keys, temperature=0.5, reduction=reduction, log_det=log_det,
+                                  chunk_elements=chunk), (anchors, anchor_var), fast_mode=fast)
     cos_keys = [KeySet(ks.mu, None, ks.index, ks.valid, ks.points) for ks in keys]
     assert torch.autograd.gradcheck(lambda m: info_nce(m, None, cos_keys, temperature=0.5), (anchors,))
 
@@ -379,6 +395,12 @@ def test_shared_point_matmul_path_matches_direct_mls():
     single = shared_point_similarity(mu.float(), var.float(), points.float())
     assert (single.double() - direct).abs().max() < 1e-5
     torch.testing.assert_close(shared_point_similarity(mu, None, points), mu @ points.transpose(1, 2))
+    for reduction, log_det, const in (("sum", "same", True), ("sum", "mean", False), ("sum", "mean", True)):
+        direct = mutual_likelihood_score(mu[:, :, None], var[:, :, None], points[:, None],
+                                         torch.zeros_like(points)[:, None], normalize=False, reduction=reduction,
+                                         log_det=log_det, include_const=const)
+        torch.testing.assert_close(shared_point_similarity(mu, var, points, reduction=reduction, log_det=log_det,
+                                                           include_const=const), direct, rtol=1e-12, atol=1e-9)
 
 
 def test_local_positive_with_gdp_virtual_negatives():

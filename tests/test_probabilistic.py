@@ -135,7 +135,7 @@ def test_gdp_update_from_pixel_sums_matches_prototype_update_and_round_trips():
     labels = torch.tensor([0, 2, 2, 0, 2, 0, 0])
     mu, var = _rand(7, D, seed=50, low=-1, high=1), _rand(7, D, seed=51)
     by_sums, by_protos = GlobalDistributionPrototypes(3, D), GlobalDistributionPrototypes(3, D)
-    ids = by_sums.update_from_sums(*class_natural_sums(labels, mu, var, 3))
+    ids = by_sums.update_from_sums(class_natural_sums(labels, mu, var, 3))
     assert ids.tolist() == [0, 2]
     for c in (0, 2):
         local_mu, local_var = local_prototype(mu[labels == c], var[labels == c])
@@ -145,16 +145,15 @@ def test_gdp_update_from_pixel_sums_matches_prototype_update_and_round_trips():
                                    getattr(by_protos, name)[[0, 2]].numpy(), rtol=1e-12)
     restored = GlobalDistributionPrototypes(3, D)
     restored.load_state_dict(by_sums.state_dict())
-    assert set(by_sums.state_dict()) == {"precision", "precision_mean", "count", "initialized"}
-    # predictive variance = harmonic mean of the pixels' σ² (a float64 loop as the reference)
+    assert set(by_sums.state_dict()) == {"precision", "precision_mean", "count", "var_sum", "initialized"}
+    # predictive variance = the mean σ² of the class's pixels (a float64 loop as the reference)
     for c in (0, 2):
         pix = var[labels == c].double()
-        np.testing.assert_allclose(by_sums.predictive_var[c].numpy(),
-                                   (len(pix) / (1.0 / pix).sum(0)).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(by_sums.predictive_var[c].numpy(), (pix.sum(0) / len(pix)).numpy(), rtol=1e-12)
     assert by_sums.count.tolist() == [4.0, 0.0, 3.0]
     assert torch.equal(restored.mean, by_sums.mean) and torch.equal(restored.initialized, by_sums.initialized)
     assert by_sums.precision.dtype == torch.float64
-    assert GlobalDistributionPrototypes(21, 256).nbytes == 21 * 256 * 8 * 2 + 21 * 8 + 21
+    assert GlobalDistributionPrototypes(21, 256).nbytes == 21 * 256 * 8 * 3 + 21 * 8 + 21
 
 
 def test_gdp_forgetting_scales_old_natural_parameters():
@@ -183,15 +182,17 @@ def test_gdp_rejects_bad_arguments():
 def test_class_natural_sums_match_brute_force():
     labels = torch.tensor([1, 1, 3, 1, 3])
     mu, var = _rand(5, D, seed=80, low=-1, high=1), _rand(5, D, seed=81)
-    counts, precision, weighted = class_natural_sums(labels, mu, var, 4)
+    counts, precision, weighted, var_sum = class_natural_sums(labels, mu, var, 4)
     assert counts.tolist() == [0, 3, 0, 2]
     for c in range(4):
         rows = [i for i in range(5) if labels[i] == c]
         want_p = sum((1 / var[i] for i in rows), torch.zeros(D, dtype=torch.float64))
         want_w = sum((mu[i] / var[i] for i in rows), torch.zeros(D, dtype=torch.float64))
+        want_v = sum((var[i] for i in rows), torch.zeros(D, dtype=torch.float64))
         np.testing.assert_allclose(precision[c].numpy(), want_p.numpy(), rtol=1e-13)
         np.testing.assert_allclose(weighted[c].numpy(), want_w.numpy(), rtol=1e-13)
-    counts, precision, weighted = class_natural_sums(labels, mu, None, 4)  # deterministic: means
+        np.testing.assert_allclose(var_sum[c].numpy(), want_v.numpy(), rtol=1e-13)
+    counts, precision, weighted, _ = class_natural_sums(labels, mu, None, 4)  # deterministic: means
     np.testing.assert_allclose((weighted[1] / precision[1]).numpy(), mu[[0, 1, 3]].mean(0).numpy(),
                                rtol=1e-13)
 
@@ -202,7 +203,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     labels = torch.tensor([[0, 1, 1], [1, 2, 1]][rank])
     mu, var = _rand(3, D, seed=90 + rank, low=-1, high=1), _rand(3, D, seed=95 + rank)
     gdp = GlobalDistributionPrototypes(3, D)
-    gdp.update_from_sums(*class_natural_sums(labels, mu, var, 3, sync=True))
+    gdp.update_from_sums(class_natural_sums(labels, mu, var, 3, sync=True))
     torch.save(gdp.state_dict(), os.path.join(out_dir, f"gdp{rank}.pt"))
     dist.destroy_process_group()
 

@@ -77,6 +77,8 @@ class MLSConfig:
     normalize: bool = True  # L2-normalise μ before the MLS (authors' release)
     reduction: str = "mean"  # mean | sum over feature dims (mean = sum/D)
     include_const: bool = False  # add -D/2·log 2π (Eq. 3 literally)
+    log_det: str = "same"  # same (Eq. 3) | mean: only the log-variance term is averaged over dims, so a
+    # variance difference between keys costs O(1), not O(D) (not in the paper)
 
 
 @dataclass
@@ -200,10 +202,15 @@ METHOD_PRESETS.update({  # FixMatch and UniMatch; unimatch_prcl = unimatch + prc
 # sum over dims, posterior prototype variance, VNs as points); `release`: the authors' code (unit μ,
 # mean over dims) with the journal's τ = 0.5 (the release itself uses τ = 100: `temperature=100`).
 CONTRASTIVE_FORMS: dict[str, dict] = {
-    "paper": {"temperature": 0.5, "mls": {"normalize": False, "reduction": "sum", "include_const": True},
+    "paper": {"temperature": 0.5, "mls": {"normalize": False, "reduction": "sum", "include_const": True,
+                                          "log_det": "same"},
               "prototype_var": "posterior", "vn": {"var": "zero"}, "var_grad": "trunk"},
-    "release": {"temperature": 0.5, "mls": {"normalize": True, "reduction": "mean", "include_const": False},
+    "release": {"temperature": 0.5, "mls": {"normalize": True, "reduction": "mean", "include_const": False,
+                                            "log_det": "same"},
                 "prototype_var": "posterior", "vn": {"var": "zero"}, "var_grad": "trunk"},
+    "predictive": {"temperature": 0.5, "mls": {"normalize": True, "reduction": "sum", "include_const": False,
+                                               "log_det": "mean"},
+                   "prototype_var": "predictive", "vn": {"var": "prototype"}, "var_grad": "trunk"},
 }
 WITHOUT_PSEUDO_LABELS = ("supervised",)
 """Methods that see labeled images only: no mixing, no contrastive term."""
@@ -222,6 +229,7 @@ CHOICES = {
     "method.contrastive.prototype_var": ("posterior", "predictive"),
     "method.contrastive.var_grad": ("trunk", "head"),
     "method.contrastive.mls.reduction": ("mean", "sum"),
+    "method.contrastive.mls.log_det": ("same", "mean"),
     "eval.mode": ("whole", "center_crop", "sliding"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.amp": ("none", "bf16", "fp16"),

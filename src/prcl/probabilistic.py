@@ -9,7 +9,7 @@ Baseline+). A representation is a diagonal Gaussian N(mu, diag(var)); `var` is t
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,7 @@ def mutual_likelihood_score(
     reduction: str = "mean",
     normalize: bool = True,
     include_const: bool = False,
+    log_det: str = "same",
 ) -> Tensor:
     """Mutual Likelihood Score, Eq. 3: log N(mu_a - mu_b; 0, diag(var_a + var_b)).
 
@@ -44,18 +45,22 @@ def mutual_likelihood_score(
     `normalize` L2-normalises mu_a and mu_b first (the authors' release). `reduction="sum"` is the
     paper's literal sum over the D dims; `"mean"` divides it by D (the release's form), which is
     only a rescaling of the temperature (MLS_mean / tau == MLS_sum / (D * tau)).
-    `include_const` adds the -D/2 log(2 pi) term (-1/2 log(2 pi) with "mean"); it cancels in a
-    softmax. var_a + var_b is clamped to >= VAR_EPS.
+    `log_det="mean"` (not in the paper) divides only the log-variance term by D: the distance term
+    keeps the scale of a cosine similarity while a variance difference between keys costs O(1), not
+    O(D). `include_const` adds the -1/2 log(2 pi) per dim (on the log-variance term's scale); it
+    cancels in a softmax. var_a + var_b is clamped to >= VAR_EPS.
     """
     _check_choice("reduction", reduction, ("mean", "sum"))
+    _check_choice("log_det", log_det, ("same", "mean"))
     if normalize:
         mu_a, mu_b = F.normalize(mu_a, dim=-1), F.normalize(mu_b, dim=-1)
     var = (var_a + var_b).clamp(min=VAR_EPS)
-    terms = (mu_a - mu_b).square() / var + var.log()  # [..., D]
-    if include_const:
-        terms = terms + LOG_2PI
-    score = -0.5 * terms.sum(-1)
-    return score / terms.shape[-1] if reduction == "mean" else score
+    dim = var.shape[-1]
+    distance = (mu_a - mu_b).square().div(var).sum(-1)
+    log_det_sum = var.log().sum(-1) + (LOG_2PI * dim if include_const else 0.0)
+    ds = 1.0 / dim if reduction == "mean" else 1.0
+    ls = 1.0 / dim if (log_det == "mean" or reduction == "mean") else 1.0
+    return -0.5 * (ds * distance + ls * log_det_sum)
 
 
 def local_prototype(mu: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
@@ -78,16 +83,26 @@ def _all_reduce_sum_(tensor: Tensor) -> Tensor:
     return tensor
 
 
+class ClassSums(NamedTuple):
+    """Per-class sufficient statistics (float64): counts [C], sum 1/var [C, D], sum mu/var [C, D], and
+    sum var [C, D] (the arithmetic mean of the σ² seen is var_sum / count; zeros without var)."""
+
+    counts: Tensor
+    precision: Tensor
+    precision_mean: Tensor
+    var_sum: Tensor
+
+
 def class_natural_sums(
     labels: Tensor, mu: Tensor, var: Optional[Tensor], num_classes: int, *, sync: bool = True
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> ClassSums:
     """Per-class sufficient statistics of Eq. 4 / Eq. 9 for the pixels `labels` [P] in [0, C).
 
-    Returns float64 (counts [C], sum 1/var [C, D], sum mu/var [C, D]). With var=None every pixel
-    has precision 1 (plain means, the deterministic baseline). The sums are computed in the
-    inputs' precision with a one-hot matmul (deterministic, unlike atomics) and then cast to float64.
-    With `sync` and a running torch.distributed group they are all-reduced (summed) over ranks,
-    so the prototypes built from them are identical on every rank (exact DDP, one collective).
+    Returns float64 `ClassSums`. With var=None every pixel has precision 1 (plain means, the
+    deterministic baseline). The sums are computed in the inputs' precision with a one-hot matmul
+    (deterministic, unlike atomics) and then cast to float64. With `sync` and a running
+    torch.distributed group they are all-reduced (summed) over ranks, so the prototypes built from
+    them are identical on every rank (exact DDP, one collective).
     """
     if labels.dim() != 1 or mu.dim() != 2 or mu.shape[0] != labels.shape[0]:
         raise ValueError(f"class_natural_sums needs labels [P] and mu [P, D], got "
@@ -96,15 +111,15 @@ def class_natural_sums(
         onehot_t = F.one_hot(labels, num_classes).t().to(mu.dtype)  # [C, P]
         if var is None:
             precision = onehot_t.sum(1, keepdim=True).expand(-1, mu.shape[1])
-            weighted = onehot_t @ mu
+            weighted, var_sum = onehot_t @ mu, torch.zeros_like(precision)
         else:
             inv = var.clamp(min=VAR_EPS).reciprocal()  # [P, D]
-            precision, weighted = onehot_t @ inv, onehot_t @ (mu * inv)
-        stats = torch.cat([onehot_t.sum(1, keepdim=True), precision, weighted], 1).double()
+            precision, weighted, var_sum = onehot_t @ inv, onehot_t @ (mu * inv), onehot_t @ var
+        stats = torch.cat([onehot_t.sum(1, keepdim=True), precision, weighted, var_sum], 1).double()
         if sync:
             _all_reduce_sum_(stats)
-    dim = mu.shape[1]
-    return stats[:, 0], stats[:, 1:1 + dim], stats[:, 1 + dim:]
+    d = mu.shape[1]
+    return ClassSums(stats[:, 0], stats[:, 1:1 + d], stats[:, 1 + d:1 + 2 * d], stats[:, 1 + 2 * d:])
 
 
 def _check_update(name: str, num_classes: int, dim: int, class_ids: Tensor, *tensors: Tensor) -> None:
@@ -148,20 +163,24 @@ class GlobalDistributionPrototypes(nn.Module):
         self.register_buffer("precision", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("precision_mean", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("var_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
 
     @torch.no_grad()
     def update_natural(self, class_ids: Tensor, precision: Tensor, precision_mean: Tensor,
-                       count: Optional[Tensor] = None) -> None:
+                       count: Optional[Tensor] = None, var_sum: Optional[Tensor] = None) -> None:
         """Eq. 9 in natural parameters for the classes `class_ids` [K] (unique):
-        precision += local sum 1/var, precision_mean += local sum mu/var (after forgetting), and the
-        number of representations seen += `count` [K] (for `predictive_var`; 0 when not given)."""
+        precision += local sum 1/var, precision_mean += local sum mu/var (after forgetting); with
+        `count` [K] and `var_sum` [K, D] also the representations seen and their summed σ² (for
+        `predictive_var`, not in the paper)."""
         _check_update("update_natural", self.num_classes, self.dim, class_ids, precision, precision_mean)
         ids = class_ids.to(self.precision.device)
         f = self.forgetting
         self.precision[ids] = f * self.precision[ids] + precision.to(self.precision)
         self.precision_mean[ids] = f * self.precision_mean[ids] + precision_mean.to(self.precision)
-        self.count[ids] = f * self.count[ids] + (0.0 if count is None else count.to(self.count))
+        if count is not None and var_sum is not None:
+            self.count[ids] = f * self.count[ids] + count.to(self.count)
+            self.var_sum[ids] = f * self.var_sum[ids] + var_sum.to(self.var_sum)
         self.initialized[ids] = True
 
     def update(self, class_ids: Tensor, mu_local: Tensor, var_local: Tensor) -> None:
@@ -170,10 +189,10 @@ class GlobalDistributionPrototypes(nn.Module):
         precision = var_local.double().clamp(min=VAR_EPS).reciprocal()
         self.update_natural(class_ids, precision, precision * mu_local.double())
 
-    def update_from_sums(self, counts: Tensor, precision: Tensor, precision_mean: Tensor) -> Tensor:
+    def update_from_sums(self, sums: ClassSums) -> Tensor:
         """Update every class with counts > 0 from `class_natural_sums` output; returns their ids."""
-        ids = torch.nonzero(counts > 0).flatten()
-        self.update_natural(ids, precision[ids], precision_mean[ids], counts[ids])
+        ids = torch.nonzero(sums.counts > 0).flatten()
+        self.update_natural(ids, sums.precision[ids], sums.precision_mean[ids], sums.counts[ids], sums.var_sum[ids])
         return ids
 
     @property
@@ -190,10 +209,10 @@ class GlobalDistributionPrototypes(nn.Module):
 
     @property
     def predictive_var(self) -> Tensor:
-        """[C, D] float64 variance of *one* representation of the class: count / precision, the
-        harmonic mean of the σ² seen (not in the paper; `var` is the variance of the class mean,
-        which shrinks like 1/count). inf for classes not initialised or updated without counts."""
-        return self.count[:, None] / self.precision
+        """[C, D] float64 variance of *one* representation of the class, the mean σ² seen (not in the
+        paper; `var` is the variance of the class mean, which shrinks like 1/count). NaN for classes
+        not initialised or updated without counts."""
+        return self.var_sum / self.count[:, None]
 
     @property
     def nbytes(self) -> int:

@@ -40,7 +40,7 @@ from prcl.config import Config, ContrastiveConfig, check_section, contrastive_pr
 from prcl.losses.memory_bank import ClassMemoryBank
 from prcl.losses.pairwise import KeySet, info_nce
 from prcl.losses.sampling import ContrastSample, sample_anchors_and_negatives
-from prcl.probabilistic import (EMAPrototypes, GlobalDistributionPrototypes, class_natural_sums,
+from prcl.probabilistic import (ClassSums, EMAPrototypes, GlobalDistributionPrototypes, class_natural_sums,
                                 mutual_likelihood_score, virtual_negatives)
 
 
@@ -89,7 +89,7 @@ class PRCLContrastiveLoss(nn.Module):
         self.memory_bank_enqueue, self.memory_bank_negatives = c.memory_bank.enqueue, c.memory_bank.negatives
         self.prototype_var, self.vn_var = c.prototype_var, c.vn.var
         self.normalize = c.mls.normalize or not c.pr
-        self.mls_reduction, self.mls_include_const = c.mls.reduction, c.mls.include_const
+        self.mls_reduction, self.mls_include_const, self.mls_log_det = c.mls.reduction, c.mls.include_const, c.mls.log_det
         self.chunk_elements = chunk_elements
         # The GDP is kept whenever it is the positive or the source of VNs (Table 8 "+PR+VN" uses
         # local prototypes as positives and GDP-drawn VNs).
@@ -135,17 +135,19 @@ class PRCLContrastiveLoss(nn.Module):
 
     # ------------------------------------------------------------------ prototypes
     @torch.no_grad()
-    def _prototypes(self, counts: Tensor, precision: Tensor, precision_mean: Tensor, dtype: torch.dtype):
+    def _prototypes(self, sums: ClassSums, dtype: torch.dtype):
         """Update the state and return the prototype table: mean [C, D] (unit vectors when
         normalising), var [C, D] or None, ok [C] bool, and the GDP drift of this step."""
+        counts, precision, precision_mean = sums.counts, sums.precision, sums.precision_mean
         drift = precision.new_zeros(())
         present = counts > 0
         local_mean = precision_mean / precision.clamp(min=1e-300)
         # the variance a prototype carries in the MLS: of the class mean (Eq. 4), or of one pixel
-        local_var = (counts[:, None] if self.prototype_var == "predictive" else 1.0) / precision
+        local_var = (sums.var_sum / counts.clamp(min=1)[:, None] if self.prototype_var == "predictive"
+                     else precision.reciprocal())
         if self.gdp is not None:
             before, was = self.gdp.mean, self.gdp.initialized.clone()
-            self.gdp.update_from_sums(counts, precision, precision_mean)
+            self.gdp.update_from_sums(sums)
             moved = present & was
             if moved.any():
                 drift = (self.gdp.mean[moved] - before[moved]).norm(dim=1).mean()
@@ -176,7 +178,7 @@ class PRCLContrastiveLoss(nn.Module):
         else:
             sim = mutual_likelihood_score(mean[:, None], var[:, None], mean[None], var[None],
                                           reduction=self.mls_reduction, normalize=False,
-                                          include_const=self.mls_include_const)
+                                          include_const=self.mls_include_const, log_det=self.mls_log_det)
         return sim / self.temperature
 
     # ------------------------------------------------------------------ extra negatives
@@ -241,7 +243,7 @@ class PRCLContrastiveLoss(nn.Module):
         pix_label, pix_mu, pix_var, pix_prob = self._pixels(mu, var, labels, valid, probs)
         sums = class_natural_sums(pix_label, pix_mu.detach(),
                                   None if pix_var is None else pix_var.detach(), self.num_classes)
-        proto_mean, proto_var, proto_ok, drift = self._prototypes(*sums, pix_mu.dtype)
+        proto_mean, proto_var, proto_ok, drift = self._prototypes(sums, pix_mu.dtype)
         with torch.no_grad():
             sample = sample_anchors_and_negatives(
                 pix_label, pix_prob < self.strong_threshold, self._class_logits(proto_mean, proto_var),
@@ -257,7 +259,7 @@ class PRCLContrastiveLoss(nn.Module):
             anchor_var = None if pix_var is None else pix_var[sample.anchor_index]
             loss = info_nce(pix_mu[sample.anchor_index], anchor_var, keys, temperature=self.temperature,
                             reduction=self.mls_reduction, include_const=self.mls_include_const,
-                            chunk_elements=self.chunk_elements).mean()
+                            log_det=self.mls_log_det, chunk_elements=self.chunk_elements).mean()
         if self.bank is not None:
             self.bank.enqueue(pix_label, pix_mu.detach(), None if pix_var is None else pix_var.detach(),
                               self.memory_bank_enqueue, generator)

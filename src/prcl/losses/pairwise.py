@@ -48,10 +48,13 @@ def _gather(table: Tensor, index: Tensor, out: Optional[Tensor] = None) -> Tenso
     return torch.index_select(table, 0, flat, out=buf).view(*index.shape, table.shape[1])
 
 
-def _mls_constants(dim: int, reduction: str, include_const: bool) -> Tuple[float, float]:
-    """(scale, const) with MLS = scale * sum_l (d^2 / v + log v) + const (Eq. 3; mean = sum / D)."""
-    scale = -0.5 / dim if reduction == "mean" else -0.5
-    return scale, (scale * LOG_2PI * dim if include_const else 0.0)
+def _mls_constants(dim: int, reduction: str, include_const: bool, log_det: str = "same") -> Tuple[float, float, float]:
+    """(distance scale, log-det scale, const) with MLS = ds * sum_l d^2 / v + ls * sum_l log v + const
+    (Eq. 3: ds = ls = -1/2; `reduction="mean"` divides by D; `log_det="mean"` divides the log-det term
+    alone by D, not in the paper). `include_const` adds the -1/2 log 2π per dim, on the log-det's scale."""
+    ds = -0.5 / dim if reduction == "mean" else -0.5
+    ls = -0.5 / dim if (log_det == "mean" or (log_det == "same" and reduction == "mean")) else -0.5
+    return ds, ls, (ls * LOG_2PI * dim if include_const else 0.0)
 
 
 _GROUPED_LOG_MAX = 1e9
@@ -68,7 +71,7 @@ def _sum_log(v: Tensor, scratch: Tensor) -> Tensor:
 
 
 class _PairwiseMLS(torch.autograd.Function):
-    """s[m, k] = scale * sum_l ((a - b)^2 / v + log v) + const, v = clamp(va + vb, VAR_EPS),
+    """s[m, k] = ds * sum_l (a - b)^2 / v + ls * sum_l log v + const, v = clamp(va + vb, VAR_EPS),
     with b, vb = key_mu/key_var[index[m, k]] (Eq. 3 without normalisation).
 
     Chunks reuse three (two in the backward) buffers of `chunk_elements` values and in-place ops.
@@ -78,7 +81,7 @@ class _PairwiseMLS(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, va, key_mu, key_var, index, scale, const, chunk_elements):  # type: ignore[override]
+    def forward(ctx, a, va, key_mu, key_var, index, ds, ls, const, chunk_elements):  # type: ignore[override]
         out = a.new_empty(index.shape)
         step, chunks = _chunks(a.shape[0], index.shape[1] * a.shape[1], chunk_elements)
         may_clamp = bool(va.numel() and key_var.numel() and va.min() + key_var.min() < VAR_EPS)
@@ -91,10 +94,11 @@ class _PairwiseMLS(torch.autograd.Function):
                 v.clamp_(min=VAR_EPS)
             d2v = _gather(key_mu, index[rows], bufs[1]).sub_(a[rows, None]).square_().div_(v)
             torch.sum(d2v, -1, out=out[rows])
-            out[rows] += _sum_log(v, bufs[2]) if grouped_log else v.log_().sum(-1)
+            out[rows] *= ds
+            out[rows] += (_sum_log(v, bufs[2]) if grouped_log else v.log_().sum(-1)).mul_(ls)
         ctx.save_for_backward(a, va, key_mu, key_var, index)
-        ctx.scale, ctx.chunk_elements, ctx.may_clamp = scale, chunk_elements, may_clamp
-        return out.mul_(scale).add_(const)
+        ctx.ds, ctx.ls, ctx.chunk_elements, ctx.may_clamp = ds, ls, chunk_elements, may_clamp
+        return out.add_(const)
 
     @staticmethod
     @once_differentiable
@@ -110,11 +114,11 @@ class _PairwiseMLS(torch.autograd.Function):
             inv = (v.clamp_(min=VAR_EPS) if ctx.may_clamp else v).reciprocal_()
             t = _gather(key_mu, index[rows], bufs[1]).sub_(a[rows, None]).mul_(inv)  # (b - a) / v
             grad_a[rows] = torch.bmm(g[rows], t).squeeze(1)
-            w = inv.addcmul_(t, t, value=-1)  # d/dva of (a-b)^2/v + log v = 1/v - (a-b)^2/v^2
+            w = inv.mul_(ctx.ls).addcmul_(t, t, value=-ctx.ds)  # d/dva of ds (a-b)^2/v + ls log v
             if live is not None:
                 w.mul_(live)
             grad_va[rows] = torch.bmm(g[rows], w).squeeze(1)
-        return grad_a.mul_(-2 * ctx.scale), grad_va.mul_(ctx.scale), None, None, None, None, None, None
+        return grad_a.mul_(-2 * ctx.ds), grad_va, None, None, None, None, None, None, None
 
 
 class _PairwiseDot(torch.autograd.Function):
@@ -152,11 +156,13 @@ def pairwise_similarity(
     *,
     reduction: str = "mean",
     include_const: bool = False,
+    log_det: str = "same",
     chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Similarity of every anchor to its keys: anchor_mu [M, D], key tables [T, D], index [M, K]
     -> [M, K]. With variances: MLS (Eq. 3) of already-normalised means, `reduction` sum | mean
-    (= sum / D); without: the dot product (cosine similarity of unit vectors). Keys get no grad."""
+    (= sum / D), `log_det` same | mean (see `_mls_constants`); without: the dot product (cosine
+    similarity of unit vectors). Keys get no grad."""
     if index.dim() != 2 or index.shape[0] != anchor_mu.shape[0]:
         raise ValueError(f"index must be [M, K] with M = {anchor_mu.shape[0]}, got {tuple(index.shape)}")
     key_mu = key_mu.detach().to(anchor_mu.dtype)
@@ -165,10 +171,9 @@ def pairwise_similarity(
         if anchor_var is not None or key_var is not None:
             raise ValueError("pairwise_similarity needs variances for both anchors and keys, or neither")
         return _PairwiseDot.apply(anchor_mu, key_mu, index, chunk_elements)
-    scale, const = _mls_constants(anchor_mu.shape[1], reduction, include_const)
+    ds, ls, const = _mls_constants(anchor_mu.shape[1], reduction, include_const, log_det)
     key_var = key_var.detach().to(anchor_var.dtype)
-    return _PairwiseMLS.apply(anchor_mu, anchor_var, key_mu, key_var, index, scale, const,
-                              chunk_elements)
+    return _PairwiseMLS.apply(anchor_mu, anchor_var, key_mu, key_var, index, ds, ls, const, chunk_elements)
 
 
 def shared_point_similarity(
@@ -178,6 +183,7 @@ def shared_point_similarity(
     *,
     reduction: str = "mean",
     include_const: bool = False,
+    log_det: str = "same",
 ) -> Tensor:
     """Similarity of anchors [K, A, D] to keys shared by all the anchors of a class, points
     [K, n, D] with variance 0 (virtual negatives) -> [K, A, n]. Then v = clamp(va) does not depend
@@ -189,11 +195,10 @@ def shared_point_similarity(
         return torch.bmm(anchor_mu, points.transpose(1, 2))
     va = anchor_var.clamp(min=VAR_EPS)
     inv = va.reciprocal()
-    own = ((anchor_mu.square() * inv).sum(-1) + va.log().sum(-1)).unsqueeze(-1)  # [K, A, 1]
-    cross = torch.baddbmm(own, anchor_mu * inv, points.transpose(1, 2), alpha=-2.0)
-    total = torch.baddbmm(cross, inv, points.square().transpose(1, 2))
-    scale, const = _mls_constants(anchor_mu.shape[-1], reduction, include_const)
-    return total * scale + const
+    ds, ls, const = _mls_constants(anchor_mu.shape[-1], reduction, include_const, log_det)
+    own = (ds * (anchor_mu.square() * inv).sum(-1) + ls * va.log().sum(-1)).unsqueeze(-1)  # [K, A, 1]
+    cross = torch.baddbmm(own, anchor_mu * inv, points.transpose(1, 2), alpha=-2.0 * ds)
+    return torch.baddbmm(cross, inv, points.square().transpose(1, 2), alpha=ds) + const
 
 
 @dataclass
@@ -211,19 +216,19 @@ class KeySet:
 
 
 def _keyset_similarity(ks: KeySet, anchor_mu: Tensor, anchor_var: Optional[Tensor], reduction: str,
-                       include_const: bool, chunk_elements: Optional[int]) -> Tensor:
+                       include_const: bool, log_det: str, chunk_elements: Optional[int]) -> Tensor:
     """[K*A, n] similarities of the anchors [K, A, D] to one KeySet."""
     num_classes, num_anchors, dim = anchor_mu.shape
     n = ks.index.shape[-1]
     if ks.points and ks.index.shape[1] == 1:
         points = ks.mu.index_select(0, ks.index.reshape(-1)).view(num_classes, n, dim).to(anchor_mu.dtype)
         return shared_point_similarity(anchor_mu, anchor_var, points, reduction=reduction,
-                                       include_const=include_const).reshape(-1, n)
+                                       include_const=include_const, log_det=log_det).reshape(-1, n)
     key_var = torch.zeros_like(ks.mu) if ks.points and anchor_var is not None else ks.var
     flat_var = None if anchor_var is None else anchor_var.reshape(-1, dim)
     index = ks.index.expand(num_classes, num_anchors, n).reshape(-1, n)
     return pairwise_similarity(anchor_mu.reshape(-1, dim), flat_var, ks.mu, key_var, index,
-                               reduction=reduction, include_const=include_const,
+                               reduction=reduction, include_const=include_const, log_det=log_det,
                                chunk_elements=chunk_elements)
 
 
@@ -235,6 +240,7 @@ def info_nce(
     temperature: float,
     reduction: str = "mean",
     include_const: bool = False,
+    log_det: str = "same",
     chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Eq. 15 per anchor class: anchors [K, A, D] against keys (the first KeySet holds the one
@@ -243,7 +249,8 @@ def info_nce(
     logits, masks = [], []
     for ks in keys:
         n = ks.index.shape[-1]
-        logits.append(_keyset_similarity(ks, anchor_mu, anchor_var, reduction, include_const, chunk_elements))
+        logits.append(_keyset_similarity(ks, anchor_mu, anchor_var, reduction, include_const, log_det,
+                                         chunk_elements))
         valid = ks.valid if ks.valid is not None else ks.index.new_ones(num_classes, n, dtype=torch.bool)
         masks.append(valid[:, None].expand(num_classes, num_anchors, n).reshape(-1, n))
     scores = torch.cat(logits, 1) / temperature  # [K*A, 1 + keys]
