@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from prcl.config import apply_overrides, from_dict
+from prcl.config import contrastive_preset, from_dict, parse_override
 from prcl.data.loaders import build_val_dataset
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.diagnostics import gradient_norms
@@ -50,8 +50,19 @@ def measure(run: Path, variants: dict[str, list[str]], images: int, init: bool, 
     for name, overrides in variants.items():
         cfg = from_dict(copy.deepcopy(state["config"]))
         cfg.model.pretrained = init  # initialisation: ImageNet backbone, fresh heads
-        apply_overrides(cfg, [f"method.contrastive.{o}" for o in overrides] + ["method.contrastive.enabled=true",
-                             "data.max_val_images=null"])
+        cfg.data.max_val_images = None
+        saved = cfg.method.contrastive
+        variant = dict(parse_override(o) for o in overrides)
+        method = "baseline" if variant.get("pr") is False else "prcl"
+        nested: dict = {}
+        for key, value in variant.items():  # "vn.enabled" -> {"vn": {"enabled": ...}}
+            *parents, leaf = key.split(".")
+            d = nested
+            for part in parents:
+                d = d.setdefault(part, {})
+            d[leaf] = value
+        cfg.method.contrastive = contrastive_preset(method, num_anchors=saved.num_anchors,
+                                                    num_negatives=saved.num_negatives, **nested)
         torch.manual_seed(seed)
         model = build_model(cfg, state["num_classes"])
         if not init:

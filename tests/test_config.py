@@ -116,3 +116,26 @@ def test_yaml_base_diamond_applies_each_file_once_and_only_a_real_cycle_is_an_er
     for name in ("x.yaml", "self.yaml"):
         with pytest.raises(ConfigError, match="includes itself through _base_"):
             load_config(tmp_path / name)
+
+
+@pytest.mark.parametrize("key", ["method.name=classmix", "method.contrastive.form=paper"])
+def test_preset_keys_are_refused_on_a_built_config(key):
+    """`method.name` and `method.contrastive.form` select presets when a config is loaded; on an
+    existing config they would change the name without the settings, so they are refused."""
+    with pytest.raises(ConfigError, match="cannot be changed on an existing run's config"):
+        apply_overrides(load_config(), [key])
+
+
+def test_forms_set_their_keys_and_explicit_keys_win():
+    from prcl.config import CONTRASTIVE_FORMS
+
+    for form, preset in CONTRASTIVE_FORMS.items():
+        c = load_config(None, [f"method.contrastive.form={form}"]).method.contrastive
+        assert (c.temperature, c.mls.reduction, c.mls.log_det, c.prototype_var, c.vn.var, c.var_grad) == (
+            preset["temperature"], preset["mls"]["reduction"], preset["mls"]["log_det"], preset["prototype_var"],
+            preset["vn"]["var"], preset["var_grad"]), form
+    c = load_config(None, ["method.contrastive.form=paper", "method.contrastive.temperature=2"]).method.contrastive
+    assert (c.temperature, c.mls.normalize) == (2.0, False)
+    default = Config().method.contrastive  # the dataclass defaults are the default form's settings
+    assert load_config().method.contrastive == default
+

@@ -494,9 +494,18 @@ def save_config(cfg: Config, path: Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+PRESET_KEYS = ("method.name", "method.contrastive.form")
+"""Keys whose value selects presets: they only take effect in `load_config`, not on a built config."""
+
+
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """Apply `key=value` overrides to an existing config (e.g. a checkpoint's) and re-validate."""
+    """Apply `key=value` overrides to an existing config (e.g. a checkpoint's) and re-validate.
+    The preset keys are refused: on a built config they would change a name, not the settings."""
     for text in overrides:
-        _merge(cfg, _nest(*parse_override(text)))
+        key, value = parse_override(text)
+        if key in PRESET_KEYS:
+            raise ConfigError(f"{key} cannot be changed on an existing run's config (its preset would not be "
+                              "applied); train a new run with it instead")
+        _merge(cfg, _nest(key, value))
     validate(cfg)
     return cfg
