@@ -194,3 +194,29 @@ def test_local_efficientnet_weights_file_in_either_naming(tmp_path):
     assert torch.all(again.conv_stem.weight == 0.25)
     with pytest.raises(WeightsError, match="nope.pth"):
         create_backbone("efficientnet_lite0", weights=str(tmp_path / "nope.pth"))
+
+
+@pytest.mark.parametrize("rep, prob", [(1.0, 1.0), (0.25, 0.0), (0.0, 0.5)])
+def test_head_gradients_reach_the_trunk_scaled(rep, prob):
+    """`rep_trunk_grad` / `prob_trunk_grad` scale what the μ / σ² heads send into the shared trunk
+    (method.contrastive.trunk_grad and var_grad), and leave the forward pass and the heads' own
+    gradients unchanged."""
+    torch.manual_seed(0)
+    kw = dict(backbone_widths=(8, 16, 32, 64), aspp_channels=16, rep_dim=4, prob_dim=4)
+    plain = DeepLabV3Plus(3, "resnet18", **kw).eval()
+    scaled = DeepLabV3Plus(3, "resnet18", rep_trunk_grad=rep, prob_trunk_grad=prob, **kw).eval()
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    for head, factor in (("mu", rep), ("var", prob)):
+        grads = []
+        for model in (plain, scaled):
+            model.zero_grad()
+            out = model(x)
+            out[head].sum().backward()
+            trunk = model.aspp.project[0][0].weight
+            grads.append((out[head].detach(), torch.zeros_like(trunk) if trunk.grad is None else trunk.grad.clone(),
+                          (model.rep_head if head == "mu" else model.prob_head).net[0].weight.grad.clone()
+                          if head == "var" else model.rep_head[1].weight.grad.clone()))
+        (y0, trunk0, own0), (y1, trunk1, own1) = grads
+        assert torch.equal(y0, y1) and torch.allclose(own0, own1)
+        torch.testing.assert_close(trunk1, factor * trunk0)

@@ -99,6 +99,8 @@ class ContrastiveConfig:
     prototype: str = "gdp"  # gdp (Eq. 9) | local (Eq. 4, release) | ema (Eq. 16, Baseline+)
     ema_momentum: float = 0.99  # α of Eq. 16
     gdp_forgetting: float = 1.0  # 1 = paper; <1 decays old GDP precision (not in the paper)
+    trunk_grad: float = 1.0  # scale of Lc's gradient from the heads into the shared trunk (1 = the paper; 0 =
+    # the contrast shapes only the representation/probability heads; not in the paper)
     var_grad: str = "trunk"  # where Lc's σ² gradient goes: trunk (the paper: through the σ² head into the
     # shared trunk) | head (the σ² head reads the fused feature through a stop-gradient; not in the paper)
     prototype_var: str = "posterior"  # the prototype's variance in the MLS: posterior (Eq. 4/9: of the
@@ -244,7 +246,7 @@ POSITIVE = (
     "method.contrastive.vn.num",
 )
 UNIT_INTERVAL = (
-    "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
+    "method.contrastive.trunk_grad", "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
     "data.blur", "optim.momentum",
 )

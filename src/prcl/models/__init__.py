@@ -8,8 +8,8 @@ from prcl.models.deeplab import DeepLabV3Plus, ProbabilityHead
 def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
     """The student network for `cfg`: a representation head when the method adds the pixel contrast
     (`method.contrastive.enabled`), a probability head when its representations are probabilistic."""
-    m = cfg.model
-    contrastive = cfg.method.contrastive.enabled
+    m, c = cfg.model, cfg.method.contrastive
+    contrastive = c.enabled
     return DeepLabV3Plus(
         num_classes,
         m.backbone,
@@ -23,7 +23,8 @@ def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
         rep_dim=m.rep_dim if contrastive else None,
         prob_dim=m.rep_dim if contrastive and cfg.method.contrastive.pr else None,
         prob_activation=m.prob_activation,
-        prob_head_input="detached" if cfg.method.contrastive.var_grad == "head" else "shared",
+        rep_trunk_grad=c.trunk_grad,
+        prob_trunk_grad=c.trunk_grad if c.var_grad == "trunk" else 0.0,
     )
 
 

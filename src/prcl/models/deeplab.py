@@ -47,6 +47,15 @@ class ASPP(nn.Module):
         return self.project(torch.cat(feats, dim=1))
 
 
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` in the forward pass; its gradient multiplied by `scale` in the backward pass (0: a stop-gradient)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return scale * x + (1.0 - scale) * x.detach()
+
+
 def make_head(cin: int, hidden: int, cout: int) -> nn.Sequential:
     """Conv3×3-BN-ReLU-Conv1×1, the shape of the segmentation and representation heads."""
     return nn.Sequential(conv_bn_relu(cin, hidden, 3), nn.Conv2d(hidden, cout, 1))
@@ -88,7 +97,8 @@ class DeepLabV3Plus(nn.Module):
         rep_dim: Optional[int] = None,
         prob_dim: Optional[int] = None,
         prob_activation: str = "sigmoid",
-        prob_head_input: str = "shared",
+        rep_trunk_grad: float = 1.0,
+        prob_trunk_grad: float = 1.0,
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16):
@@ -113,9 +123,11 @@ class DeepLabV3Plus(nn.Module):
         self.seg_head = make_head(self.fused_channels, head_channels, num_classes)
         self.rep_head = make_head(self.fused_channels, head_channels, rep_dim) if rep_dim else None
         self.prob_head = ProbabilityHead(self.fused_channels, prob_dim, prob_activation) if prob_dim else None
-        if prob_head_input not in ("shared", "detached"):
-            raise ValueError(f"prob_head_input must be shared or detached, got {prob_head_input!r}")
-        self.detach_prob_input = prob_head_input == "detached"
+        if not (0.0 <= rep_trunk_grad <= 1.0 and 0.0 <= prob_trunk_grad <= 1.0):
+            raise ValueError(f"rep_trunk_grad and prob_trunk_grad must lie in [0, 1], got {rep_trunk_grad}, "
+                             f"{prob_trunk_grad}")
+        # how much of the representation / probability heads' gradient reaches the shared trunk
+        self.rep_trunk_grad, self.prob_trunk_grad = rep_trunk_grad, prob_trunk_grad
 
     def fused_feature(self, x: torch.Tensor, feature_dropout: float = 0.0) -> torch.Tensor:
         """`[B, 304, H/4, W/4]`; with `feature_dropout` = p > 0, `[2B, ...]`: the clean batch, then the
@@ -139,9 +151,9 @@ class DeepLabV3Plus(nn.Module):
             out["logits"], out["logits_fp"] = logits.chunk(2)
             fused = out["fused"] = fused[: x.shape[0]]
         if heads and self.rep_head is not None:
-            out["mu"] = self.rep_head(fused)
+            out["mu"] = self.rep_head(scale_gradient(fused, self.rep_trunk_grad))
         if heads and self.prob_head is not None:
-            out["var"] = self.prob_head(fused.detach() if self.detach_prob_input else fused)
+            out["var"] = self.prob_head(scale_gradient(fused, self.prob_trunk_grad))
         return out
 
     def trunk_parameters(self) -> list[nn.Parameter]:
