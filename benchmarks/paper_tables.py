@@ -56,7 +56,17 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "8": "Table 8 — PRCL components", "7": "Table 7 — extra negatives: none / memory bank / VN",
           "tau": "Temperature sweep (chose the default τ)", "sigma": "σ² head learning rate",
           "gap": "Dataset property: supervised, few vs all labels",
-          "15": "Issue #15 — FixMatch, UniMatch and PRCL's contrast on UniMatch"}
+          "15": "Issue #15 — FixMatch, UniMatch and PRCL's contrast on UniMatch",
+          "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)"}
+CONTRAST_VARIANTS = {  # Table "13": the candidates for PRCL's default, with the references they are judged by
+    "classmix (no contrast)": ["method.name=classmix"],
+    "baseline (cosine)": ["method.name=baseline"],
+    "prcl, form=release": ["method.name=prcl", "method.contrastive.form=release"],
+    "prcl, form=paper": ["method.name=prcl", "method.contrastive.form=paper"],
+    "prcl, form=predictive (the default)": ["method.name=prcl"],  # the Table 1 run
+    "prcl, form=predictive, var_grad=head": ["method.name=prcl", "method.contrastive.var_grad=head"],
+}
+CONTRAST_VARIANT_SEEDS = {"prcl, form=paper": [0]}  # the literal form saturates (contrastive_gradients.md): one seed
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl")  # the first 3 = Table 1's runs
 
@@ -75,6 +85,8 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
                 out.append(Experiment("1", "supervised", "full", ["method.name=supervised"]))
         if "15" in tables:  # same overrides as Table 1's rows, so those runs are shared
             out += [Experiment("15", m, frac, [f"method.name={m}"]) for m in TABLE15_METHODS]
+        if "13" in tables:
+            out += [Experiment("13", r, frac, o, CONTRAST_VARIANT_SEEDS.get(r)) for r, o in CONTRAST_VARIANTS.items()]
         if "4" in tables:  # representation quality of the Table 1 runs (prcl analyze)
             out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
         if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
@@ -188,6 +200,60 @@ def representation_table(exps: list[Experiment], seeds: list[int], args: argpars
     return lines + [""]
 
 
+def _gradient_summary(run: Path) -> Optional[dict[str, float]]:
+    """From a run's train_log.jsonl: over the gradient diagnostics of the first half of training (where
+    λc(t) still matters), the mean of the contrastive term's trunk gradient through μ with λc divided out
+    (the cosine Baseline has only that path), the μ share of the term's trunk gradient, and the term's
+    gradient relative to the supervised term's; at the end, the mean σ² and Lc / log(keys)."""
+    path = run / "train_log.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    diag = [r for r in records if "grad/contrastive" in r and r.get("contrastive/lambda")]
+    if not diag:
+        return None
+    first = [r for r in diag if r["iteration"] <= records[-1]["iteration"] / 2] or diag[:1]
+    mu = [r.get("grad/contrastive.mu", r["grad/contrastive"]) / r["contrastive/lambda"] for r in first]
+    share = [r.get("grad/contrastive.mu", r["grad/contrastive"]) / max(
+        r.get("grad/contrastive.mu", r["grad/contrastive"]) + r.get("grad/contrastive.var", 0.0), 1e-30) for r in first]
+    rel = [r["grad/contrastive"] / r["grad/sup"] for r in first if r.get("grad/sup")]
+    last = [r for r in records if "contrastive/loss" in r][-1]
+    return {"mu": statistics.mean(mu), "share": statistics.mean(share), "rel": statistics.mean(rel),
+            "var": last.get("contrastive/mean_var", 0.0),
+            "sat": last["contrastive/loss"] / last["contrastive/uniform_loss"] if last.get("contrastive/uniform_loss") else 0.0}
+
+
+def gradient_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
+    """mIoU and the gradient diagnostics of each row (`_gradient_summary`), the μ gradient relative to the
+    row named "baseline (cosine)" of the same seeds."""
+    lines = [f"## {TITLES[exps[0].table]}", "", "Gradients: mean over the diagnostics (every 100 iterations) of the "
+             "first half of training. μ vs Baseline: the contrastive trunk gradient through μ with λc(t) divided "
+             "out, relative to the cosine Baseline's (the issue's target band: 0.5–2×). μ share: of the contrastive "
+             "term's trunk gradient. Lc / log(keys): 1 = flat (uniform logits), 0 = saturated.", "",
+             "| row | labels | mIoU (%) | μ vs Baseline | μ share | ‖∂Lc‖ / ‖∂Ls‖ at the trunk | mean σ² (end) "
+             "| Lc / log(keys) (end) | runs |", "| --- " * 9 + "|"]
+    summaries = {(e.row, s): _gradient_summary(args.runs / f"{e.name}-s{s}") for e in exps for s in (e.seeds or seeds)}
+    for e in exps:
+        row_seeds = e.seeds or seeds
+        mious, cols = [], {k: [] for k in ("ratio", "share", "rel", "var", "sat")}
+        for s in row_seeds:
+            run = args.runs / f"{e.name}-s{s}"
+            if (run / "summary.json").is_file():
+                mious.append(json.loads((run / "summary.json").read_text())["miou"])
+            g, base = summaries[(e.row, s)], summaries.get(("baseline (cosine)", s))
+            if g is not None:
+                for k in ("share", "rel", "var", "sat"):
+                    cols[k].append(g[k])
+                if base is not None:
+                    cols["ratio"].append(g["mu"] / base["mu"])
+        has_var = e.row.startswith("prcl")
+        lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {_fmt(cols['ratio'], 1, 2)} | "
+                     f"{_fmt(cols['share'], 100, 0)}% | {_fmt(cols['rel'], 1, 3)} | "
+                     f"{_fmt(cols['var'], 1, 3) if has_var else '–'} | {_fmt(cols['sat'], 1, 2)} | "
+                     f"{len(mious)}/{len(row_seeds)} |")
+    return lines + [""]
+
+
 def _shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
@@ -206,6 +272,9 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
     for table in dict.fromkeys(e.table for e in exps):
         if table in ("4", "sigma"):
             lines += representation_table([x for x in exps if x.table == table], seeds, args)
+            continue
+        if table == "13":
+            lines += gradient_table([x for x in exps if x.table == table], seeds, args)
             continue
         lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
                   "| --- | --- | --- | --- | --- | --- |"]

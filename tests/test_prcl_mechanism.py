@@ -40,7 +40,7 @@ def _loss_and_grads(method: str, mu, var, labels, valid, probs, **overrides):
 def test_mu_gradient_is_comparable_to_the_baselines(clustered):
     batch = _inputs(clustered)
     _, _, baseline = _loss_and_grads("baseline", *batch)
-    _, _, prcl = _loss_and_grads("prcl", *batch, form="predictive")
+    _, _, prcl = _loss_and_grads("prcl", *batch)
     assert MU_RATIO_BAND[0] <= prcl / baseline <= MU_RATIO_BAND[1], prcl / baseline
     # the release's form (mean over dims) starves μ by ~1/D: the defect the default fixes
     _, _, release = _loss_and_grads("prcl", *batch, form="release")
@@ -50,7 +50,7 @@ def test_mu_gradient_is_comparable_to_the_baselines(clustered):
 def test_loss_at_initialisation_is_neither_saturated_nor_flat():
     """Unclustered μ (an untrained head): the loss sits just below its uniform value log(keys),
     in [0.85, 1.0]·log(keys), and its gradient is not vanishing."""
-    loss, stats, grad = _loss_and_grads("prcl", *_inputs(0.0), form="predictive")
+    loss, stats, grad = _loss_and_grads("prcl", *_inputs(0.0))
     uniform = stats["uniform_loss"]
     assert uniform == pytest.approx(math.log(1 + 256 + 4 * (C - 1)), rel=1e-6)  # positive, negatives, VNs
     assert 0.85 * uniform <= loss <= 1.0 * uniform, (loss, uniform)
@@ -58,7 +58,7 @@ def test_loss_at_initialisation_is_neither_saturated_nor_flat():
 
 
 def test_sigma_rises_on_deliberately_wrong_labels():
-    """A toy with 10% of the pixels labelled as the wrong class: a few steps on σ² alone (μ fixed)
+    """A toy with 10% of the pixels labeled as the wrong class: a few steps on σ² alone (μ fixed)
     raise the wrong pixels' σ² above the correct ones' (the paper's Sec. 3.2 claim, in miniature)."""
     torch.manual_seed(0)
     classes, dim, per_class = 3, 16, 40
@@ -70,7 +70,7 @@ def test_sigma_rises_on_deliberately_wrong_labels():
     wrong[torch.randperm(n)[:12]] = True
     labels = torch.where(wrong, (true + 1) % classes, true).view(1, 1, n)
     logit = torch.zeros(n, dim, requires_grad=True)  # σ² = sigmoid(logit), 0.5 at the start
-    loss_fn = PRCLContrastiveLoss(classes, dim, contrastive_preset("prcl", form="predictive", num_anchors=64, num_negatives=64))
+    loss_fn = PRCLContrastiveLoss(classes, dim, contrastive_preset("prcl", num_anchors=64, num_negatives=64))
     opt = torch.optim.SGD([logit], lr=50.0)
     g = torch.Generator().manual_seed(0)
     for _ in range(30):

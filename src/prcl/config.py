@@ -60,7 +60,7 @@ class VirtualNegativesConfig:
     num: int = 4  # VNs per class (Fig. 10a)
     beta: float = 1.0  # virtual radius β (Fig. 10b)
     scale: str = "variance"  # variance (Eq. 10) | std (not in the paper)
-    var: str = "zero"  # the VN's variance in the MLS: zero (the paper: a point) | prototype (its class's
+    var: str = "prototype"  # the VN's variance in the MLS: zero (the paper: a point) | prototype (its class's
     # prototype variance, as `prototype_var` defines it; not in the paper)
 
 
@@ -75,9 +75,9 @@ class MemoryBankConfig:
 @dataclass
 class MLSConfig:
     normalize: bool = True  # L2-normalise μ before the MLS (authors' release)
-    reduction: str = "mean"  # mean | sum over feature dims (mean = sum/D)
+    reduction: str = "sum"  # sum (Eq. 3) | mean over feature dims (mean = sum/D, the release)
     include_const: bool = False  # add -D/2·log 2π (Eq. 3 literally)
-    log_det: str = "same"  # same (Eq. 3) | mean: only the log-variance term is averaged over dims, so a
+    log_det: str = "mean"  # same (Eq. 3) | mean: only the log-variance term is averaged over dims, so a
     # variance difference between keys costs O(1), not O(D) (not in the paper)
 
 
@@ -87,7 +87,7 @@ class ContrastiveConfig:
     `pr`, `prototype` and `vn.enabled`; keys given explicitly override them (the ablations)."""
 
     enabled: bool = True  # add the contrastive term (methods with pseudo-labels only)
-    form: str = "release"  # a row of CONTRASTIVE_FORMS: sets temperature, mls.*, prototype_var, vn.var, var_grad
+    form: str = "predictive"  # a row of CONTRASTIVE_FORMS: sets temperature, mls.*, prototype_var, vn.var, var_grad
     temperature: float = 0.5  # τ in Eq. 15
     num_anchors: int = 64  # anchors per class (paper: 256; the CPU demo uses fewer)
     num_negatives: int = 256  # real negatives per anchor (paper: 512)
@@ -103,7 +103,7 @@ class ContrastiveConfig:
     # the contrast shapes only the representation/probability heads; not in the paper)
     var_grad: str = "trunk"  # where Lc's σ² gradient goes: trunk (the paper: through the σ² head into the
     # shared trunk) | head (the σ² head reads the fused feature through a stop-gradient; not in the paper)
-    prototype_var: str = "posterior"  # the prototype's variance in the MLS: posterior (Eq. 4/9: of the
+    prototype_var: str = "predictive"  # the prototype's variance in the MLS: posterior (Eq. 4/9: of the
     # class mean, shrinks like 1/pixels) | predictive (of one pixel of the class: pixels/precision; not in the paper)
     vn: VirtualNegativesConfig = field(default_factory=VirtualNegativesConfig)
     memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
@@ -200,9 +200,16 @@ METHOD_PRESETS.update({  # FixMatch and UniMatch; unimatch_prcl = unimatch + prc
     "unimatch_prcl": {**_UNIMATCH_RECIPE, "contrastive": copy.deepcopy(METHOD_PRESETS["prcl"]["contrastive"])},
 })
 # How the probabilistic contrast is scaled and what each key's variance is (issue #13). A form sets the
-# defaults of these keys; keys given explicitly override them. `paper`: Eq. 3, 4, 15 literally (raw μ,
-# sum over dims, posterior prototype variance, VNs as points); `release`: the authors' code (unit μ,
-# mean over dims) with the journal's τ = 0.5 (the release itself uses τ = 100: `temperature=100`).
+# defaults of these keys; keys given explicitly override them.
+# - `paper`: Eq. 3, 4, 15 literally (raw μ, MLS summed over dims, posterior prototype variance, VNs as
+#   points). The log-variance term alone then hands the positive prototype, whose variance shrinks like
+#   1/pixels, a lead of ~D/2·log 2: the loss saturates (benchmarks/results/contrastive_gradients.md).
+# - `release`: the authors' code (unit μ, MLS averaged over dims) with the journal's τ = 0.5 (the release
+#   itself uses τ = 100: add `temperature=100`). Averaging scales the μ term by 1/D: μ gets ~4% of the
+#   Baseline's gradient and 90% of the contrast reaches the trunk through σ².
+# - `predictive` (the default; not in the paper): unit μ, the distance term summed over dims (a cosine's
+#   scale at σ² ≈ 0.5), the log-variance term averaged, and every key compared with the variance of one
+#   pixel of its class (the GDP's mean σ² for the positive and the VNs), so no key wins by its variance.
 CONTRASTIVE_FORMS: dict[str, dict] = {
     "paper": {"temperature": 0.5, "mls": {"normalize": False, "reduction": "sum", "include_const": True,
                                           "log_det": "same"},
