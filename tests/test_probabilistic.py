@@ -266,3 +266,16 @@ def test_contrastive_weight_eq12():
     assert contrastive_weight(1.0, alpha=-3.0) == pytest.approx(math.exp(-3.0))
     with pytest.raises(ValueError, match="progress"):
         contrastive_weight(1.5)
+
+
+def test_gdp_state_without_pixel_statistics_loads():
+    """A checkpoint written before `count`/`var_sum` existed loads (they start empty); the Eq. 9 state
+    it has is restored exactly."""
+    gdp = GlobalDistributionPrototypes(3, D)
+    gdp.update_from_sums(class_natural_sums(torch.tensor([0, 2, 2]), _rand(3, D, seed=1), _rand(3, D, seed=2), 3))
+    old = {k: v for k, v in gdp.state_dict().items() if k not in ("count", "var_sum")}
+    restored = GlobalDistributionPrototypes(3, D)
+    restored.load_state_dict(old)
+    assert torch.equal(restored.mean, gdp.mean) and torch.equal(restored.var, gdp.var)
+    assert restored.count.sum() == 0 and restored.var_sum.sum() == 0
+

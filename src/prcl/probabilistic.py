@@ -166,6 +166,13 @@ class GlobalDistributionPrototypes(nn.Module):
         self.register_buffer("var_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # Checkpoints written before the pixel statistics existed (posterior-variance runs, which never
+        # read them) load with none recorded, as if every update had come without counts.
+        for name in ("count", "var_sum"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def update_natural(self, class_ids: Tensor, precision: Tensor, precision_mean: Tensor,
                        count: Optional[Tensor] = None, var_sum: Optional[Tensor] = None) -> None:
