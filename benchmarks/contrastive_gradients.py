@@ -30,9 +30,10 @@ from prcl.models import build_model
 
 VARIANTS = {
     "baseline (cosine, local prototypes)": ["pr=false", "prototype=local", "vn.enabled=false"],
-    "prcl, form=release (unit μ, mean over dims, posterior prototype σ²)": ["form=release"],
+    "prcl, form=release (unit μ, mean over dims, posterior prototype σ², τ = 100)": ["form=release"],
+    "prcl, form=release at τ = 0.5 (the default before issue #13)": ["form=release", "temperature=0.5"],
     "prcl, form=paper (raw μ, Eq. 3 summed)": ["form=paper"],
-    "prcl, form=release with the sum over dims": ["form=release", "mls.reduction=sum"],
+    "prcl, form=release at τ = 0.5 with the sum over dims": ["form=release", "temperature=0.5", "mls.reduction=sum"],
     "prcl, form=predictive": ["form=predictive"],
     "prcl, form=predictive, var_grad=head": ["form=predictive", "var_grad=head"],
 }

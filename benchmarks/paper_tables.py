@@ -62,13 +62,19 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
 CONTRAST_VARIANTS = {  # Table "13": the candidates for PRCL's default, with the references they are judged by
     "classmix (no contrast)": ["method.name=classmix"],
     "baseline (cosine)": ["method.name=baseline"],
-    "prcl, form=release": ["method.name=prcl", "method.contrastive.form=release"],
+    "prcl, form=release": ["method.name=prcl", "method.contrastive.form=release"],  # the authors' τ = 100
+    "prcl, form=release, τ=0.5 (the default before #13)": ["method.name=prcl", "method.contrastive.form=release",
+                                                            "method.contrastive.temperature=0.5"],
     "prcl, form=paper": ["method.name=prcl", "method.contrastive.form=paper"],
     "prcl, form=predictive (the default)": ["method.name=prcl"],  # the Table 1 run
     "prcl, form=predictive, var_grad=head": ["method.name=prcl", "method.contrastive.var_grad=head"],
 }
-CONTRAST_VARIANT_SEEDS = {"prcl, form=paper": [0],  # the literal form diverges (Lc overflows by iteration 7): one seed
-                          "prcl, form=predictive, var_grad=head": [0]}  # a rejected option of the screening: one seed
+CONTRAST_VARIANT_SEEDS = {  # one seed each: rows that the screening rejected or that saturate/diverge
+    "prcl, form=paper": [0],  # the literal form diverges (Lc overflows by iteration 7)
+    "prcl, form=release": [0],  # τ = 100: inert
+    "prcl, form=release, τ=0.5 (the default before #13)": [0],  # its 3 seeds: paper_tables_release.md
+    "prcl, form=predictive, var_grad=head": [0],
+}
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl")  # the first 3 = Table 1's runs
 
@@ -311,7 +317,8 @@ def main() -> int:
     p.add_argument("--title", default="The paper's tables in miniature (built-in synthetic dataset, CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables.md")
     p.add_argument("--only", nargs="+", metavar="PATTERN",
-                   help="train only the runs whose name (e.g. prcl-1_64) matches one of these globs; the tables "
+                   help="train only the runs whose name (prcl-1_64) or run directory (prcl-1_64-s0) matches one of "
+                        "these globs; the tables "
                         "still list every row, from the runs already in --runs")
     p.add_argument("extra", nargs="*", help="extra overrides for every run")
     args = p.parse_args()
@@ -325,7 +332,8 @@ def main() -> int:
     for s in args.seeds:  # seed-major: every row gets a first seed early
         for e in exps:
             if s in (e.seeds or args.seeds) and (
-                    args.only is None or any(fnmatch.fnmatch(e.name, pat) for pat in args.only)):
+                    args.only is None or any(fnmatch.fnmatch(e.name, pat) or fnmatch.fnmatch(f"{e.name}-s{s}", pat)
+                                             for pat in args.only)):
                 runs.setdefault((e.name, s), e)
     jobs = [(e, s) for (_, s), e in runs.items()]
     write_table(exps, args.seeds, args, command)
