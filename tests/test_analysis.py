@@ -313,11 +313,17 @@ def test_uncertainty_stats_auroc_overall_confident_and_within_class():
 
 
 def test_curves_plot_the_gradient_diagnostics(tmp_path):
-    from prcl.analysis.figures import RunLogs, _gradient_keys, plot_curves
+    from prcl.analysis.figures import RunLogs, _gradient_keys, _mu_share, plot_curves
 
     log = [{"iteration": i, "total": 1.0, "grad/sup": 1.0, "grad/contrastive": 0.2, "grad/contrastive.mu": 0.05,
             "grad/contrastive.var": 0.15} for i in (100, 200)]
-    runs = [RunLogs("a", log, [{"iteration": 200, "miou": 0.5, "per_class_iou": [0.5, 0.5]}])]
+    metrics = [{"iteration": 200, "miou": 0.5, "per_class_iou": [0.5, 0.5]}]
+    runs = [RunLogs("a", log, metrics)]
     assert _gradient_keys(runs) == (["grad/contrastive", "grad/sup"], ["grad/contrastive.mu", "grad/contrastive.var"])
     path = plot_curves(runs, ["a", "b"], tmp_path / "curves.png")
     assert path.is_file() and path.stat().st_size > 10_000
+    # the cosine Baseline's term has only the μ path: its share is 1, beside a PRCL run
+    cosine = [{k: v for k, v in r.items() if k != "grad/contrastive.var"} for r in log]
+    assert _mu_share(cosine[0]) == 1.0 and _mu_share(log[0]) == pytest.approx(0.25)
+    assert _mu_share({"iteration": 100, "grad/sup": 1.0}) is None
+    assert plot_curves([RunLogs("baseline", cosine, metrics), *runs], ["a", "b"], tmp_path / "both.png").is_file()

@@ -111,6 +111,13 @@ def _gradient_keys(runs: Sequence[RunLogs]) -> tuple[list[str], list[str]]:
     return [k for k in keys if "." not in k], [k for k in keys if "." in k]
 
 
+def _mu_share(record: dict) -> Optional[float]:
+    """Share of the contrastive term's trunk gradient that goes through μ (1 for a term without a σ²
+    path, e.g. the cosine Baseline's); None where the record has no diagnostics."""
+    mu, var = record.get("grad/contrastive.mu"), record.get("grad/contrastive.var", 0.0)
+    return None if mu is None or mu + var <= 0 else mu / (mu + var)
+
+
 def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path) -> Path:
     """Losses, lr, λc (Eq. 12), val mIoU, contrastive statistics, per-class IoU and the gradient
     diagnostics (each term's gradient norm at the trunk, the contrastive term's by path); runs overlaid."""
@@ -124,9 +131,8 @@ def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path)
     terms, paths = _gradient_keys(runs)
     _plot_keys(ax[2, 0], runs, terms, "train_log", "gradient norm at the trunk, per loss term", log=True)
     _plot_keys(ax[2, 1], runs, paths, "train_log", "contrastive term's gradient at the trunk, by path", log=True)
-    share = [RunLogs(r.label, [{"iteration": x["iteration"], "μ share": x["grad/contrastive.mu"] / (
-        x["grad/contrastive.mu"] + x["grad/contrastive.var"])} for x in r.train_log
-        if x.get("grad/contrastive.mu", 0) + x.get("grad/contrastive.var", 0) > 0], r.metrics) for r in runs]
+    share = [RunLogs(r.label, [{"iteration": x["iteration"], "μ share": _mu_share(x)} for x in r.train_log
+                               if _mu_share(x) is not None], r.metrics) for r in runs]
     _plot_keys(ax[2, 2], share, ("μ share",), "train_log", "share of the contrastive trunk gradient through μ")
     fig.tight_layout()
     return _save(fig, path)
