@@ -169,12 +169,12 @@ def _state_bytes(path: str, mtime_ns: int) -> int:  # cached: the table is rewri
     return sum(t.numel() * t.element_size() for t in state["method"].values() if torch.is_tensor(t))
 
 
-def _fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+def _fmt(values: list[float], scale: float = 100.0, digits: int = 2, unit: str = "") -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{scale * values[0]:.{digits}f} (1 seed)"
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+        return f"{scale * values[0]:.{digits}f}{unit} (1 seed)"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}{unit}"
 
 
 def representation_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
@@ -256,7 +256,7 @@ def gradient_table(exps: list[Experiment], seeds: list[int], args: argparse.Name
                     cols["ratio"].append(g["mu"] / base["mu"])
         has_var = e.row.startswith("prcl")
         lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {_fmt(cols['ratio'], 1, 2)} | "
-                     f"{_fmt(cols['share'], 100, 0)}% | {_fmt(cols['rel'], 1, 3)} | "
+                     f"{_fmt(cols['share'], 100, 0, '%')} | {_fmt(cols['rel'], 1, 3)} | "
                      f"{_fmt(cols['var'], 1, 3) if has_var else '–'} | {_fmt(cols['sat'], 1, 2)} | "
                      f"{len(mious)}/{len(row_seeds)} |")
     return lines + [""]
