@@ -318,8 +318,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables.md")
     p.add_argument("--only", nargs="+", metavar="PATTERN",
                    help="train only the runs whose name (prcl-1_64) or run directory (prcl-1_64-s0) matches one of "
-                        "these globs; the tables "
-                        "still list every row, from the runs already in --runs")
+                        "these globs; the tables still list every row, from the runs already in --runs")
     p.add_argument("extra", nargs="*", help="extra overrides for every run")
     args = p.parse_args()
     command = "python benchmarks/paper_tables.py " + shlex.join(sys.argv[1:])

@@ -203,10 +203,12 @@ METHOD_PRESETS.update({  # FixMatch and UniMatch; unimatch_prcl = unimatch + prc
 # defaults of these keys; keys given explicitly override them.
 # - `paper`: Eq. 3, 4, 15 literally (raw μ, MLS summed over dims, posterior prototype variance, VNs as
 #   points). The log-variance term alone then hands the positive prototype, whose variance shrinks like
-#   1/pixels, a lead of ~D/2·log 2: the loss saturates (benchmarks/results/contrastive_gradients.md).
+#   1/pixels, a lead of ~D/2·log 2, and training diverges (Lc overflows within 10 iterations; results in
+#   benchmarks/results/contrastive_gradients.md and paper_tables.md).
 # - `release`: the authors' code (unit μ, MLS averaged over dims, τ = 100). At τ = 100 the loss is inert; with
 #   the journal's τ = 0.5 (`temperature=0.5`, this project's default before issue #13) averaging still scales
-#   the μ term by 1/D: μ gets ~1-7% of the Baseline's gradient and >90% of the contrast reaches the trunk through σ².
+#   the μ term by 1/D: μ gets ~1-7% of the Baseline's gradient and 80-94% of the contrast reaches the trunk
+#   through σ².
 # - `predictive` (the default; not in the paper): unit μ, the distance term summed over dims (a cosine's
 #   scale at σ² ≈ 0.5), the log-variance term averaged, and every key compared with the variance of one
 #   pixel of its class (the GDP's mean σ² for the positive and the VNs), so no key wins by its variance.
