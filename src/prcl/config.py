@@ -51,7 +51,9 @@ class ModelConfig:
     low_level_channels: int = 48  # fused feature = aspp_channels + low_level_channels (paper: 256 + 48 = 304)
     head_channels: int = 64  # hidden width of segmentation/representation heads (paper: 256)
     rep_dim: int = 64  # D, the representation dimension (paper: 256)
-    prob_activation: str = "sigmoid"  # sigmoid | softplus: output of the probability head (σ²)
+    prob_activation: str = "sigmoid"  # sigmoid | softplus | exp (of a log-variance, PFE): σ² from the probability head
+    prob_final_norm: bool = True  # the σ² head ends in a BatchNorm (paper, release): the batch fixes σ²'s level
+    # and spread; false = a biased linear layer instead, so the level can move (not in the paper; issue #19)
 
 
 @dataclass
@@ -60,6 +62,9 @@ class VirtualNegativesConfig:
     num: int = 4  # VNs per class (Fig. 10a)
     beta: float = 1.0  # virtual radius β (Fig. 10b)
     scale: str = "variance"  # variance (Eq. 10) | std (not in the paper)
+    source: str = "posterior"  # the variance VNs are drawn with: posterior (Eq. 10: the GDP's, of the class
+    # mean, which shrinks like 1/pixels, so VNs collapse onto the mean) | predictive (the class's mean σ²) |
+    # empirical (the spread of the class's representations around its mean; not in the paper; issue #19)
     var: str = "prototype"  # the VN's variance in the MLS: zero (the paper: a point) | prototype (its class's
     # prototype variance, as `prototype_var` defines it; not in the paper)
 
@@ -92,6 +97,8 @@ class ContrastiveConfig:
     num_anchors: int = 64  # anchors per class (paper: 256; the CPU demo uses fewer)
     num_negatives: int = 256  # real negatives per anchor (paper: 512)
     strong_threshold: float = 0.8  # δs: anchors have student confidence below this
+    anchor_pixels: str = "hard"  # hard (Sec. 3.5: student confidence < δs) | all valid pixels (not in the
+    # paper: confidently wrong pseudo-labels can then become anchors and reach σ²; issue #19)
     weak_threshold: float = 0.7  # δw: unlabeled pixels need teacher confidence above this
     lambda0: float = 1.0  # λc0 in Eq. 12
     lambda_alpha: float = -5.0  # α in Eq. 12
@@ -118,6 +125,8 @@ class MethodConfig:
     unsup_weight: float = 1.0
     mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
     # (preset per method; cutmix = a box of half the image, always; cutmix_unimatch = UniMatch's random box, p = 0.5)
+    pseudo_label_noise: float = 0.0  # research option (issue #19): a seeded random fraction of the confident
+    # (≥ δw) unlabeled pseudo-labels is replaced by a random other class, in every term that uses them
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
@@ -128,6 +137,8 @@ class OptimConfig:
     name: str = "sgd"  # sgd (paper) | adamw
     lr: float = 0.05  # backbone and heads (paper: 6.4e-3 at batch 16 on ResNet-101)
     prob_head_lr: float = 5e-5  # probability head ("soft freeze")
+    prob_head_lr_scale: Optional[float] = None  # set: the probability head at lr × this instead of prob_head_lr
+    # (follows the run's lr, so its lr·T can match the paper's 5e-5 × 80k = 4; not in the paper; issue #19)
     head_lr_scale: float = 1.0  # decoder and heads (ASPP, projections, segmentation/representation heads) at
     # lr × this, the backbone at lr (UniMatch's VOC recipe: 10); 1 = one group
     momentum: float = 0.9  # SGD only
@@ -155,8 +166,10 @@ class TrainConfig:
     threads: Optional[int] = None  # torch CPU threads; null = torch default
     channels_last: bool = True  # NHWC model and images (10% faster for the demo on CPU, measured; and on GPUs)
     compile: bool = False  # torch.compile the student's forward (slow first steps; see benchmarks/)
-    diagnostics_every: int = 100  # >0: log each loss term's gradient norm at the trunk every K iterations
+    diagnostics_every: int = 100  # >0: log each loss term's gradient norm at the trunk at iteration 1 and every K
     # (engine/diagnostics.py; costs a few extra backward passes on those iterations, ~3% at 100)
+    reliability_diagnostics: bool = True  # with diagnostics_every: where the unlabeled images have masks, log
+    # how σ² ranks wrong pseudo-labels (engine/reliability.py); the masks never enter a loss
     log_prototypes_every: int = 0  # >0: record prototypes every K iterations (prototype_trajectory.pt, Fig. 8)
     skip_nonfinite: bool = False  # on a NaN/Inf loss or gradient: false = stop (naming the last good
     # checkpoint), true = skip that step (undoing its BatchNorm/prototype updates) and count it
@@ -228,7 +241,7 @@ WITHOUT_PSEUDO_LABELS = ("supervised",)
 
 CHOICES = {
     "data.dataset": ("synthetic", "voc", "cityscapes", "folder"),
-    "model.prob_activation": ("sigmoid", "softplus"),
+    "model.prob_activation": ("sigmoid", "softplus", "exp"),
     "model.output_stride": (8, 16),
     "optim.name": ("sgd", "adamw"),
     "method.name": tuple(METHOD_PRESETS),
@@ -237,6 +250,8 @@ CHOICES = {
     "method.contrastive.form": tuple(CONTRASTIVE_FORMS),
     "method.contrastive.vn.scale": ("variance", "std"),
     "method.contrastive.vn.var": ("zero", "prototype"),
+    "method.contrastive.vn.source": ("posterior", "predictive", "empirical"),
+    "method.contrastive.anchor_pixels": ("hard", "all"),
     "method.contrastive.prototype_var": ("posterior", "predictive"),
     "method.contrastive.var_grad": ("trunk", "head"),
     "method.contrastive.mls.reduction": ("mean", "sum"),
@@ -257,10 +272,10 @@ POSITIVE = (
 UNIT_INTERVAL = (
     "method.contrastive.trunk_grad", "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
-    "data.blur", "optim.momentum",
+    "data.blur", "optim.momentum", "method.pseudo_label_noise",
 )
 POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
-NON_NEGATIVE = ("train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr", "optim.weight_decay", "data.num_workers",
+NON_NEGATIVE = ("train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr", "optim.prob_head_lr_scale", "optim.weight_decay", "data.num_workers",
                 "method.contrastive.vn.beta")
 BELOW_ONE = ("method.contrastive.ema_momentum",)  # [0, 1): a momentum of 1 never moves
 
@@ -377,6 +392,9 @@ def validate(cfg: Config) -> None:
     if not 0 < lo <= hi:
         raise ConfigError(f"config key 'data.scale_range' must satisfy 0 < min <= max, got {[lo, hi]}")
     m = cfg.method
+    if m.name in WITHOUT_PSEUDO_LABELS and m.pseudo_label_noise > 0:
+        raise ConfigError(f"method.pseudo_label_noise={m.pseudo_label_noise} needs pseudo-labels, which "
+                          f"method.name={m.name} does not make; set it to 0 or pick a semi-supervised method")
     if m.name in WITHOUT_PSEUDO_LABELS:
         if m.mix != "none":
             raise ConfigError(f"method.mix={m.mix} has no effect with method.name={m.name} (it sees no unlabeled "

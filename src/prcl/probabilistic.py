@@ -84,13 +84,16 @@ def _all_reduce_sum_(tensor: Tensor) -> Tensor:
 
 
 class ClassSums(NamedTuple):
-    """Per-class sufficient statistics (float64): counts [C], sum 1/var [C, D], sum mu/var [C, D], and
-    sum var [C, D] (the arithmetic mean of the σ² seen is var_sum / count; zeros without var)."""
+    """Per-class sufficient statistics (float64): counts [C], sum 1/var [C, D], sum mu/var [C, D],
+    sum var [C, D] (the arithmetic mean of the σ² seen is var_sum / count; zeros without var), and the
+    plain sums of mu and mu² [C, D] (the empirical spread of the class's representations)."""
 
     counts: Tensor
     precision: Tensor
     precision_mean: Tensor
     var_sum: Tensor
+    mu_sum: Tensor
+    mu_sq_sum: Tensor
 
 
 def class_natural_sums(
@@ -109,17 +112,18 @@ def class_natural_sums(
                          f"{tuple(labels.shape)} and {tuple(mu.shape)}")
     with torch.no_grad():
         onehot_t = F.one_hot(labels, num_classes).t().to(mu.dtype)  # [C, P]
+        mu_sum, mu_sq_sum = onehot_t @ mu, onehot_t @ mu.square()
         if var is None:
             precision = onehot_t.sum(1, keepdim=True).expand(-1, mu.shape[1])
-            weighted, var_sum = onehot_t @ mu, torch.zeros_like(precision)
+            weighted, var_sum = mu_sum, torch.zeros_like(precision)
         else:
             inv = var.clamp(min=VAR_EPS).reciprocal()  # [P, D]
             precision, weighted, var_sum = onehot_t @ inv, onehot_t @ (mu * inv), onehot_t @ var
-        stats = torch.cat([onehot_t.sum(1, keepdim=True), precision, weighted, var_sum], 1).double()
+        stats = torch.cat([onehot_t.sum(1, keepdim=True), precision, weighted, var_sum, mu_sum, mu_sq_sum], 1).double()
         if sync:
             _all_reduce_sum_(stats)
-    d = mu.shape[1]
-    return ClassSums(stats[:, 0], stats[:, 1:1 + d], stats[:, 1 + d:1 + 2 * d], stats[:, 1 + 2 * d:])
+    counts, rest = stats[:, 0], stats[:, 1:].view(stats.shape[0], 5, mu.shape[1]).unbind(1)
+    return ClassSums(counts, *rest)
 
 
 def _check_update(name: str, num_classes: int, dim: int, class_ids: Tensor, *tensors: Tensor) -> None:
@@ -164,22 +168,26 @@ class GlobalDistributionPrototypes(nn.Module):
         self.register_buffer("precision_mean", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("var_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
+        self.register_buffer("mu_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
+        self.register_buffer("mu_sq_sum", torch.zeros(num_classes, dim, dtype=torch.float64))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # Checkpoints written before the pixel statistics existed (posterior-variance runs, which never
         # read them) load with none recorded, as if every update had come without counts.
-        for name in ("count", "var_sum"):
+        for name in ("count", "var_sum", "mu_sum", "mu_sq_sum"):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def update_natural(self, class_ids: Tensor, precision: Tensor, precision_mean: Tensor,
-                       count: Optional[Tensor] = None, var_sum: Optional[Tensor] = None) -> None:
+                       count: Optional[Tensor] = None, var_sum: Optional[Tensor] = None,
+                       mu_sum: Optional[Tensor] = None, mu_sq_sum: Optional[Tensor] = None) -> None:
         """Eq. 9 in natural parameters for the classes `class_ids` [K] (unique):
         precision += local sum 1/var, precision_mean += local sum mu/var (after forgetting); with
         `count` [K] and `var_sum` [K, D] also the representations seen and their summed σ² (for
-        `predictive_var`, not in the paper)."""
+        `predictive_var`), with `mu_sum`/`mu_sq_sum` [K, D] their sums of mu and mu² (for
+        `empirical_var`); neither is in the paper."""
         _check_update("update_natural", self.num_classes, self.dim, class_ids, precision, precision_mean)
         ids = class_ids.to(self.precision.device)
         f = self.forgetting
@@ -188,6 +196,9 @@ class GlobalDistributionPrototypes(nn.Module):
         if count is not None and var_sum is not None:
             self.count[ids] = f * self.count[ids] + count.to(self.count)
             self.var_sum[ids] = f * self.var_sum[ids] + var_sum.to(self.var_sum)
+        if mu_sum is not None and mu_sq_sum is not None:
+            self.mu_sum[ids] = f * self.mu_sum[ids] + mu_sum.to(self.mu_sum)
+            self.mu_sq_sum[ids] = f * self.mu_sq_sum[ids] + mu_sq_sum.to(self.mu_sq_sum)
         self.initialized[ids] = True
 
     def update(self, class_ids: Tensor, mu_local: Tensor, var_local: Tensor) -> None:
@@ -199,7 +210,8 @@ class GlobalDistributionPrototypes(nn.Module):
     def update_from_sums(self, sums: ClassSums) -> Tensor:
         """Update every class with counts > 0 from `class_natural_sums` output; returns their ids."""
         ids = torch.nonzero(sums.counts > 0).flatten()
-        self.update_natural(ids, sums.precision[ids], sums.precision_mean[ids], sums.counts[ids], sums.var_sum[ids])
+        self.update_natural(ids, sums.precision[ids], sums.precision_mean[ids], sums.counts[ids], sums.var_sum[ids],
+                            sums.mu_sum[ids], sums.mu_sq_sum[ids])
         return ids
 
     @property
@@ -220,6 +232,14 @@ class GlobalDistributionPrototypes(nn.Module):
         paper; `var` is the variance of the class mean, which shrinks like 1/count). NaN for classes
         not initialised or updated without counts."""
         return self.var_sum / self.count[:, None]
+
+    @property
+    def empirical_var(self) -> Tensor:
+        """[C, D] float64 spread of the class's representations around their plain mean, E[mu²] - E[mu]²
+        over every pixel seen (not in the paper: where Fig. 10 draws VNs, unlike `var`, it does not shrink
+        as pixels accumulate). NaN for classes not initialised or updated without counts."""
+        mean = self.mu_sum / self.count[:, None]
+        return (self.mu_sq_sum / self.count[:, None] - mean.square()).clamp(min=0.0)
 
     @property
     def nbytes(self) -> int:

@@ -139,6 +139,19 @@ def per_process_batch(global_batch: int, world: int, what: str) -> int:
     return global_batch // world
 
 
+def unlabeled_samples(cfg: Config, root: Path) -> list:
+    """The unlabeled split's samples, with their masks where every image has one and the reliability
+    diagnostics are on (`train.reliability_diagnostics` and `train.diagnostics_every`): the masks become the
+    batch's `truth`, which no loss reads. Without masks the diagnostics are simply absent."""
+    d, t = cfg.data, cfg.train
+    if t.reliability_diagnostics and t.diagnostics_every:
+        try:
+            return load_split(d.dataset, root, d.unlabeled_split, labeled=True)
+        except DataError:  # some unlabeled image has no mask: no diagnostics
+            pass
+    return load_split(d.dataset, root, d.unlabeled_split, labeled=False)
+
+
 def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int = 0, rank: int = 0, world: int = 1,
                      strong_views: int = 1) -> TrainData:
     """Loaders positioned at `start_iteration` (for resume) and the val dataset; unlabeled samples carry
@@ -158,9 +171,10 @@ def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int 
             raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data: set data.unlabeled_split")
         bu = per_process_batch(d.unlabeled_batch_size or d.batch_size, world, "data.unlabeled_batch_size")
         unlabeled = SegmentationDataset(
-            load_split(d.dataset, root, d.unlabeled_split, labeled=False),
+            unlabeled_samples(cfg, root),
             TrainTransform(d.crop_size, d.scale_range, strong=True, color_jitter=d.color_jitter, blur=d.blur,
                            strong_views=strong_views),
+            info.label_lut, info.num_classes,
         )
         unl_loader = _loader(unlabeled, bu, cfg, cfg.seed + 1, rank, world, start_iteration * bu)
     return TrainData(info, lab_loader, unl_loader, val)

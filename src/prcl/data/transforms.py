@@ -76,8 +76,10 @@ def strong_view_keys(views: int) -> list[str]:
 
 class TrainTransform:
     """Training views of one image. Returns `image` (weak) and, for labeled data, `mask` (long, 255 =
-    ignore incl. padding); for unlabeled data `padding` (bool, True = crop fill) and `strong_views`
-    strong views (`strong_view_keys`), each with its own draw of the photometric augmentations."""
+    ignore incl. padding); for unlabeled data (`strong=True`) `padding` (bool, True = crop fill),
+    `strong_views` strong views (`strong_view_keys`), each with its own draw of the photometric
+    augmentations, and, when the image has a mask, its true labels as `truth` (for the reliability
+    diagnostics only; cropped with the same draws, so the random streams do not change)."""
 
     def __init__(
         self,
@@ -104,19 +106,20 @@ class TrainTransform:
         ])
 
     def __call__(self, image: Image.Image, mask: Optional[np.ndarray]) -> dict:
-        labeled = mask is not None
-        if mask is None:  # track padding through the crop with a dummy mask
-            mask = np.zeros((image.height, image.width), dtype=np.uint8)
-        img_t = tv_tensors.Image(TF.pil_to_tensor(image))
-        mask_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
-        img_t, mask_t = self.geometric(img_t, mask_t)
+        labeled = mask is not None and not self.strong
+        masks = [] if mask is None else [tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))]
+        if not labeled:  # track padding through the crop with a dummy mask
+            masks.append(tv_tensors.Mask(torch.zeros((image.height, image.width), dtype=torch.uint8)))
+        img_t, *masks = self.geometric(tv_tensors.Image(TF.pil_to_tensor(image)), *masks)
         weak = TF.to_pil_image(img_t.as_subclass(torch.Tensor))
         out = {"image": to_normalized_tensor(weak)}
-        mask_t = mask_t.as_subclass(torch.Tensor).long()
+        masks = [m.as_subclass(torch.Tensor).long() for m in masks]
         if labeled:
-            out["mask"] = mask_t
+            out["mask"] = masks[0]
         else:
-            out["padding"] = mask_t == IGNORE_INDEX
+            out["padding"] = masks[-1] == IGNORE_INDEX
+            if mask is not None:
+                out["truth"] = masks[0]
         if self.strong:
             for key in strong_view_keys(self.strong_views):
                 out[key] = to_normalized_tensor(self.photometric(weak))

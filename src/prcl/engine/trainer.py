@@ -28,6 +28,7 @@ from prcl.engine import distributed as dist
 from prcl.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_all,
                                     set_rng_state)
 from prcl.engine.diagnostics import InertTermMonitor, gradient_norms
+from prcl.engine.reliability import reliability_stats
 from prcl.engine.ema import EMATeacher
 from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
@@ -211,7 +212,7 @@ class Trainer:
         values["total"] = float(loss.detach())
         stats = dict(step.stats)
         every = self.cfg.train.diagnostics_every
-        if every and (iteration + 1) % every == 0:
+        if every and (iteration == 0 or (iteration + 1) % every == 0):
             stats.update(self._diagnose(step, iteration + 1))
         self.optimizer.zero_grad(set_to_none=True)
         problem = self._backward(loss)
@@ -229,11 +230,14 @@ class Trainer:
         return values, stats
 
     def _diagnose(self, step: StepLosses, iteration: int) -> dict[str, float]:
-        """Gradient norm of each loss term (and path) at the trunk; warns once about inert terms."""
+        """Gradient norm of each loss term (and path) at the trunk, warning once about inert terms; where the
+        truth of the unlabeled images is known, how σ² ranks the wrong pseudo-labels (`engine/reliability.py`)."""
         norms = gradient_norms(step.terms, step.paths, self.model.trunk_parameters())
         if self.main:
             for message in self.monitor.check(norms, step.stats, iteration):
                 tqdm.write(f"warning: {message}")
+        if step.probe is not None and "contrastive" in step.terms:
+            norms.update(reliability_stats(step.probe, step.terms["contrastive"]))
         return norms
 
     # ----------------------------------------------------------------- numerical guards

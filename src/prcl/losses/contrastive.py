@@ -86,6 +86,7 @@ class PRCLContrastiveLoss(nn.Module):
         self.num_anchors, self.num_negatives = c.num_anchors, c.num_negatives
         self.strong_threshold, self.probabilistic, self.prototype = c.strong_threshold, c.pr, c.prototype
         self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = c.vn.enabled, c.vn.num, c.vn.beta, c.vn.scale
+        self.vn_source, self.anchor_pixels = c.vn.source, c.anchor_pixels
         self.memory_bank_enqueue, self.memory_bank_negatives = c.memory_bank.enqueue, c.memory_bank.negatives
         self.prototype_var, self.vn_var = c.prototype_var, c.vn.var
         self.normalize = c.mls.normalize or not c.pr
@@ -182,15 +183,23 @@ class PRCLContrastiveLoss(nn.Module):
         return sim / self.temperature
 
     # ------------------------------------------------------------------ extra negatives
+    def _vn_source_var(self) -> Tensor:
+        """[C, D] the variance VNs are drawn with (`vn.source`): the GDP's posterior variance (Eq. 10),
+        the class's mean σ², or the empirical spread of its representations. NaN-free for initialised classes."""
+        if self.vn_source == "posterior":
+            return self.gdp.var
+        var = self.gdp.predictive_var if self.vn_source == "predictive" else self.gdp.empirical_var
+        return var.nan_to_num(0.0)
+
     def _virtual_negatives(self, anchor_classes: Tensor, dtype: torch.dtype,
                            generator: Optional[torch.Generator]):
-        """Eq. 10 VNs of every class with a GDP, drawn per anchor class: (raw [K, G*v, D] float64,
-        classes [K, G*v], KeySet with the anchor's own class masked out and var 0 (`vn.var=zero`)
-        or the GDP variance of the VN's class (`vn.var=prototype`))."""
+        """Eq. 10 VNs of every class with a GDP, drawn per anchor class with the variance of `vn.source`:
+        (raw [K, G*v, D] float64, classes [K, G*v], KeySet with the anchor's own class masked out and var 0
+        (`vn.var=zero`) or the GDP variance of the VN's class (`vn.var=prototype`))."""
         assert self.gdp is not None
         have = torch.nonzero(self.gdp.initialized).flatten()  # [G]
         k, g, v = anchor_classes.numel(), have.numel(), self.vn_num
-        raw = virtual_negatives(self.gdp.mean[have], self.gdp.var[have], k * v, self.vn_beta,
+        raw = virtual_negatives(self.gdp.mean[have], self._vn_source_var()[have], k * v, self.vn_beta,
                                 scale=self.vn_scale, generator=generator)  # [G, K*v, D]
         raw = raw.view(g, k, v, self.dim).transpose(0, 1).reshape(k, g * v, self.dim)
         classes = have.repeat_interleave(v)[None].expand(k, g * v)
@@ -239,6 +248,13 @@ class PRCLContrastiveLoss(nn.Module):
         pix_prob = probs.detach().gather(1, safe_labels).squeeze(1)[mask]
         return pix_label, pix_mu, pix_var, pix_prob
 
+    def _anchor_candidates(self, pix_prob: Tensor) -> Tensor:
+        """[P] bool: the pixels anchors are drawn from, hard ones (student prob of the label < δs, Sec. 3.5)
+        or every valid pixel (`anchor_pixels=all`)."""
+        if self.anchor_pixels == "all":
+            return torch.ones_like(pix_prob, dtype=torch.bool)
+        return pix_prob < self.strong_threshold
+
     def _forward(self, mu, var, labels, valid, probs, generator):
         pix_label, pix_mu, pix_var, pix_prob = self._pixels(mu, var, labels, valid, probs)
         sums = class_natural_sums(pix_label, pix_mu.detach(),
@@ -246,7 +262,7 @@ class PRCLContrastiveLoss(nn.Module):
         proto_mean, proto_var, proto_ok, drift = self._prototypes(sums, pix_mu.dtype)
         with torch.no_grad():
             sample = sample_anchors_and_negatives(
-                pix_label, pix_prob < self.strong_threshold, self._class_logits(proto_mean, proto_var),
+                pix_label, self._anchor_candidates(pix_prob), self._class_logits(proto_mean, proto_var),
                 num_anchors=self.num_anchors, num_negatives=self.num_negatives, generator=generator)
             sample = sample.select(self._has_negatives(sample))
         k = sample.anchor_classes.numel()
@@ -291,11 +307,15 @@ class PRCLContrastiveLoss(nn.Module):
 
     @torch.no_grad()
     def _vn_spread(self, vn_keys: KeySet, vn_classes: Tensor) -> Tensor:
-        """Mean L2 distance of the VNs to their GDP mean, in the space the similarity sees."""
+        """Mean L2 distance of the VNs to their GDP mean, in the space the similarity sees, in units of the
+        class's per-pixel std (the root of the summed empirical variance of its representations): about β
+        for VNs drawn from that spread, → 0 for VNs that collapse onto the mean."""
         gdp_mean = self.gdp.mean.to(vn_keys.mu.dtype)
         if self.normalize:
             gdp_mean = F.normalize(gdp_mean, dim=1)
-        return (vn_keys.mu.view(*vn_classes.shape, -1) - gdp_mean[vn_classes]).norm(dim=2).mean().double()
+        distance = (vn_keys.mu.view(*vn_classes.shape, -1) - gdp_mean[vn_classes]).norm(dim=2)
+        pixel_std = self.gdp.empirical_var.sum(1).sqrt().to(distance.dtype)[vn_classes]
+        return (distance / pixel_std.clamp(min=1e-12)).mean().double()
 
     @torch.no_grad()
     def _stats(self, loss, k, pix_var, proto_var, proto_ok, vn_spread, drift, uniform, pix_label) -> Dict[str, float]:

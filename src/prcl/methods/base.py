@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prcl.config import Config
+from prcl.engine.reliability import ReliabilityProbe
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -30,17 +31,20 @@ class StepLosses:
 
     terms: loss terms, summed by the trainer; stats: scalars to log; paths: for gradient diagnostics,
     `{term: {name: tensor}}` the intermediate tensors through which a term reaches the network (e.g.
-    the contrastive term through `mu` and `var`), so the trainer can split its gradient by path.
+    the contrastive term through `mu` and `var`), so the trainer can split its gradient by path;
+    probe: what the reliability diagnostics read (`prcl.engine.reliability`), where the truth is known.
     """
 
     terms: dict[str, torch.Tensor]
     stats: dict[str, float] = field(default_factory=dict)
     paths: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    probe: Optional[ReliabilityProbe] = None
 
     def update(self, other: "StepLosses") -> None:
         self.terms.update(other.terms)
         self.stats.update(other.stats)
         self.paths.update(other.paths)
+        self.probe = other.probe if other.probe is not None else self.probe
 
 
 class Method(nn.Module):

@@ -9,12 +9,15 @@ unlabeled pixels, λc(t). Which contrast (Baseline, Baseline+, PRCL, the ablatio
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prcl import IGNORE_INDEX
 from prcl.config import Config
+from prcl.engine.reliability import ReliabilityProbe
 from prcl.losses import PRCLContrastiveLoss
 from prcl.methods.base import StepLosses
 from prcl.probabilistic import contrastive_weight
@@ -32,11 +35,14 @@ class ContrastiveTerm(nn.Module):
         super().__init__()
         self.cfg = cfg.method.contrastive
         self.loss = PRCLContrastiveLoss.from_config(cfg, num_classes)
+        self.loss.record_sample = True  # the anchors of the step, for the reliability diagnostics
 
     def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, pseudo: torch.Tensor,
-                confidence: torch.Tensor, progress: float) -> StepLosses:
+                confidence: torch.Tensor, progress: float, truth: Optional[torch.Tensor] = None) -> StepLosses:
         """`out`: the student's forward on `[labeled; unlabeled]` images; labels `[B_l, H, W]`, pseudo-labels
-        and teacher confidences `[B_u, H, W]` at image resolution (aligned with the student's view)."""
+        and teacher confidences `[B_u, H, W]` at image resolution (aligned with the student's view).
+        `truth` `[B_u, H, W]`, the unlabeled images' true labels where known, only feeds `StepLosses.probe`
+        (`prcl.engine.reliability`): it is read after the loss and never changes it."""
         c = self.cfg
         mu = out["mu"].float()
         size = mu.shape[-2:]
@@ -51,7 +57,23 @@ class ContrastiveTerm(nn.Module):
         stats = {f"contrastive/{k}": v for k, v in stats.items()}
         stats["contrastive/lambda"] = weight
         paths = {"mu": out["mu"]} if var is None else {"mu": out["mu"], "var": out["var"]}
-        return StepLosses({"contrastive": weight * loss}, stats, {"contrastive": paths})
+        step = StepLosses({"contrastive": weight * loss}, stats, {"contrastive": paths})
+        if truth is not None and var is not None:
+            step.probe = self._probe(out["var"], labels.shape[0], target, valid, truth, weight)
+        return step
+
+    @torch.no_grad()
+    def _probe(self, var: torch.Tensor, n_labeled: int, target: torch.Tensor, valid: torch.Tensor,
+               truth: torch.Tensor, weight: float) -> ReliabilityProbe:
+        """The unlabeled rows of this step at feature resolution, with the anchors the loss drew."""
+        taken = valid & (target != IGNORE_INDEX)  # the loss's valid-pixel table, row-major over (b, h, w)
+        anchors = torch.zeros(taken.numel(), dtype=torch.bool, device=taken.device)
+        sample = self.loss.last_sample
+        if sample is not None and sample.anchor_index.numel():
+            anchors[torch.nonzero(taken.flatten()).flatten()[sample.anchor_index.flatten()]] = True
+        rows = slice(n_labeled, target.shape[0])
+        return ReliabilityProbe(var, rows, target[rows], to_feature_resolution(truth, target.shape[-2:]),
+                                taken[rows], anchors.view_as(taken)[rows], weight)
 
     def prototypes(self) -> dict[str, torch.Tensor]:
         """The loss's local (last step), GDP and EMA prototypes, `[C, D]` float32 with NaN rows."""

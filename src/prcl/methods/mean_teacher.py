@@ -15,6 +15,7 @@ from prcl import IGNORE_INDEX
 from prcl.data.mixing import mix_masks, mix_with_partner
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.pseudo_label_noise import PseudoLabelNoise
 
 
 def weighted_pseudo_label_loss(
@@ -41,13 +42,13 @@ def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor, padding
 
 
 def mix_strong_view(mix: str, image: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                    shift: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    *aligned: torch.Tensor, shift: int = 1) -> list[torch.Tensor]:
     """The student's input and targets: `image` pasted onto its partner `shift` places back in the
-    batch through a ClassMix or CutMix mask (`mix_masks`; `mix="none"`: unchanged)."""
+    batch through a ClassMix or CutMix mask (`mix_masks`; `mix="none"`: unchanged). `aligned` maps
+    (e.g. the true labels of the reliability diagnostics) are mixed the same way."""
     if mix == "none":
-        return image, pseudo, confidence
-    image, pseudo, confidence = mix_with_partner(mix_masks(mix, pseudo), image, pseudo, confidence, shift=shift)
-    return image, pseudo, confidence
+        return [image, pseudo, confidence, *aligned]
+    return mix_with_partner(mix_masks(mix, pseudo), image, pseudo, confidence, *aligned, shift=shift)
 
 
 @register("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
@@ -60,11 +61,15 @@ class MeanTeacher(Method):
         self.mix: str = cfg.method.mix
         self.contrast: Optional[ContrastiveTerm] = (ContrastiveTerm(cfg, num_classes)
                                                     if cfg.method.contrastive.enabled else None)
+        self.noise = PseudoLabelNoise(cfg, num_classes)
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         m = self.cfg.method
         pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
-        image_u, pseudo, confidence = mix_strong_view(self.mix, unlabeled["image_strong"], pseudo, confidence)
+        pseudo = self.noise(pseudo, confidence, progress)
+        truth = unlabeled.get("truth")  # the diagnostics' true labels: mixed along, read after the losses only
+        image_u, pseudo, confidence, *truth = mix_strong_view(self.mix, unlabeled["image_strong"], pseudo, confidence,
+                                                              *([truth] if truth is not None else []))
         n_l = labeled["image"].shape[0]
         out = student(torch.cat([labeled["image"], image_u]), heads=self.contrast is not None)
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
@@ -74,7 +79,7 @@ class MeanTeacher(Method):
             {"pseudo_confident": float((confidence >= m.unsup_threshold).float().mean())},
         )
         if self.contrast is not None:
-            step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress))
+            step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress, *truth))
         return step
 
     def prototypes(self) -> dict[str, torch.Tensor]:

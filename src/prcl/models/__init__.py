@@ -23,6 +23,7 @@ def build_model(cfg: Config, num_classes: int) -> DeepLabV3Plus:
         rep_dim=m.rep_dim if contrastive else None,
         prob_dim=m.rep_dim if contrastive and cfg.method.contrastive.pr else None,
         prob_activation=m.prob_activation,
+        prob_final_norm=m.prob_final_norm,
         rep_trunk_grad=c.trunk_grad,
         prob_trunk_grad=c.trunk_grad if c.var_grad == "trunk" else 0.0,
     )

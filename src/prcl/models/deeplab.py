@@ -4,7 +4,7 @@
         └──► stride-4 features ─► 1×1 conv (48) ────┴─► concat = fused feature [B, 304, H/4, W/4]
     fused ─► segmentation head   Conv3×3-BN-ReLU-Conv1×1 → C logits
     fused ─► representation head Conv3×3-BN-ReLU-Conv1×1 → μ  (D)
-    fused ─► probability head    1×1 Linear-BN-ReLU-Linear-BN + sigmoid/softplus → σ² (D)
+    fused ─► probability head    1×1 Linear-BN-ReLU-Linear(-BN) + sigmoid/softplus/exp → σ² (D)
 
 `forward(x, feature_dropout=p)` adds UniMatch's feature-perturbation stream: the backbone runs once and
 the decoder runs on [clean; Dropout2d(p)] features, returning `logits_fp` beside the clean outputs.
@@ -61,18 +61,32 @@ def make_head(cin: int, hidden: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv_bn_relu(cin, hidden, 3), nn.Conv2d(hidden, cout, 1))
 
 
-class ProbabilityHead(nn.Module):
-    """σ² head: Linear-BN-ReLU-Linear-BN as 1×1 convs, then a positive activation (Sec. 3.2)."""
+PROB_ACTIVATIONS = {"sigmoid": torch.sigmoid, "softplus": F.softplus,
+                    "exp": lambda s: torch.exp(s.clamp(-LOG_VAR_LIMIT, LOG_VAR_LIMIT))}
+LOG_VAR_LIMIT = 10.0
+"""`exp` reads the head's output as log σ² (PFE); it is clamped to ±this so σ² stays finite (e^±10)."""
 
-    def __init__(self, cin: int, dim: int, activation: str = "sigmoid") -> None:
+
+class ProbabilityHead(nn.Module):
+    """σ² head: Linear-BN-ReLU-Linear(-BN) as 1×1 convs, then a positive activation (Sec. 3.2).
+
+    `final_norm=True` is the paper's and the release's head: a train-mode BatchNorm before the activation
+    standardises every channel over the batch, so the batch's σ² level and spread are set by that
+    BatchNorm's γ/β alone (and its backward removes those parts of the gradient from the trunk).
+    `final_norm=False` (not in the paper) ends in a biased linear layer instead, whose bias sets the level
+    and whose weights the spread. `activation`: sigmoid (σ² in (0, 1)), softplus, or exp of a log-variance.
+    """
+
+    def __init__(self, cin: int, dim: int, activation: str = "sigmoid", final_norm: bool = True) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim),
-        )
-        if activation not in ("sigmoid", "softplus"):
-            raise ValueError(f"activation must be sigmoid or softplus, got {activation!r}")
-        self.activation = torch.sigmoid if activation == "sigmoid" else F.softplus
+        if activation not in PROB_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(PROB_ACTIVATIONS)}, got {activation!r}")
+        last = ([nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim)] if final_norm
+                else [nn.Conv2d(dim, dim, 1, bias=True)])
+        self.net = nn.Sequential(nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True), *last)
+        self.activation = PROB_ACTIVATIONS[activation]
+        if not final_norm:  # start where the normalised head starts: σ² = activation(0) on average
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         return self.activation(self.net(fused))
@@ -97,6 +111,7 @@ class DeepLabV3Plus(nn.Module):
         rep_dim: Optional[int] = None,
         prob_dim: Optional[int] = None,
         prob_activation: str = "sigmoid",
+        prob_final_norm: bool = True,
         rep_trunk_grad: float = 1.0,
         prob_trunk_grad: float = 1.0,
     ) -> None:
@@ -122,7 +137,7 @@ class DeepLabV3Plus(nn.Module):
         self.fused_channels = aspp_channels + low_level_channels
         self.seg_head = make_head(self.fused_channels, head_channels, num_classes)
         self.rep_head = make_head(self.fused_channels, head_channels, rep_dim) if rep_dim else None
-        self.prob_head = ProbabilityHead(self.fused_channels, prob_dim, prob_activation) if prob_dim else None
+        self.prob_head = ProbabilityHead(self.fused_channels, prob_dim, prob_activation, prob_final_norm) if prob_dim else None
         if not (0.0 <= rep_trunk_grad <= 1.0 and 0.0 <= prob_trunk_grad <= 1.0):
             raise ValueError(f"rep_trunk_grad and prob_trunk_grad must lie in [0, 1], got {rep_trunk_grad}, "
                              f"{prob_trunk_grad}")

@@ -1,0 +1,46 @@
+"""`method.pseudo_label_noise`: the research option that tests PRCL's robustness claim head-on (issue #19).
+
+The paper's claim (Sec. 1, Table 5) is that σ² makes the contrast robust to wrong pseudo-labels. To test
+it with a known amount of wrongness, a seeded random fraction p of the confident unlabeled pseudo-labels
+(teacher confidence ≥ δw, the pixels the contrast takes) is replaced by a uniformly drawn *other* class,
+right after the teacher labels the weak view, so every term that uses the pseudo-labels (the CE of
+Eq. 14, the contrast of Eq. 15) sees the same corrupted labels, in every method. The teacher's
+confidence is left as it was: these are confidently wrong labels, the kind a thresholded pipeline
+cannot filter. Each iteration draws from its own generator, seeded by (seed, iteration), so the noise
+is the same on a resumed run and consumes none of the training's random streams.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prcl import IGNORE_INDEX
+from prcl.config import Config
+
+
+def corrupt_pseudo_labels(pseudo: torch.Tensor, confidence: torch.Tensor, fraction: float, threshold: float,
+                          num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """`pseudo` `[B, H, W]` with each pixel of confidence ≥ `threshold` (not ignored) replaced, with
+    probability `fraction`, by a class drawn uniformly from the other `num_classes - 1`."""
+    draw = torch.rand(pseudo.shape, generator=generator, device=generator.device).to(pseudo.device)
+    offset = torch.randint(1, num_classes, pseudo.shape, generator=generator, device=generator.device)
+    corrupt = (draw < fraction) & (confidence >= threshold) & (pseudo != IGNORE_INDEX)
+    return torch.where(corrupt, (pseudo + offset.to(pseudo.device)) % num_classes, pseudo)
+
+
+class PseudoLabelNoise(nn.Module):
+    """Applies `corrupt_pseudo_labels` with the config's fraction (identity at 0, the default)."""
+
+    def __init__(self, cfg: Config, num_classes: int) -> None:
+        super().__init__()
+        self.fraction, self.num_classes = cfg.method.pseudo_label_noise, num_classes
+        self.threshold = cfg.method.contrastive.weak_threshold
+        self.seed, self.iterations = cfg.seed, cfg.train.iterations
+
+    def forward(self, pseudo: torch.Tensor, confidence: torch.Tensor, progress: float) -> torch.Tensor:
+        if self.fraction == 0:
+            return pseudo
+        iteration = round(progress * self.iterations)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        return corrupt_pseudo_labels(pseudo, confidence, self.fraction, self.threshold, self.num_classes, generator)
