@@ -1,0 +1,197 @@
+"""Issue #19: the reliability diagnostics, the σ² head that can learn, VNs that spread, pseudo-label noise."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prcl import IGNORE_INDEX
+from prcl.config import contrastive_preset, load_config
+from prcl.engine.reliability import within_class_auroc
+from prcl.engine.trainer import Trainer
+from prcl.losses import PRCLContrastiveLoss
+from prcl.methods.pseudo_label_noise import corrupt_pseudo_labels
+from prcl.models import build_model
+from prcl.probabilistic import GlobalDistributionPrototypes, class_natural_sums
+from conftest import TINY_MODEL
+
+
+def _auroc_brute_force(scores: np.ndarray, wrong: np.ndarray) -> float:
+    """P(score of a wrong pixel > score of a right one) + ½ P(tie), over every pair (float64)."""
+    pos, neg = scores[wrong], scores[~wrong]
+    wins = sum((p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_within_class_auroc_is_the_macro_mean_of_per_class_pair_counts():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 4, 300)
+    wrong = rng.random(300) < 0.3
+    scores = np.round(rng.random(300) + 0.3 * wrong + 0.5 * classes, 2)  # ties included
+    wrong[classes == 3] = False  # a class without wrong pixels is left out of the mean
+    expected = np.mean([_auroc_brute_force(scores[classes == c], wrong[classes == c]) for c in range(3)])
+    assert within_class_auroc(scores, wrong, classes) == pytest.approx(expected, abs=1e-12)
+    # a score that only tells the classes apart (and classes with more errors score higher) ranks well over all
+    # pixels but is exactly uninformative within a class
+    by_class = classes.astype(float)
+    assert within_class_auroc(by_class, wrong, classes) == pytest.approx(0.5)
+    assert within_class_auroc(scores, np.zeros(300, dtype=bool), classes) is None
+
+
+def _run(make_config, *overrides):
+    cfg = make_config("method.name=prcl", "train.iterations=3", "train.eval_every=100", "train.diagnostics_every=2",
+                      "train.log_every=1", "data.max_val_images=2", "method.unsup_threshold=0.0",
+                      "method.contrastive.weak_threshold=0.0", *overrides)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    log = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    return log, weights
+
+
+def test_diagnostics_read_the_truth_but_never_change_the_run(make_config):
+    on, w_on = _run(make_config, "name=run_on")
+    off, w_off = _run(make_config, "name=run_off", "train.reliability_diagnostics=false")
+    assert [r["iteration"] for r in on] == [1, 2, 3]  # the diagnostics run at iteration 1 too
+    logged = [r for r in on if "grad/sup" in r]
+    assert [r["iteration"] for r in logged] == [1, 2]
+    keys = {k for r in logged for k in r if k.startswith("reliability/")}
+    for where in ("confident", "anchors"):
+        assert {f"reliability/{where}/{k}" for k in ("wrong_fraction", "var_wrong")} <= keys
+        for r in logged[1:]:  # a statistic that needs right pixels is there exactly when some are right
+            some_right = r[f"reliability/{where}/wrong_fraction"] < 1
+            assert (f"reliability/{where}/var_right" in r) == some_right
+            assert (f"reliability/{where}/auroc_all" in r) == some_right
+    assert "reliability/anchors/grad_wrong" in keys and not any(k.startswith("reliability") for r in off for k in r)
+    assert all(0.0 < r["reliability/confident/wrong_fraction"] <= 1.0 for r in logged[1:])
+    for a, b in zip(on, off):
+        for k in ("sup", "unsup", "contrastive", "total"):
+            assert a[k] == b[k], (a["iteration"], k)  # bit-identical losses
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)  # and weights
+
+
+def test_pseudo_label_noise_flips_a_fraction_of_the_confident_labels_to_another_class():
+    g = torch.Generator().manual_seed(0)
+    pseudo = torch.randint(0, 5, (4, 64, 64), generator=g)
+    pseudo[:, :4] = IGNORE_INDEX
+    confidence = torch.rand(4, 64, 64, generator=g)
+    noisy = corrupt_pseudo_labels(pseudo, confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3))
+    changed = noisy != pseudo
+    eligible = (confidence >= 0.7) & (pseudo != IGNORE_INDEX)
+    assert not changed[~eligible].any()  # unconfident and ignored pixels are kept
+    n = int(eligible.sum())
+    assert abs(int(changed.sum()) - 0.4 * n) < 4 * (0.24 * n) ** 0.5  # binomial(n, 0.4), 4 std
+    assert noisy[changed].max() < 5 and noisy[changed].min() >= 0
+    again = corrupt_pseudo_labels(pseudo, confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(noisy, again)
+    # every other class is drawn about equally often
+    counts = torch.bincount(((noisy - pseudo) % 5)[changed], minlength=5)
+    assert counts[0] == 0 and counts[1:].min() > 0.2 * int(changed.sum())
+
+
+def test_pseudo_label_noise_reaches_the_losses(make_config):
+    clean, _ = _run(make_config, "name=clean")
+    noisy, _ = _run(make_config, "name=noisy", "method.pseudo_label_noise=0.4")
+    assert clean[0]["unsup"] != noisy[0]["unsup"] and clean[0]["contrastive"] != noisy[0]["contrastive"]
+
+
+def test_gdp_empirical_var_is_the_spread_of_every_pixel_seen():
+    g = torch.Generator().manual_seed(0)
+    gdp = GlobalDistributionPrototypes(3, 4)
+    seen = {c: [] for c in range(3)}
+    for _ in range(5):
+        labels = torch.randint(0, 2, (50,), generator=g)
+        mu = torch.randn(50, 4, generator=g, dtype=torch.float64) * 0.3 + labels[:, None]
+        gdp.update_from_sums(class_natural_sums(labels, mu, torch.rand(50, 4, generator=g, dtype=torch.float64) + 0.1, 3))
+        for c in range(2):
+            seen[c].append(mu[labels == c])
+    for c in range(2):
+        np.testing.assert_allclose(gdp.empirical_var[c].numpy(), torch.cat(seen[c]).var(0, unbiased=False).numpy(),
+                                   rtol=1e-10)
+    assert torch.isnan(gdp.empirical_var[2]).all()
+
+
+@pytest.mark.parametrize("source", ["empirical", "posterior"])
+def test_vn_spread_does_not_shrink_as_the_gdp_sees_more_pixels(source):
+    """VNs drawn from the empirical spread keep ~β per-pixel std from the GDP mean however many pixels it has
+    seen; drawn from the GDP's posterior variance (Eq. 10 literally) they collapse onto the mean."""
+    c, d = 3, 16
+    cfg = contrastive_preset("prcl", num_anchors=8, num_negatives=8, vn={"source": source, "scale": "std"})
+    loss_fn = PRCLContrastiveLoss(c, d, cfg)
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(c, d, generator=g), dim=1)
+    spreads = []
+    for _ in range(30):
+        labels = torch.randint(0, c, (2, 8, 8), generator=g)
+        mu = (centres[labels] + 0.3 * torch.randn(2, 8, 8, d, generator=g)).permute(0, 3, 1, 2)
+        _, stats = loss_fn(mu, torch.full_like(mu, 0.5), labels, torch.ones(2, 8, 8, dtype=torch.bool),
+                           torch.full((2, c, 8, 8), 1.0 / c), generator=g)
+        spreads.append(stats["vn_spread"])
+    if source == "empirical":
+        assert min(spreads) >= 0.5 and spreads[-1] >= 0.9 * spreads[0], spreads
+    else:
+        assert spreads[-1] < 0.3 * spreads[0], spreads  # like 1/sqrt(pixels seen)
+
+
+def _striped_batch():
+    """Two 48² images of four colour stripes: classes 0, 1, 2 and a narrow fourth colour (red + green) labeled 2,
+    the wrong pixels; and their representations μ `[2, D, 48, 48]`: one unit direction per colour, the fourth
+    between the first two, so the wrong pixels lie far from their label's prototype and near other classes."""
+    colours = torch.tensor([[1.5, -1.0, -1.0], [-1.0, 1.5, -1.0], [-1.0, -1.0, 1.5], [1.5, 1.5, -1.0]])
+    stripes = torch.tensor([0] * 16 + [1] * 16 + [2] * 12 + [3] * 4)  # column -> stripe
+    stripe = torch.stack([stripes, stripes.flip(0)])[:, None, :].expand(2, 48, 48)
+    g = torch.Generator().manual_seed(0)
+    image = colours[stripe].permute(0, 3, 1, 2) + 0.1 * torch.randn(2, 3, 48, 48, generator=g)
+    directions = F.normalize(torch.randn(3, 16, generator=g), dim=1)
+    directions = torch.cat([directions, F.normalize(directions[:1] + directions[1:2], dim=1)])
+    mu = directions[stripe].permute(0, 3, 1, 2)
+    return image, mu, stripe.clamp(max=2), stripe == 3
+
+
+LR = 0.01  # the default job's σ² lr: optim.lr 0.05 × prob_head_lr_scale 0.2
+
+
+def _train_sigma(final_norm: bool, steps: int = 15):
+    """A few steps of the contrast on the real σ² head and trunk (μ given), on a fixed batch with known wrong
+    labels; returns the batch's σ² (mean over D) at feature resolution before and after, and the wrong pixels."""
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY_MODEL, f"model.prob_final_norm={str(final_norm).lower()}"])
+    model = build_model(cfg, 3)
+    image, mu, labels, wrong = _striped_batch()
+    loss_fn = PRCLContrastiveLoss.from_config(cfg, 3)
+    model.aspp.project[1].p = 0.0  # no dropout: the σ² measured before and after differ by training only
+    opt = torch.optim.SGD(model.trunk_parameters() + list(model.prob_head.parameters()), lr=LR)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    history = []
+    for _ in range(steps + 1):
+        var = model(image)["var"]
+        size = var.shape[-2:]
+        def small(t):
+            return F.interpolate(t[:, None].float(), size=size, mode="nearest")[:, 0]
+        rep = F.interpolate(mu, size=size, mode="nearest")
+        history.append(var.detach().mean(1))
+        loss, _ = loss_fn(rep, var, small(labels).long(), torch.ones(2, *size, dtype=torch.bool),
+                          torch.full((2, 3, *size), 1 / 3), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return history[0], history[-1], small(wrong).bool()
+
+
+def test_sigma_head_learns_to_flag_wrong_labels_and_can_move_its_level():
+    """40 steps at the default σ² lr. Both heads learn to rank the wrong pixels above the right ones; the
+    paper's head (train-mode BatchNorm before the sigmoid, the review's point 1) holds the batch's mean σ²
+    where its BatchNorm puts it, the head without it moves the level several times as far."""
+    before, after, wrong = _train_sigma(final_norm=False, steps=40)
+    assert after[wrong].mean() > after[~wrong].mean() + 0.03, (after[wrong].mean(), after[~wrong].mean())
+    assert before[wrong].mean() < before[~wrong].mean()  # it was not so at the start
+    bn_before, bn_after, _ = _train_sigma(final_norm=True, steps=40)
+    assert bn_after[wrong].mean() > bn_after[~wrong].mean()
+    moved, bn_moved = abs(after.mean() - before.mean()), abs(bn_after.mean() - bn_before.mean())
+    assert moved > 0.005 and moved > 3 * bn_moved, (moved, bn_moved)
