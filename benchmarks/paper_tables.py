@@ -58,7 +58,15 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "tau": "Temperature sweep (chose the default τ)", "sigma": "σ² head learning rate",
           "gap": "Dataset property: supervised, few vs all labels",
           "15": "Issue #15 — FixMatch, UniMatch and PRCL's contrast on UniMatch",
-          "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)"}
+          "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)",
+          "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)"}
+RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2",
+                 "method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
+"""PRCL with the issue #19 options: σ² head without the final BatchNorm at lr·T ≈ the paper's, VNs drawn
+from the class's empirical spread."""
+NOISE_ROWS = {"baseline": ["method.name=baseline"], "baseline_plus": ["method.name=baseline_plus"],
+              "prcl": ["method.name=prcl"], "prcl, σ² free + VN spread": RELIABLE_PRCL}
+NOISE_LEVELS = (0.0, 0.2, 0.4)
 CONTRAST_VARIANTS = {  # Table "13": the candidates for PRCL's default, with the references they are judged by
     "classmix (no contrast)": ["method.name=classmix"],
     "baseline (cosine)": ["method.name=baseline"],
@@ -99,6 +107,9 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
             out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
         if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
             continue
+        if "19" in tables:  # pseudo-label noise p: the robustness claim head-on
+            out += [Experiment("19", f"{row}, p={p:g}", frac, o + ([f"method.pseudo_label_noise={p}"] if p else []))
+                    for p in NOISE_LEVELS for row, o in NOISE_ROWS.items()]
         if "8" in tables:
             rows = {
                 "baseline": ["method.name=baseline"],
@@ -262,6 +273,53 @@ def gradient_table(exps: list[Experiment], seeds: list[int], args: argparse.Name
     return lines + [""]
 
 
+RELIABILITY_COLUMNS = {  # train_log key -> column: the second half of training, mean over diagnostics and seeds
+    "reliability/confident/wrong_fraction": "wrong pseudo-labels (confident)",
+    "reliability/confident/auroc_within_class": "AUROC σ² flags wrong, within class (confident)",
+    "reliability/anchors/auroc_within_class": "same, anchors",
+    "reliability/confident/var_wrong": "σ² wrong",
+    "reliability/confident/var_right": "σ² right",
+    "reliability/anchors/grad_wrong": "∂Lc/∂σ² wrong anchors",
+    "reliability/anchors/grad_right": "∂Lc/∂σ² right anchors",
+    "contrastive/vn_spread": "VN spread (per-pixel std; min over the run)",
+}
+
+
+def _reliability_summary(run: Path) -> dict[str, float]:
+    """Means of RELIABILITY_COLUMNS over the diagnostics of the second half of training (the VN spread: its min)."""
+    path = run / "train_log.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    late = [r for r in records if "grad/sup" in r and r["iteration"] > records[-1]["iteration"] / 2]
+    out = {k: statistics.mean(r[k] for r in late if k in r) for k in RELIABILITY_COLUMNS
+           if k != "contrastive/vn_spread" and any(k in r for r in late)}
+    spread = [r["contrastive/vn_spread"] for r in records if "contrastive/vn_spread" in r]
+    if spread:
+        out["contrastive/vn_spread"] = min(spread)
+    return out
+
+
+def reliability_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
+    lines = [f"## {TITLES[exps[0].table]}", "", "Reliability diagnostics (`train_log.jsonl`, `prcl.engine.reliability`): "
+             "mean over the diagnostics of the second half of training and over seeds; ∂Lc/∂σ² < 0 means the "
+             "contrast raises σ² there.", "",
+             "| row | labels | mIoU (%) | " + " | ".join(RELIABILITY_COLUMNS.values()) + " | runs |",
+             "| --- " * (4 + len(RELIABILITY_COLUMNS)) + "|"]
+    for e in exps:
+        row_seeds = e.seeds or seeds
+        mious, cols = [], {k: [] for k in RELIABILITY_COLUMNS}
+        for s in row_seeds:
+            run = args.runs / f"{e.name}-s{s}"
+            if (run / "summary.json").is_file():
+                mious.append(json.loads((run / "summary.json").read_text())["miou"])
+                for k, v in _reliability_summary(run).items():
+                    cols[k].append(v)
+        lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | "
+                     + " | ".join(_fmt(cols[k], 1, 3) for k in RELIABILITY_COLUMNS) + f" | {len(mious)}/{len(row_seeds)} |")
+    return lines + [""]
+
+
 def _shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
@@ -283,6 +341,9 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
             continue
         if table == "13":
             lines += gradient_table([x for x in exps if x.table == table], seeds, args)
+            continue
+        if table == "19":
+            lines += reliability_table([x for x in exps if x.table == table], seeds, args)
             continue
         lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
                   "| --- | --- | --- | --- | --- | --- |"]

@@ -145,7 +145,8 @@ def test_gdp_update_from_pixel_sums_matches_prototype_update_and_round_trips():
                                    getattr(by_protos, name)[[0, 2]].numpy(), rtol=1e-12)
     restored = GlobalDistributionPrototypes(3, D)
     restored.load_state_dict(by_sums.state_dict())
-    assert set(by_sums.state_dict()) == {"precision", "precision_mean", "count", "var_sum", "initialized"}
+    assert set(by_sums.state_dict()) == {"precision", "precision_mean", "count", "var_sum", "mu_sum", "mu_sq_sum",
+                                         "initialized"}
     # predictive variance = the mean σ² of the class's pixels (a float64 loop as the reference)
     for c in (0, 2):
         pix = var[labels == c].double()
@@ -153,7 +154,7 @@ def test_gdp_update_from_pixel_sums_matches_prototype_update_and_round_trips():
     assert by_sums.count.tolist() == [4.0, 0.0, 3.0]
     assert torch.equal(restored.mean, by_sums.mean) and torch.equal(restored.initialized, by_sums.initialized)
     assert by_sums.precision.dtype == torch.float64
-    assert GlobalDistributionPrototypes(21, 256).nbytes == 21 * 256 * 8 * 3 + 21 * 8 + 21
+    assert GlobalDistributionPrototypes(21, 256).nbytes == 21 * 256 * 8 * 5 + 21 * 8 + 21
 
 
 def test_gdp_forgetting_scales_old_natural_parameters():
@@ -182,7 +183,7 @@ def test_gdp_rejects_bad_arguments():
 def test_class_natural_sums_match_brute_force():
     labels = torch.tensor([1, 1, 3, 1, 3])
     mu, var = _rand(5, D, seed=80, low=-1, high=1), _rand(5, D, seed=81)
-    counts, precision, weighted, var_sum = class_natural_sums(labels, mu, var, 4)
+    counts, precision, weighted, var_sum, mu_sum, mu_sq_sum = class_natural_sums(labels, mu, var, 4)
     assert counts.tolist() == [0, 3, 0, 2]
     for c in range(4):
         rows = [i for i in range(5) if labels[i] == c]
@@ -192,7 +193,11 @@ def test_class_natural_sums_match_brute_force():
         np.testing.assert_allclose(precision[c].numpy(), want_p.numpy(), rtol=1e-13)
         np.testing.assert_allclose(weighted[c].numpy(), want_w.numpy(), rtol=1e-13)
         np.testing.assert_allclose(var_sum[c].numpy(), want_v.numpy(), rtol=1e-13)
-    counts, precision, weighted, _ = class_natural_sums(labels, mu, None, 4)  # deterministic: means
+        want_m = sum((mu[i] for i in rows), torch.zeros(D, dtype=torch.float64))
+        want_m2 = sum((mu[i] ** 2 for i in rows), torch.zeros(D, dtype=torch.float64))
+        np.testing.assert_allclose(mu_sum[c].numpy(), want_m.numpy(), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(mu_sq_sum[c].numpy(), want_m2.numpy(), rtol=1e-13, atol=1e-15)
+    counts, precision, weighted, *_ = class_natural_sums(labels, mu, None, 4)  # deterministic: means
     np.testing.assert_allclose((weighted[1] / precision[1]).numpy(), mu[[0, 1, 3]].mean(0).numpy(),
                                rtol=1e-13)
 
@@ -273,9 +278,9 @@ def test_gdp_state_without_pixel_statistics_loads():
     it has is restored exactly."""
     gdp = GlobalDistributionPrototypes(3, D)
     gdp.update_from_sums(class_natural_sums(torch.tensor([0, 2, 2]), _rand(3, D, seed=1), _rand(3, D, seed=2), 3))
-    old = {k: v for k, v in gdp.state_dict().items() if k not in ("count", "var_sum")}
+    old = {k: v for k, v in gdp.state_dict().items() if k not in ("count", "var_sum", "mu_sum", "mu_sq_sum")}
     restored = GlobalDistributionPrototypes(3, D)
     restored.load_state_dict(old)
     assert torch.equal(restored.mean, gdp.mean) and torch.equal(restored.var, gdp.var)
-    assert restored.count.sum() == 0 and restored.var_sum.sum() == 0
+    assert restored.count.sum() == 0 and restored.var_sum.sum() == 0 and restored.mu_sq_sum.sum() == 0
 
