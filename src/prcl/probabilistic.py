@@ -286,6 +286,19 @@ class EMAPrototypes(nn.Module):
         self.initialized[ids] = True
 
 
+VN_SOURCES = ("posterior", "predictive", "empirical")
+
+
+def vn_draw_variance(gdp: GlobalDistributionPrototypes, source: str) -> Tensor:
+    """[C, D] the variance Eq. 10 draws VNs with (`method.contrastive.vn.source`): the GDP's posterior variance
+    (the paper; it shrinks like 1/pixels, so VNs collapse onto the mean), the class's mean σ² (`predictive`) or
+    the empirical spread of its representations (`empirical`); the last two are 0 where not recorded."""
+    _check_choice("source", source, VN_SOURCES)
+    if source == "posterior":
+        return gdp.var
+    return (gdp.predictive_var if source == "predictive" else gdp.empirical_var).nan_to_num(0.0)
+
+
 def virtual_negatives(
     mu: Tensor,
     var: Tensor,

@@ -20,6 +20,9 @@ from prcl.data.palette import voc_colormap
 
 LOSS_KEYS = ("total", "sup", "unsup", "contrastive")
 STAT_KEYS = ("contrastive/mean_var", "contrastive/proto_var", "contrastive/vn_spread", "contrastive/gdp_drift")
+RELIABILITY_AUROC_KEYS = ("reliability/confident/auroc_within_class", "reliability/anchors/auroc_within_class")
+RELIABILITY_VAR_KEYS = ("reliability/confident/var_wrong", "reliability/confident/var_right")
+RELIABILITY_GRAD_KEYS = ("reliability/anchors/grad_wrong", "reliability/anchors/grad_right")
 RUN_STYLES = ("-", "--", ":", "-.")
 TRAJECTORY_TITLES = {"local": "local (batch) prototypes, Eq. 4", "ema": "EMA prototypes, Eq. 16",
                      "gdp": "GDP means, Eq. 9"}
@@ -74,7 +77,8 @@ def _plot_keys(ax, runs: Sequence[RunLogs], keys: Sequence[str], source: str, ti
             if log:
                 x, y = [a for a, b in zip(x, y) if b > 0], [b for b in y if b > 0]
             if x:
-                name = key.split("/")[-1] + (f" ({run.label})" if len(runs) > 1 else "")
+                short = key.split("/", 1)[-1] if key.startswith("reliability/") else key.split("/")[-1]
+                name = short + (f" ({run.label})" if len(runs) > 1 else "")
                 ax.plot(x, [scale * v for v in y], style, color=f"C{k if len(keys) == 1 else n}", label=name,
                         marker="." if len(x) < 3 else None)
                 drawn = True
@@ -121,7 +125,7 @@ def _mu_share(record: dict) -> Optional[float]:
 def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path) -> Path:
     """Losses, lr, λc (Eq. 12), val mIoU, contrastive statistics, per-class IoU and the gradient
     diagnostics (each term's gradient norm at the trunk, the contrastive term's by path); runs overlaid."""
-    fig, ax = _figure(3, 3, (4.6, 3.4))
+    fig, ax = _figure(4, 3, (4.6, 3.4))
     _plot_keys(ax[0, 0], runs, LOSS_KEYS, "train_log", "training losses (contrastive = λc·Lc)")
     _plot_keys(ax[0, 1], runs, ("lr",), "train_log", "learning rate")
     _plot_keys(ax[0, 2], runs, ("contrastive/lambda",), "train_log", "λc(t), Eq. 12")
@@ -134,6 +138,10 @@ def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path)
     share = [RunLogs(r.label, [{"iteration": x["iteration"], "μ share": _mu_share(x)} for x in r.train_log
                                if _mu_share(x) is not None], r.metrics) for r in runs]
     _plot_keys(ax[2, 2], share, ("μ share",), "train_log", "share of the contrastive trunk gradient through μ")
+    _plot_keys(ax[3, 0], runs, RELIABILITY_AUROC_KEYS, "train_log", "σ² flags wrong pseudo-labels: AUROC within class")
+    ax[3, 0].axhline(0.5, color="grey", lw=0.8, ls=":")
+    _plot_keys(ax[3, 1], runs, RELIABILITY_VAR_KEYS, "train_log", "σ² on wrong / right pseudo-labels (confident)")
+    _plot_keys(ax[3, 2], runs, RELIABILITY_GRAD_KEYS, "train_log", "∂Lc/∂σ² on wrong / right anchors (< 0 raises σ²)")
     fig.tight_layout()
     return _save(fig, path)
 

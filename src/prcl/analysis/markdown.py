@@ -65,6 +65,10 @@ def _details(runs: list[dict]) -> list[str]:
             lines.append(f"  {rep['note']}.")
         unc = m.get("uncertainty")
         if unc:
+            lines.append(f"  **σ² flags wrong pseudo-labels within a class: AUROC "
+                         f"{_fmt(unc.get('auroc_var_detects_wrong_within_class'))}** (val, teacher predictions, mean "
+                         "over ground-truth classes; 0.5 = no signal; the all-pixel AUROC below mostly measures "
+                         "which class a pixel belongs to).")
             lines.append(f"  Mean σ² on wrongly pseudo-labeled pixels {_fmt(unc['mean_var_wrong'], '.4g')} vs "
                          f"correctly {_fmt(unc['mean_var_correct'], '.4g')} ({unc['pixels_wrong']} / "
                          f"{unc['pixels_correct']} pixels); AUROC of σ² as a detector of wrong pseudo-labels "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from prcl.analysis.errors import AnalysisError
-from prcl.probabilistic import EMAPrototypes, GlobalDistributionPrototypes
+from prcl.probabilistic import VN_SOURCES, EMAPrototypes, GlobalDistributionPrototypes, vn_draw_variance
 
 TRAJECTORY_FILE = "prototype_trajectory.pt"
 TRAJECTORY_KINDS = ("local", "ema", "gdp")  # the order of Fig. 8's panels
@@ -26,6 +26,7 @@ class Prototypes(NamedTuple):
     mean: np.ndarray  # [C, D] float64 (0 where not initialised)
     var: Optional[np.ndarray]  # [C, D] float64 or None (deterministic EMA prototypes)
     initialized: np.ndarray  # [C] bool
+    vn_var: dict[str, np.ndarray] = {}  # GDP: the variance VNs are drawn with, by `vn.source`
 
 
 def _submodule_state(method_state: dict, name: str) -> tuple[str, dict]:
@@ -50,7 +51,8 @@ def method_prototypes(method_state: dict) -> dict[str, Prototypes]:
         c, d = gdp["precision"].shape
         module = GlobalDistributionPrototypes(c, d)
         module.load_state_dict(gdp)
-        found["gdp"] = Prototypes("gdp", module.mean.numpy(), module.var.numpy(), module.initialized.numpy())
+        found["gdp"] = Prototypes("gdp", module.mean.numpy(), module.var.numpy(), module.initialized.numpy(),
+                                  {s: vn_draw_variance(module, s).numpy() for s in VN_SOURCES})
     _, ema = _submodule_state(method_state, "ema")
     if "mean" in ema:
         c, d = ema["mean"].shape

@@ -66,8 +66,9 @@ def _virtual_negatives(run: RunData, betas: Sequence[float], per_class: int, see
     afterwards when μ is); returns {β: (points [G*n, D], classes [G*n], mean distance to the mean)}."""
     p = run.prototypes["gdp"]
     ids = np.flatnonzero(p.initialized)
-    mean, var = torch.from_numpy(p.mean[ids]), torch.from_numpy(p.var[ids])
-    scale = run.cfg.method.contrastive.vn.scale
+    vn = run.cfg.method.contrastive.vn
+    mean, var = torch.from_numpy(p.mean[ids]), torch.from_numpy(p.vn_var.get(vn.source, p.var)[ids])
+    scale = vn.scale
     out = {}
     for beta in betas:
         g = torch.Generator().manual_seed(seed)

@@ -41,7 +41,7 @@ from prcl.losses.memory_bank import ClassMemoryBank
 from prcl.losses.pairwise import KeySet, info_nce
 from prcl.losses.sampling import ContrastSample, sample_anchors_and_negatives
 from prcl.probabilistic import (ClassSums, EMAPrototypes, GlobalDistributionPrototypes, class_natural_sums,
-                                mutual_likelihood_score, virtual_negatives)
+                                mutual_likelihood_score, virtual_negatives, vn_draw_variance)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -183,14 +183,6 @@ class PRCLContrastiveLoss(nn.Module):
         return sim / self.temperature
 
     # ------------------------------------------------------------------ extra negatives
-    def _vn_source_var(self) -> Tensor:
-        """[C, D] the variance VNs are drawn with (`vn.source`): the GDP's posterior variance (Eq. 10),
-        the class's mean σ², or the empirical spread of its representations. NaN-free for initialised classes."""
-        if self.vn_source == "posterior":
-            return self.gdp.var
-        var = self.gdp.predictive_var if self.vn_source == "predictive" else self.gdp.empirical_var
-        return var.nan_to_num(0.0)
-
     def _virtual_negatives(self, anchor_classes: Tensor, dtype: torch.dtype,
                            generator: Optional[torch.Generator]):
         """Eq. 10 VNs of every class with a GDP, drawn per anchor class with the variance of `vn.source`:
@@ -199,7 +191,7 @@ class PRCLContrastiveLoss(nn.Module):
         assert self.gdp is not None
         have = torch.nonzero(self.gdp.initialized).flatten()  # [G]
         k, g, v = anchor_classes.numel(), have.numel(), self.vn_num
-        raw = virtual_negatives(self.gdp.mean[have], self._vn_source_var()[have], k * v, self.vn_beta,
+        raw = virtual_negatives(self.gdp.mean[have], vn_draw_variance(self.gdp, self.vn_source)[have], k * v, self.vn_beta,
                                 scale=self.vn_scale, generator=generator)  # [G, K*v, D]
         raw = raw.view(g, k, v, self.dim).transpose(0, 1).reshape(k, g * v, self.dim)
         classes = have.repeat_interleave(v)[None].expand(k, g * v)
