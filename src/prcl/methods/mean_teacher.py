@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
-from prcl.data.mixing import mix_masks, mix_with_partner
+from prcl.data.mixing import mix_strong_view
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.pseudo_labels import confident_fraction, teacher_pseudo_labels
 
 
 def weighted_pseudo_label_loss(
@@ -30,26 +31,6 @@ def weighted_pseudo_label_loss(
     return (omega * ce_per_image).mean()
 
 
-@torch.no_grad()
-def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1: arg-max pseudo-labels and their confidences; padded pixels get the ignore label."""
-    probs = teacher(image)["logits"].float().softmax(1)
-    confidence, pseudo = probs.max(1)
-    pseudo[padding] = IGNORE_INDEX
-    confidence[padding] = 0.0
-    return pseudo, confidence
-
-
-def mix_strong_view(mix: str, image: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                    shift: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The student's input and targets: `image` pasted onto its partner `shift` places back in the
-    batch through a ClassMix or CutMix mask (`mix_masks`; `mix="none"`: unchanged)."""
-    if mix == "none":
-        return image, pseudo, confidence
-    image, pseudo, confidence = mix_with_partner(mix_masks(mix, pseudo), image, pseudo, confidence, shift=shift)
-    return image, pseudo, confidence
-
-
 @register("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 class MeanTeacher(Method):
     uses_teacher = True
@@ -63,19 +44,20 @@ class MeanTeacher(Method):
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         m = self.cfg.method
-        pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
-        image_u, pseudo, confidence = mix_strong_view(self.mix, unlabeled["image_strong"], pseudo, confidence)
+        weak_pseudo, weak_confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        view = mix_strong_view(self.mix, unlabeled["image_strong"], weak_pseudo, weak_confidence)
+        image_u, pseudo, confidence = view.image, view.pseudo, view.confidence
         n_l = labeled["image"].shape[0]
         out = student(torch.cat([labeled["image"], image_u]), heads=self.contrast is not None)
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
         step = StepLosses(
             {"sup": F.cross_entropy(logits_l, labeled["mask"], ignore_index=IGNORE_INDEX),
              "unsup": m.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence, m.unsup_threshold)},
-            {"pseudo_confident": float((confidence >= m.unsup_threshold).float().mean())},
+            {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, m.unsup_threshold), **view.stats},
         )
         if self.contrast is not None:
             step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress))
-        return step
+        return step.scaled(self.loss_scale)
 
     def prototypes(self) -> dict[str, torch.Tensor]:
         return self.contrast.prototypes() if self.contrast is not None else {}
