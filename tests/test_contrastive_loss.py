@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prcl.config import ConfigError, contrastive_preset
-from prcl.losses import (ClassMemoryBank, KeySet, PRCLContrastiveLoss, info_nce, pairwise_similarity,
+from prcl.losses import (ClassMemoryBank, KeySet, PixelContrastiveLoss, info_nce, pairwise_similarity,
                          sample_anchors_and_negatives)
 from prcl.losses.sampling import sample_classes
 from prcl.probabilistic import mutual_likelihood_score
@@ -20,9 +20,9 @@ SMALL = dict(num_anchors=3, num_negatives=5, vn={"num": 2},
              memory_bank={"enabled": True, "size": 40, "enqueue": 3, "negatives": 1})
 
 
-def _loss(num_classes: int, dim: int, method: str = "prcl", **overrides) -> PRCLContrastiveLoss:
+def _loss(num_classes: int, dim: int, method: str = "prcl", **overrides) -> PixelContrastiveLoss:
     """The loss of a method preset with `method.contrastive` overrides (config key names)."""
-    return PRCLContrastiveLoss(num_classes, dim, contrastive_preset(method, **overrides))
+    return PixelContrastiveLoss(num_classes, dim, contrastive_preset(method, **overrides))
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -387,7 +387,7 @@ def test_bad_settings_raise_the_config_error(kwargs, match):
         else:
             setattr(c, key, value)
     with pytest.raises(ConfigError, match=match):
-        PRCLContrastiveLoss(C, D, c)
+        PixelContrastiveLoss(C, D, c)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -459,3 +459,18 @@ def test_local_positive_with_gdp_virtual_negatives():
     assert loss_fn.gdp.initialized.all() and stats["vn_spread"] > 0
     present = torch.isfinite(loss_fn.last_local_mean).all(1)
     assert present.all()
+
+
+def test_the_cosine_baseline_and_prcl_are_named_classes_of_one_loss():
+    from prcl.config import load_config
+    from prcl.losses import CosineContrastiveLoss, PRCLContrastiveLoss
+
+    for name, kind in [("baseline", CosineContrastiveLoss), ("baseline_plus", CosineContrastiveLoss),
+                       ("prcl", PRCLContrastiveLoss)]:
+        loss_fn = PixelContrastiveLoss.from_config(load_config(None, [f"method.name={name}"]), C)
+        assert type(loss_fn) is kind and loss_fn.probabilistic == (kind is PRCLContrastiveLoss), name
+    assert not CosineContrastiveLoss(C, D).probabilistic and PRCLContrastiveLoss(C, D).probabilistic
+    with pytest.raises(ValueError, match="pr=true; the cosine contrast of the Baseline is CosineContrastiveLoss"):
+        PRCLContrastiveLoss(C, D, contrastive_preset("baseline"))
+    with pytest.raises(ValueError, match="pr=false; the probabilistic contrast is PRCLContrastiveLoss"):
+        CosineContrastiveLoss(C, D, contrastive_preset("prcl"))
