@@ -53,13 +53,13 @@ def run_one(name: str, args) -> dict:
     import torch
 
     from prcl.config import contrastive_preset
-    from prcl.losses import PRCLContrastiveLoss
+    from prcl.losses import PixelContrastiveLoss
 
     torch.set_num_threads(args.threads)
     cfg = dict(CONFIGS[name])
     settings = contrastive_preset(cfg.pop("method"), temperature=0.5, num_anchors=args.anchors,
                                   num_negatives=args.negatives, **cfg)
-    loss_fn = PRCLContrastiveLoss(args.classes, args.dim, settings, chunk_elements=args.chunk)
+    loss_fn = PixelContrastiveLoss(args.classes, args.dim, settings, chunk_elements=args.chunk)
     mu, var, labels, valid, probs = _inputs(args, torch)
     var_in = var if loss_fn.probabilistic else None
     rss0 = _rss_mib()  # inputs and state exist; the peak below adds one step's working memory

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prcl.config import ConfigError, contrastive_preset
-from prcl.losses import (ClassMemoryBank, KeySet, PRCLContrastiveLoss, info_nce, pairwise_similarity,
+from prcl.losses import (ClassMemoryBank, KeySet, PixelContrastiveLoss, info_nce, pairwise_similarity,
                          sample_anchors_and_negatives)
 from prcl.losses.sampling import sample_classes
 from prcl.probabilistic import mutual_likelihood_score
@@ -20,9 +20,9 @@ SMALL = dict(num_anchors=3, num_negatives=5, vn={"num": 2},
              memory_bank={"enabled": True, "size": 40, "enqueue": 3, "negatives": 1})
 
 
-def _loss(num_classes: int, dim: int, method: str = "prcl", **overrides) -> PRCLContrastiveLoss:
+def _loss(num_classes: int, dim: int, method: str = "prcl", **overrides) -> PixelContrastiveLoss:
     """The loss of a method preset with `method.contrastive` overrides (config key names)."""
-    return PRCLContrastiveLoss(num_classes, dim, contrastive_preset(method, **overrides))
+    return PixelContrastiveLoss(num_classes, dim, contrastive_preset(method, **overrides))
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -51,15 +51,15 @@ def _ref_mls(a, va, b, vb, reduction="mean", log_det="same"):
     return -0.5 * (ds * distance + ls * logdet)
 
 
-def _ref_pixels(mu, var, labels, valid):
-    """Valid pixels in row-major (b, h, w) order, by explicit loops; mu L2-normalised."""
+def _ref_pixels(mu, var, labels, valid, normalize=True):
+    """Valid pixels in row-major (b, h, w) order, by explicit loops; mu L2-normalised with `normalize`."""
     rows_mu, rows_var, rows_label = [], [], []
     for b in range(B):
         for h in range(H):
             for w in range(W):
                 if valid[b, h, w] and labels[b, h, w] != 255:
                     m = mu[b, :, h, w]
-                    rows_mu.append(m / m.square().sum().sqrt())
+                    rows_mu.append(m / m.square().sum().sqrt() if normalize else m)
                     rows_var.append(var[b, :, h, w] if var is not None else None)
                     rows_label.append(int(labels[b, h, w]))
     return rows_mu, rows_var, rows_label
@@ -76,19 +76,20 @@ def _ref_local(rows_mu, rows_var, rows_label, c, predictive=False):
     return sum(rows_mu[i].detach() / rows_var[i].detach() for i in idx) / precision, var
 
 
-def _reference_loss(rows, protos, sample, tau, bank=None, mls=("mean", "same"), vn_var=None):
+def _reference_loss(rows, protos, sample, tau, bank=None, mls=("mean", "same"), vn_var=None, normalize=True):
     """Eq. 15 by loops: mean over anchor classes of the mean over anchors of -log softmax[positive].
     `vn_var`: {class: variance of its VNs} (None: VNs are points, variance 0)."""
     rows_mu, rows_var, _ = rows
     sim = (lambda a, va, b, vb: _ref_mls(a, va, b, vb, *mls)) if rows_var[0] is not None else \
         (lambda a, va, b, vb: (a * b).sum())
+    unit = (lambda z: z / z.norm()) if normalize else (lambda z: z)
     per_class = []
     for k, c in enumerate(sample.anchor_classes.tolist()):
         losses = []
         for slot, a_i in enumerate(sample.anchor_index[k].tolist()):
             a, va = rows_mu[a_i], rows_var[a_i]
             p_mu, p_var = protos[c]
-            logits = [sim(a, va, p_mu / p_mu.norm(), p_var)]
+            logits = [sim(a, va, unit(p_mu), p_var)]
             if sample.negative_valid[k]:
                 for j in sample.negative_index[k, slot].tolist():
                     vb = rows_var[j].detach() if rows_var[j] is not None else None
@@ -96,7 +97,7 @@ def _reference_loss(rows, protos, sample, tau, bank=None, mls=("mean", "same"), 
             if sample.vn is not None:
                 for z, cls in zip(sample.vn[k], sample.vn_classes[k].tolist()):
                     if cls != c:
-                        logits.append(sim(a, va, z / z.norm(), torch.zeros_like(z) if vn_var is None else vn_var[cls]))
+                        logits.append(sim(a, va, unit(z), torch.zeros_like(z) if vn_var is None else vn_var[cls]))
             if sample.bank_index is not None:
                 for j, ok in zip(sample.bank_index[k, slot].tolist(), sample.bank_valid[k].tolist()):
                     if ok:
@@ -120,19 +121,52 @@ def _probs_rows(probs, labels, valid):
             if valid[b, h, w] and labels[b, h, w] != 255]
 
 
-@pytest.mark.parametrize("method,extra", [("prcl", {}),
-                                          ("baseline", {}), ("baseline_plus", {}),
-                                          ("prcl", dict(prototype="local", vn={"enabled": False},
-                                                        memory_bank={"enabled": False})),
-                                          ("prcl", dict(form="predictive", memory_bank={"enabled": False})),
-                                          ("prcl", dict(form="predictive", prototype="local",
-                                                        memory_bank={"enabled": False}))])
-def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
+# The documented presets, written out (README "Method decisions"; `prcl.config` METHOD_PRESETS and
+# CONTRASTIVE_FORMS): what each Table 1 method and each scaling of Eq. 3 must make the loss compute. The
+# reference below takes its settings from here, never from the object under test, so a wrong preset fails.
+METHOD_TABLE = {
+    "baseline": dict(pr=False, prototype="local", vn=False),  # cosine on μ, batch prototypes
+    "baseline_plus": dict(pr=False, prototype="ema", vn=False),  # + EMA prototypes (Eq. 16)
+    "prcl": dict(pr=True, prototype="gdp", vn=True),  # MLS (Eq. 3), GDP (Eq. 9), VNs (Eq. 10)
+}
+FORM_TABLE = {  # mls = (distance reduction, log-det reduction) over D
+    "paper": dict(normalize=False, mls=("sum", "same"), prototype_var="posterior", vn_var="zero"),
+    "release": dict(normalize=True, mls=("mean", "same"), prototype_var="posterior", vn_var="zero"),
+    "predictive": dict(normalize=True, mls=("sum", "mean"), prototype_var="predictive", vn_var="prototype"),
+}
+VN_BETA = 1.0  # Eq. 10's β (Fig. 10b), the preset
+NO_BANK = {"memory_bank": {"enabled": False}}
+
+
+def _check_vn_draws(sample, gdp_mean, gdp_posterior_var, beta):
+    """Eq. 10: every VN is μg + β·ε·σg² of its class's GDP, σg² its posterior variance (Eq. 9), ε ~ N(0, I).
+    ε is solved for from the reference GDP; its spread must be a standard normal's (a VN drawn with another
+    variance, e.g. the predictive one or σ instead of σ², puts it ≥ 2× off)."""
+    eps = torch.cat([(z - gdp_mean[c]) / (beta * gdp_posterior_var[c])
+                     for row, classes in zip(sample.vn, sample.vn_classes) for z, c in zip(row, classes.tolist())])
+    assert eps.numel() >= 60
+    assert abs(float(eps.mean())) < 0.35 and 0.7 < float(eps.std()) < 1.4, (float(eps.mean()), float(eps.std()))
+
+
+@pytest.mark.parametrize("method,extra,written", [
+    ("prcl", {}, {}),
+    ("baseline", {}, {}),
+    ("baseline_plus", {}, {}),
+    ("prcl", dict(prototype="local", vn={"enabled": False}, **NO_BANK), dict(prototype="local", vn=False)),
+    ("prcl", dict(form="release", **NO_BANK), {}),
+    ("prcl", dict(form="paper", **NO_BANK), {}),
+    ("prcl", dict(form="predictive", prototype="local", **NO_BANK), dict(prototype="local")),
+])
+def test_loss_and_gradients_equal_float64_reference_loop(method, extra, written):
+    """`extra`: config overrides; `written`: the same overrides in the reference's vocabulary."""
     tau = 0.7
+    form = extra.get("form", "predictive")  # the package default
+    ref = {**METHOD_TABLE[method], **FORM_TABLE[form], **written}
+    normalize = ref["normalize"] or not ref["pr"]  # cosine is always on unit vectors
+    predictive = ref["prototype_var"] == "predictive"
     loss_fn = _loss(C, D, method, temperature=tau, **{**SMALL, **extra})
     loss_fn.record_sample = True
-    prob = loss_fn.probabilistic
-    step1, step2 = _batch(1, probabilistic=prob), _batch(2, classes=(0, 1, 3), probabilistic=prob)
+    step1, step2 = _batch(1, probabilistic=ref["pr"]), _batch(2, classes=(0, 1, 3), probabilistic=ref["pr"])
     loss_fn(*step1, generator=_gen(10))
     bank = None if loss_fn.bank is None else \
         tuple(None if t is None else t.clone() for t in loss_fn.bank.flat())
@@ -140,28 +174,32 @@ def test_loss_and_gradients_equal_float64_reference_loop(method, extra):
     loss.backward()
     sample = loss_fn.last_sample
 
-    rows1, rows2 = _ref_pixels(*step1[:4]), _ref_pixels(*step2[:4])
+    rows1, rows2 = _ref_pixels(*step1[:4], normalize), _ref_pixels(*step2[:4], normalize)
     _check_sample(sample, rows2[2], _probs_rows(step2[4], step2[2], step2[3]), 0.8)
     protos = {}
-    predictive = loss_fn.prototype_var == "predictive"
     union = tuple(r1 + r2 for r1, r2 in zip(rows1, rows2))
     for c in set(rows2[2]):
-        if loss_fn.prototype == "gdp":  # GDP after this step = Eq. 4 over both steps' pixels
+        if ref["prototype"] == "gdp":  # GDP after this step = Eq. 4 over both steps' pixels
             protos[c] = _ref_local(*union, c, predictive)
-        elif loss_fn.prototype == "ema":  # Eq. 16, initialised by step 1 when the class was seen
+        elif ref["prototype"] == "ema":  # Eq. 16, initialised by step 1 when the class was seen
             now = _ref_local(*rows2, c)[0]
             protos[c] = (0.99 * _ref_local(*rows1, c)[0] + 0.01 * now if c in rows1[2] else now, None)
         else:
             protos[c] = _ref_local(*rows2, c, predictive)
-    vn_var = ({c: _ref_local(*union, c, predictive)[1] for c in set(union[2])}  # the GDP's, as the VN's source
-              if loss_fn.vn_var == "prototype" else None)
+    assert (sample.vn is not None) == ref["vn"]
+    vn_var = None
+    if ref["vn"]:
+        gdp = {c: _ref_local(*union, c) for c in set(union[2])}  # mean and posterior variance (Eq. 9)
+        _check_vn_draws(sample, {c: m for c, (m, _) in gdp.items()}, {c: v for c, (_, v) in gdp.items()}, VN_BETA)
+        if ref["vn_var"] == "prototype":  # the VN's class's prototype variance, as prototype_var defines it
+            vn_var = {c: _ref_local(*union, c, predictive)[1] for c in set(union[2])}
     mu, var = step2[0], step2[1]
-    ref = _reference_loss(rows2, protos, sample, tau, bank, (loss_fn.mls_reduction, loss_fn.mls_log_det), vn_var)
-    assert stats["loss"] == pytest.approx(ref.item(), rel=1e-10)
+    want_loss = _reference_loss(rows2, protos, sample, tau, bank, ref["mls"], vn_var, normalize)
+    assert stats["loss"] == pytest.approx(want_loss.item(), rel=1e-10)
     assert stats["classes"] == sample.anchor_classes.numel() > 0
-    inputs = [mu] + ([var] if prob else [])
+    inputs = [mu] + ([var] if ref["pr"] else [])
     got = [t.grad.clone() for t in inputs]
-    want = torch.autograd.grad(ref, inputs)
+    want = torch.autograd.grad(want_loss, inputs)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
@@ -349,7 +387,7 @@ def test_bad_settings_raise_the_config_error(kwargs, match):
         else:
             setattr(c, key, value)
     with pytest.raises(ConfigError, match=match):
-        PRCLContrastiveLoss(C, D, c)
+        PixelContrastiveLoss(C, D, c)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -421,3 +459,18 @@ def test_local_positive_with_gdp_virtual_negatives():
     assert loss_fn.gdp.initialized.all() and stats["vn_spread"] > 0
     present = torch.isfinite(loss_fn.last_local_mean).all(1)
     assert present.all()
+
+
+def test_the_cosine_baseline_and_prcl_are_named_classes_of_one_loss():
+    from prcl.config import load_config
+    from prcl.losses import CosineContrastiveLoss, PRCLContrastiveLoss
+
+    for name, kind in [("baseline", CosineContrastiveLoss), ("baseline_plus", CosineContrastiveLoss),
+                       ("prcl", PRCLContrastiveLoss)]:
+        loss_fn = PixelContrastiveLoss.from_config(load_config(None, [f"method.name={name}"]), C)
+        assert type(loss_fn) is kind and loss_fn.probabilistic == (kind is PRCLContrastiveLoss), name
+    assert not CosineContrastiveLoss(C, D).probabilistic and PRCLContrastiveLoss(C, D).probabilistic
+    with pytest.raises(ValueError, match="pr=true; the cosine contrast of the Baseline is CosineContrastiveLoss"):
+        PRCLContrastiveLoss(C, D, contrastive_preset("baseline"))
+    with pytest.raises(ValueError, match="pr=false; the probabilistic contrast is PRCLContrastiveLoss"):
+        CosineContrastiveLoss(C, D, contrastive_preset("prcl"))

@@ -1,6 +1,7 @@
 """Two gloo processes on CPU train like one: identical weights and prototypes on both ranks, the
-distributed evaluation equals the single-process evaluation of the same checkpoint, and one step of
-the two-process trainer on the halves of a batch equals one single-process step on the whole batch."""
+distributed evaluation counts the same pixels as the single-process evaluation of the same checkpoint,
+one step of the two-process trainer on the halves of a batch equals one single-process step on the whole
+batch, and with one unlabeled image per process every image is mixed with the other process's image."""
 
 from __future__ import annotations
 
@@ -30,13 +31,72 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, overrides: li
     from prcl.engine import distributed as dist
     from prcl.engine.trainer import Trainer
 
+    from prcl.engine.evaluate import evaluate
+
     cfg = tiny_config(Path(root), Path(out), *overrides)
     trainer = Trainer(cfg)
     trainer.fit()
     state = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
     state.update({f"method.{k}": v for k, v in trainer.method.state_dict().items()})
-    torch.save(state, Path(out) / f"rank{rank}.pt")
+    evaluated = trainer.teacher.model if trainer.teacher is not None else trainer.model
+    cm = evaluate(evaluated, trainer.val_dataset, trainer.info.num_classes, device=torch.device("cpu"),
+                  batch_size=cfg.eval.batch_size)  # the trainer's evaluation, sharded over the 2 ranks
+    torch.save({"state": state, "confusion": cm.mat}, Path(out) / f"rank{rank}.pt")
     dist.cleanup()
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+
+
+MIX_KINDS = ("classmix", "cutmix", "cutmix_unimatch")
+
+
+def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One unlabeled image per process: image r is constant r (+ noise), two classes in its pseudo-label."""
+    _init(rank, world, port)
+    from prcl.data.mixing import mix_masks, mix_strong_view
+
+    g = torch.Generator().manual_seed(rank)
+    image = rank + 0.01 * torch.rand(1, 3, 16, 16, generator=g)
+    pseudo = torch.zeros(1, 16, 16, dtype=torch.long)
+    pseudo[:, :, 8:] = 1 + rank
+    confidence = torch.rand(1, 16, 16, generator=g)
+    result = {"image": image, "pseudo": pseudo, "confidence": confidence}
+    for kind in MIX_KINDS:
+        torch.manual_seed(3)  # the same mask draw twice: once to see it, once inside mix_strong_view
+        mask = mix_masks(kind, pseudo)
+        torch.manual_seed(3)
+        view = mix_strong_view(kind, image, pseudo, confidence)
+        result[kind] = {"mask": mask, "image": view.image, "pseudo": view.pseudo, "confidence": view.confidence,
+                        "stats": view.stats}
+    torch.save(result, f"{out}/mix{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_with_one_unlabeled_image_per_process_the_partner_is_the_other_process_image(tmp_path):
+    """Where the mask says "partner", every mixed image holds the other process's pixels (image, pseudo-label
+    and confidence together), never its own; where it says "own", its own. `mix/from_other_image` is 1."""
+    mp.start_processes(_mix_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+    ranks = [torch.load(tmp_path / f"mix{r}.pt", weights_only=True) for r in range(2)]
+    for r, own in enumerate(ranks):
+        other = ranks[1 - r]
+        for kind in MIX_KINDS:
+            mixed = own[kind]
+            partner = ~mixed["mask"]  # [1, H, W]
+            if kind != "cutmix_unimatch":  # UniMatch's box is there with p = 0.5; the others always paste
+                assert partner.any(), kind
+            for key in ("image", "pseudo", "confidence"):
+                want = torch.where(partner if key != "image" else partner[:, None], other[key], own[key])
+                assert torch.equal(mixed[key], want), (r, kind, key)
+            pasted = mixed["image"][partner[:, None].expand_as(mixed["image"])]
+            assert (pasted != own["image"][partner[:, None].expand_as(own["image"])]).all(), (r, kind)
+            if partner.any():
+                assert mixed["stats"]["mix/from_other_image"] == 1.0
+                assert mixed["stats"]["mix/pasted"] == pytest.approx(float(partner.float().mean()))
 
 
 def step_batch(num_classes: int = 8) -> dict[str, torch.Tensor]:
@@ -107,23 +167,45 @@ def test_two_process_step_equals_the_single_process_step_on_the_global_batch(syn
 
 @pytest.mark.parametrize("method", ["prcl", "unimatch_prcl"])
 def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, method):
-    overrides = [f"method.name={method}", "train.iterations=4", "train.eval_every=4", "data.batch_size=4",
-                 "data.max_val_images=7", "name=ddp"]  # 7 val images: not divisible by 2
+    """One labeled and one unlabeled image per process (a global batch of 2 + 2, as 16 + 16 on 16 GPUs)."""
+    overrides = [f"method.name={method}", "train.iterations=4", "train.eval_every=4", "data.batch_size=2",
+                 "data.max_val_images=7", "name=ddp", "train.log_every=1"]  # 7 val images: not divisible by 2
+    if method == "prcl":  # an untrained teacher's one-class pseudo-labels give ClassMix nothing to paste
+        overrides.append("method.mix=cutmix")
     mp.start_processes(_worker, args=(2, _free_port(), str(synth_root), str(tmp_path), overrides), nprocs=2,
                        start_method="spawn", join=True)
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    a, b = saved[0]["state"], saved[1]["state"]
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between ranks"
     assert any(k.startswith("method.") for k in a), "the method state (GDP) should be compared too"
-
-    from prcl.inference import evaluate_checkpoint
-
     run = tmp_path / "ddp"
-    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    single = evaluate_checkpoint(run / "checkpoints" / "last.pt", device="cpu")
-    assert single["num_images"] == 7
-    assert single["miou"] == pytest.approx(logged["miou"], abs=1e-12)
+    logged = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    mixed = [r for r in logged if r["mix/pasted"] > 0]
+    assert mixed and all(r["mix/from_other_image"] == 1.0 for r in mixed), "mixed with the other process's image"
+
+    # the 2-rank evaluation counts the same pixels as one process evaluating the checkpoint at another batch
+    # size: confusion matrices (integers), equal row by row (the true-class counts); a prediction may flip
+    # at a float near-tie between the two runs' CPU kernels, so at most 0.1 % of the pixels may move
+    from prcl.engine.evaluate import evaluate
+    from prcl.inference import model_from_checkpoint
+
+    distributed = saved[0]["confusion"]
+    assert torch.equal(distributed, saved[1]["confusion"])
+    model, cfg, state = model_from_checkpoint(run / "checkpoints" / "last.pt", "cpu")
+    from prcl.data.loaders import build_val_dataset
+
+    _, val = build_val_dataset(cfg)
+    assert len(val) == 7
+    single = evaluate(model, val, state["num_classes"], device=torch.device("cpu"), batch_size=3).mat
+    assert torch.equal(single.sum(1), distributed.sum(1)) and int(single.sum()) > 0
+    assert int((single - distributed).abs().sum()) // 2 <= single.sum() // 1000
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    from prcl.engine.metrics import ConfusionMatrix
+
+    logged_cm = ConfusionMatrix(state["num_classes"])
+    logged_cm.mat = distributed
+    assert metrics["miou"] == logged_cm.miou()  # the logged mIoU is this matrix's
 
     # resume with another world size: the 2-process checkpoint continues in one process
     from prcl.engine.trainer import Trainer

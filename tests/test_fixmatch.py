@@ -15,10 +15,10 @@ from PIL import Image
 from prcl import IGNORE_INDEX
 from prcl.config import load_config
 from prcl.data.loaders import build_train_data
-from prcl.data.mixing import cutmix_box_masks
+from prcl.data.mixing import PartnerError, cutmix_box_masks, partner_shifts
 from prcl.data.transforms import TrainTransform
 from prcl.methods import build_method
-from prcl.methods.fixmatch import partner_shifts, thresholded_pseudo_label_loss
+from prcl.methods.fixmatch import thresholded_pseudo_label_loss
 from prcl.models import DeepLabV3Plus
 
 LOG3 = math.log(3.0)
@@ -134,10 +134,15 @@ def test_feature_perturbation_stream_trains_the_encoder():
     assert model.backbone.conv1.weight.grad is not None and model.backbone.conv1.weight.grad.abs().sum() > 0
 
 
-def test_partner_shifts():
-    assert partner_shifts(4, 2) == [1, 2]  # different partners
-    assert partner_shifts(2, 2) == [1, 1]  # the only other image, twice (boxes still differ)
-    assert partner_shifts(1, 1) == [1] and partner_shifts(8, 1) == [1]
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch"])
+def test_a_global_batch_of_one_unlabeled_image_is_refused(name):
+    """No partner exists: mixing would paste the image onto itself (a silent no-op before issue 20)."""
+    method = build_method(load_config(None, [f"method.name={name}", "method.mix=cutmix"]), 3)
+    labeled, unlabeled = batches(n_u=1)
+    with pytest.raises(PartnerError, match=r"global unlabeled batch holds 1 image.*method\.mix=none"):
+        method.losses(StubStudent().train(), None, labeled, unlabeled, 0.0)
+    with pytest.raises(PartnerError):
+        partner_shifts(1, 2)
 
 
 def test_two_strong_views_get_different_partners_and_boxes():

@@ -99,3 +99,56 @@ def test_predict_overlay_has_a_legend_of_the_predicted_classes_named_from_the_ch
         assert solid_block(legend, colours[c]), f"no swatch of class {c}"
     assert not solid_block(legend, colours[1])  # not predicted, not listed
     assert drawn == ["thing-0", "thing-2", "thing-5"]  # the checkpoint's names, in class order
+
+
+def _written(out_dir, stem: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(out_dir / f"{stem}.png") as mask:
+        return np.asarray(mask)
+
+
+@pytest.mark.parametrize("eval_mode", ["whole", "sliding"])
+def test_predict_runs_the_real_model_on_grey_rgba_16_bit_and_small_images(checkpoint, tmp_path, eval_mode):
+    """`prcl predict` end to end (no stand-in for the model): every image gets a mask of its own size with
+    class ids of the checkpoint. A grey image, its RGBA copy (alpha dropped) and its 16-bit copy (scaled
+    v·255/65535, not clipped to white) give the same prediction; an image smaller than the crop works in
+    both evaluation modes."""
+    from PIL import Image
+
+    from prcl import inference
+    from prcl.data.dataset import load_image
+
+    state = load_checkpoint(checkpoint)
+    state["config"]["eval"].update(mode=eval_mode, crop_size=48)
+    path = tmp_path / "model.pt"
+    save_checkpoint(state, path)
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (40, 56), dtype=np.uint8)
+    Image.fromarray(grey, mode="L").save(tmp_path / "grey.png")
+    rgba = np.dstack([grey, grey, grey, rng.integers(0, 256, (40, 56), dtype=np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 16-bit, same picture
+    Image.fromarray(rng.integers(0, 256, (21, 13, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    with Image.open(tmp_path / "deep.png") as deep:
+        assert deep.mode.startswith("I")  # really read as 16-bit
+    assert np.array_equal(np.asarray(load_image(tmp_path / "deep.png")), np.asarray(load_image(tmp_path / "grey.png")))
+
+    out = tmp_path / "out"
+    names = ["grey", "rgba", "deep", "small"]
+    inference.predict_files(path, [tmp_path / f"{n}.png" for n in names], out, device="cpu")
+    masks = {n: _written(out, n) for n in names}
+    for n, size in zip(names, [(40, 56)] * 3 + [(21, 13)]):
+        assert masks[n].shape == size and int(masks[n].max()) < state["num_classes"], n
+        assert (out / f"{n}_overlay.jpg").is_file()
+    assert np.array_equal(masks["rgba"], masks["grey"]) and np.array_equal(masks["deep"], masks["grey"])
+
+
+def test_an_image_beyond_16_bits_is_refused_naming_it(tmp_path):
+    from PIL import Image
+
+    from prcl.data.dataset import DataError, load_image
+
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32), mode="I").save(tmp_path / "wide.tif")
+    with pytest.raises(DataError, match=r"wide\.tif has values in \[70000, 70000\], outside the 16-bit range"):
+        load_image(tmp_path / "wide.tif")

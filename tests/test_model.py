@@ -36,10 +36,17 @@ def test_heads_are_optional_and_param_groups_partition():
     assert plain.rep_head is None and plain.param_groups()["prob_head"] == []
 
 
-def test_batch_of_one_trains():  # the ASPP image-pooling branch has no BatchNorm
+def test_batch_of_one_trains():
+    """One image per process (16 + 16 on 16 GPUs): the ASPP image-pooling branch (a 1×1 map) has no
+    BatchNorm, which would see a single value per channel, normalise it to 0 and pass no gradient."""
+    torch.manual_seed(0)
     model = DeepLabV3Plus(3, "resnet18", backbone_widths=(8, 16, 32, 64), aspp_channels=16).train()
-    model(torch.randn(1, 3, 32, 32))["logits"].sum().backward()
-    assert model.aspp.pool[1].weight.grad is not None
+    logits = model(torch.randn(1, 3, 32, 32))["logits"]
+    assert torch.isfinite(logits).all()
+    (logits * torch.randn_like(logits)).sum().backward()
+    for name, p in [("aspp.pool", model.aspp.pool[1].weight), ("backbone", model.backbone.conv1.weight)]:
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.aspp.pool.modules())
 
 
 def test_missing_local_weights_file_names_it(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prcl.config import contrastive_preset
-from prcl.losses import PRCLContrastiveLoss
+from prcl.losses import PixelContrastiveLoss
 
 B, D, H, W, C = 4, 64, 12, 12, 8
 MU_RATIO_BAND = (0.5, 2.0)  # PRCL's ‖∂Lc/∂μ‖ relative to the Baseline's on the same inputs
@@ -28,7 +28,7 @@ def _inputs(clustered: float, seed: int = 0):
 
 
 def _loss_and_grads(method: str, mu, var, labels, valid, probs, **overrides):
-    loss_fn = PRCLContrastiveLoss(C, D, contrastive_preset(method, num_anchors=64, num_negatives=256, **overrides))
+    loss_fn = PixelContrastiveLoss(C, D, contrastive_preset(method, num_anchors=64, num_negatives=256, **overrides))
     mu = mu.clone().requires_grad_()
     var = var.clone().requires_grad_() if loss_fn.probabilistic else None
     loss, stats = loss_fn(mu, var, labels, valid, probs, generator=torch.Generator().manual_seed(1))
@@ -70,7 +70,7 @@ def test_sigma_rises_on_deliberately_wrong_labels():
     wrong[torch.randperm(n)[:12]] = True
     labels = torch.where(wrong, (true + 1) % classes, true).view(1, 1, n)
     logit = torch.zeros(n, dim, requires_grad=True)  # σ² = sigmoid(logit), 0.5 at the start
-    loss_fn = PRCLContrastiveLoss(classes, dim, contrastive_preset("prcl", num_anchors=64, num_negatives=64))
+    loss_fn = PixelContrastiveLoss(classes, dim, contrastive_preset("prcl", num_anchors=64, num_negatives=64))
     opt = torch.optim.SGD([logit], lr=50.0)
     g = torch.Generator().manual_seed(0)
     for _ in range(30):

@@ -69,3 +69,13 @@ def average_buffers(module: torch.nn.Module) -> None:
     for b in buffers:
         b.copy_(flat[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """`[world·B, ...]`: every process's `[B, ...]` tensor, in rank order (the tensor itself for one
+    process). Every process must call it with the same shape; no gradient flows through it."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

@@ -66,8 +66,8 @@ def predict_logits(
     crop: int = 512, stride: Optional[int] = None,
 ) -> torch.Tensor:
     """`[B, C, H, W]` logits for a normalised image batch."""
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x)["logits"].float()
+    def forward(x: torch.Tensor) -> torch.Tensor:  # segmentation only: the μ/σ² heads are not run
+        return model(x, heads=False)["logits"].float()
 
     if mode == "sliding":
         return sliding_window_logits(forward, image, num_classes, crop, stride or max(1, crop * 2 // 3))

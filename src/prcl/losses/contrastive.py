@@ -58,9 +58,11 @@ def _uniform_loss(keys: list[KeySet], num_classes: int) -> Tensor:
     return counts.double().log().mean()
 
 
-class PRCLContrastiveLoss(nn.Module):
+class PixelContrastiveLoss(nn.Module):
     """Eq. 15 configured by a `ContrastiveConfig` (`prcl.config`; `contrastive_preset("baseline")`
-    etc. give the Table 1 rows, `from_config` a run's). State (GDP, EMA prototypes, memory bank) are
+    etc. give the Table 1 rows, `from_config` a run's): the cosine contrast of the Baseline and
+    Baseline+ (`pr: false`, `CosineContrastiveLoss`) and PRCL's probabilistic one (`pr: true`,
+    `PRCLContrastiveLoss`) share this one implementation; the two subclasses only name and check them. State (GDP, EMA prototypes, memory bank) are
     submodules with registered buffers, so `state_dict()` carries them and resuming restores them.
 
     forward(mu [B,D,H,W], var [B,D,H,W] (sigma^2 > 0) or None, labels [B,H,W] long (255 = ignore),
@@ -105,9 +107,12 @@ class PRCLContrastiveLoss(nn.Module):
         self.last_local_mean: Optional[Tensor] = None
 
     @classmethod
-    def from_config(cls, cfg: Config, num_classes: int, **kwargs: object) -> "PRCLContrastiveLoss":
-        """The loss of a run: `cfg.method.contrastive` on representations of `cfg.model.rep_dim` dims."""
-        return cls(num_classes, cfg.model.rep_dim, cfg.method.contrastive, **kwargs)
+    def from_config(cls, cfg: Config, num_classes: int, **kwargs: object) -> "PixelContrastiveLoss":
+        """The loss of a run: `cfg.method.contrastive` on representations of `cfg.model.rep_dim` dims
+        (`PRCLContrastiveLoss` or `CosineContrastiveLoss` by `method.contrastive.pr`)."""
+        c = cfg.method.contrastive
+        kind = cls if cls is not PixelContrastiveLoss else PRCLContrastiveLoss if c.pr else CosineContrastiveLoss
+        return kind(num_classes, cfg.model.rep_dim, c, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, temperature={self.temperature}, "
@@ -321,3 +326,25 @@ class PRCLContrastiveLoss(nn.Module):
         stats.update(anchors=float(k * self.num_anchors), classes=float(k),
                      valid_pixels=float(pix_label.numel()))
         return stats
+
+
+class PRCLContrastiveLoss(PixelContrastiveLoss):
+    """PRCL's contrast (Eq. 15 with the MLS of Eq. 3 on probabilistic representations, `pr: true`);
+    without a config, the `prcl` preset."""
+
+    def __init__(self, num_classes: int, dim: int, config: Optional[ContrastiveConfig] = None, **kwargs) -> None:
+        config = config if config is not None else contrastive_preset("prcl")
+        _require(config.pr, "PRCLContrastiveLoss needs method.contrastive.pr=true; the cosine contrast of the "
+                            "Baseline is CosineContrastiveLoss")
+        super().__init__(num_classes, dim, config, **kwargs)
+
+
+class CosineContrastiveLoss(PixelContrastiveLoss):
+    """The Baseline's and Baseline+'s contrast (Table 1): Eq. 15 with the cosine similarity of deterministic
+    μ (`pr: false`); without a config, the `baseline` preset."""
+
+    def __init__(self, num_classes: int, dim: int, config: Optional[ContrastiveConfig] = None, **kwargs) -> None:
+        config = config if config is not None else contrastive_preset("baseline")
+        _require(not config.pr, "CosineContrastiveLoss needs method.contrastive.pr=false; the probabilistic "
+                                "contrast is PRCLContrastiveLoss")
+        super().__init__(num_classes, dim, config, **kwargs)

@@ -1,4 +1,14 @@
-"""The method interface and its registry."""
+"""The method interface and its registry.
+
+**How the pixel contrast enters a method (one rule for all).** A method's loss is its own
+cross-entropy terms plus λc(t)·Lc (Eq. 11), all multiplied by the method's `loss_scale`:
+
+    L = loss_scale · (Ls + Lu + λc(t)·Lc)
+
+`loss_scale` is 1 for the mean-teacher family (Eq. 11 as written) and 1/2 for FixMatch/UniMatch, whose
+authors train (Ls + Lu)/2. So λc(t) is always the contrast's weight relative to the supervised
+cross-entropy, whichever method carries it.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +56,12 @@ class StepLosses:
         self.paths.update(other.paths)
         self.probe = other.probe if other.probe is not None else self.probe
 
+    def scaled(self, factor: float) -> "StepLosses":
+        """Every loss term multiplied by `factor` (stats and paths unchanged)."""
+        if factor == 1.0:
+            return self
+        return StepLosses({k: factor * v for k, v in self.terms.items()}, self.stats, self.paths, self.probe)
+
 
 class Method(nn.Module):
     """Computes the loss terms of one iteration. State it keeps across iterations (prototypes, memory
@@ -54,6 +70,7 @@ class Method(nn.Module):
     uses_teacher = False  # needs an EMA teacher (the trainer builds, updates and evaluates it)
     uses_unlabeled = False  # needs the unlabeled stream
     strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
+    loss_scale = 1.0  # every loss term, the contrast included, is multiplied by it (the module docstring)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """The pixel contrast λc(t)·Lc (Eq. 11-12) as a term any method with pseudo-labels can add.
 
 `ContrastiveTerm` turns one student forward pass (on labeled + unlabeled images) into the loss of
-`prcl.losses.PRCLContrastiveLoss`: labels and pseudo-labels at feature resolution, the δw mask on
+`prcl.losses.PixelContrastiveLoss`: labels and pseudo-labels at feature resolution, the δw mask on
 unlabeled pixels, λc(t). Which contrast (Baseline, Baseline+, PRCL, the ablations) is the config's
 `method.contrastive` section; `method.contrastive.enabled` switches the term on (the presets of
 `prcl.config.METHOD_PRESETS` do it for baseline, baseline_plus and prcl).
@@ -18,7 +18,7 @@ from torch import nn
 from prcl import IGNORE_INDEX
 from prcl.config import Config
 from prcl.engine.reliability import ReliabilityProbe
-from prcl.losses import PRCLContrastiveLoss
+from prcl.losses import PixelContrastiveLoss
 from prcl.methods.base import StepLosses
 from prcl.probabilistic import contrastive_weight
 
@@ -34,7 +34,7 @@ class ContrastiveTerm(nn.Module):
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg.method.contrastive
-        self.loss = PRCLContrastiveLoss.from_config(cfg, num_classes)
+        self.loss = PixelContrastiveLoss.from_config(cfg, num_classes)
         self.loss.record_sample = True  # the anchors of the step, for the reliability diagnostics
 
     def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, pseudo: torch.Tensor,

@@ -1,12 +1,14 @@
 """FixMatch for segmentation as UniMatch's authors re-implement it (Yang et al., CVPR 2023, Sec. 3.1),
 and the frame `unimatch` extends: no teacher; the student labels the weak view of each unlabeled image
-itself, and learns its strong, CutMix-ed view(s) from those pseudo-labels where it is confident.
+itself, and learns its strong, CutMix-ed view from those pseudo-labels where it is confident.
 
-    pseudo, conf = student(weak view)  (eval mode, no gradient)
-    L = (Ls + Lu) / 2,  Lu = λ·L_fp + (1 − λ)·mean over strong views of L_s      (fixmatch: λ = 0, 1 view)
+    ŷ, conf = student(weak view)                     (eval mode, no gradient)
+    Ls = CE(student(labeled), y)
+    Lu = Σ CE(student(strong view), ŷ)·1[conf ≥ τ] / #pixels      (`thresholded_pseudo_label_loss`)
+    L  = (Ls + Lu) / 2  (+ λc(t)·Lc / 2 with `method.contrastive.enabled`, the rule of `prcl.methods.base`)
 
-with each L_s the thresholded cross-entropy of `thresholded_pseudo_label_loss`; plus λc(t)·Lc when
-`method.contrastive.enabled` (the PRCL contrast on the first strong view, see `losses`).
+`UniMatch` (`prcl.methods.unimatch`) changes two hooks: `forward_streams` (which forwards the student
+runs) and `unsupervised_loss` (Lu); the rest of the step is this file's `losses`.
 
 **Eval mode for the pseudo-labels** (UniMatch takes an image's own pseudo-labels from a train-mode
 forward of [labeled; weak], and its CutMix partner's from an eval-mode pass; here both come from the
@@ -17,23 +19,29 @@ decoder of UniMatch's model has no dropout, so its train-mode pass is dropout-fr
 changes no state (BatchNorm running statistics are left to the training forward), so skipped steps and
 resume need nothing extra; (4) it is the function the trainer evaluates and what the mean teacher's
 EMA model computes (always eval mode), so `fixmatch` and `classmix` differ in the EMA, not in BN mode.
+The weak views therefore never enter train-mode BatchNorm statistics in `fixmatch` (UniMatch's FixMatch
+forwards [labeled; weak] in train mode); `docs/reproduce.md` lists the expected effect.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
+from prcl.data.mixing import MixedView, mix_strong_view, partner_shifts
 from prcl.data.transforms import strong_view_keys
+from prcl.engine.distributed import world_size
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
-from prcl.methods.mean_teacher import mix_strong_view, teacher_pseudo_labels
+from prcl.methods.pseudo_label_noise import PseudoLabelNoise
+from prcl.methods.pseudo_labels import confident_fraction, student_pseudo_labels
 
-OUTPUTS = ("logits", "mu", "var")
-"""The per-image outputs a loss reads (`fused` is not needed)."""
+Outputs = dict[str, torch.Tensor]
+"""A student forward's outputs for some rows: `logits`, and `mu`/`var` where the contrast reads them."""
 
 
 def thresholded_pseudo_label_loss(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
@@ -48,89 +56,94 @@ def thresholded_pseudo_label_loss(logits: torch.Tensor, pseudo: torch.Tensor, co
     return (ce * kept).sum() / valid.sum().clamp(min=1)
 
 
-def partner_shifts(batch: int, views: int) -> list[int]:
-    """The CutMix partner of image i in strong view k is image i − shift_k of the batch: 1, 2, ... (never
-    the image itself while the batch has another one), so the views get different partners when the batch
-    has more than two images. With two, both views pair with the other image (as in UniMatch, whose two
-    strong views share one partner image and differ in its augmentation and in the box)."""
-    return [1 + k % max(batch - 1, 1) for k in range(views)]
+@dataclass
+class WeakPseudoLabels:
+    """The student's own pseudo-labels on the weak view, before mixing."""
+
+    pseudo: torch.Tensor  # [B_u, H, W], 255 on crop padding
+    confidence: torch.Tensor  # [B_u, H, W]
 
 
-@torch.no_grad()
-def own_pseudo_labels(student: torch.nn.Module, image: torch.Tensor,
-                      padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's arg-max pseudo-labels and confidences on `image`, in eval mode without gradient
-    (the module docstring says why); its train/eval mode is restored afterwards."""
-    training = student.training
-    student.eval()
-    try:
-        return teacher_pseudo_labels(lambda x: student(x, heads=False), image, padding)
-    finally:
-        student.train(training)
+@dataclass
+class StudentStreams:
+    """The student's outputs of one step, by stream, whatever forwards produced them."""
+
+    labeled: Outputs  # on the labeled images (with `mu`/`var` when the contrast is on)
+    strong: list[Outputs]  # on each strong view, in `strong_view_keys` order (view 1 with `mu`/`var`)
+    weak_perturbed_logits: Optional[torch.Tensor] = None  # UniMatch's feature-perturbed weak view
 
 
-def _rows(out: dict[str, torch.Tensor], start: int, stop: Optional[int] = None) -> dict[str, torch.Tensor]:
-    return {k: out[k][start:stop] for k in OUTPUTS if k in out}
+def take_rows(out: Outputs, start: int, stop: int, with_heads: bool) -> Outputs:
+    """Rows [start, stop) of a forward's `logits` and, with `with_heads`, of its `mu`/`var` (a forward run
+    with `heads=slice(0, n)` has `mu`/`var` for its first n rows only, so only ranges inside them qualify)."""
+    rows = {"logits": out["logits"][start:stop]}
+    if with_heads:
+        rows.update({k: out[k][start:stop] for k in ("mu", "var") if k in out})
+    return rows
 
 
-def _cat(*outs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+def contrast_rows(n: int, enabled: bool) -> slice | bool:
+    """The `heads` argument of a student forward whose first `n` rows feed the contrast."""
+    return slice(0, n) if enabled else False
 
 
 @register("fixmatch")
 class FixMatch(Method):
-    """`strong_views`, `feature_dropout` and `fp_weight` (λ) are what `UniMatch` changes."""
-
     uses_unlabeled = True
     strong_views = 1
-    feature_dropout = 0.0  # p of the feature-perturbation stream's Dropout2d; 0 = no such stream
-    fp_weight = 0.0  # λ: the share of Lu that the feature-perturbation stream gets
+    loss_scale = 0.5  # UniMatch's code: (Ls + Lu) / 2
 
     def __init__(self, cfg, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
-        self.mix: str = cfg.method.mix
+        method = cfg.method
+        self.mix: str = method.mix
+        self.threshold: float = method.unsup_threshold  # τ
+        self.unsup_weight: float = method.unsup_weight
         self.contrast: Optional[ContrastiveTerm] = (ContrastiveTerm(cfg, num_classes)
-                                                    if cfg.method.contrastive.enabled else None)
+                                                    if method.contrastive.enabled else None)
+        self.noise = PseudoLabelNoise(cfg, num_classes)  # `method.pseudo_label_noise` (0: identity)
 
-    def forward_streams(self, student, image_l: torch.Tensor, weak: torch.Tensor, strong: list[torch.Tensor]):
-        """Student outputs on the labeled images, on each strong view, and the perturbed stream's logits
-        on the weak view (None without one). FixMatch: one forward of [labeled; strong]; with a feature
-        stream, UniMatch's two: [labeled; weak] with the perturbed twin, then [strong 1; strong 2]."""
-        heads = self.contrast is not None
-        n_l, n_u = image_l.shape[0], weak.shape[0]
-        if not self.feature_dropout:
-            out = student(torch.cat([image_l, *strong]), heads=heads)
-            return _rows(out, 0, n_l), [_rows(out, n_l + k * n_u, n_l + (k + 1) * n_u) for k in range(len(strong))], None
-        first = student(torch.cat([image_l, weak]), heads=heads, feature_dropout=self.feature_dropout)
-        second = student(torch.cat(strong), heads=heads)
-        return (_rows(first, 0, n_l), [_rows(second, k * n_u, (k + 1) * n_u) for k in range(len(strong))],
-                first["logits_fp"][n_l:])
+    def forward_streams(self, student, labeled: torch.Tensor, weak: torch.Tensor,
+                        strong: list[torch.Tensor]) -> StudentStreams:
+        """FixMatch's one forward: [labeled; strong] (the weak view was labeled without gradient)."""
+        n_l = labeled.shape[0]
+        with_heads = self.contrast is not None
+        out = student(torch.cat([labeled, strong[0]]), heads=with_heads)
+        return StudentStreams(labeled=take_rows(out, 0, n_l, with_heads),
+                              strong=[take_rows(out, n_l, out["logits"].shape[0], with_heads)])
+
+    def unsupervised_loss(self, streams: StudentStreams, views: list[MixedView],
+                          weak: WeakPseudoLabels) -> StepLosses:
+        """FixMatch: Lu = L_s, the strong view learning its mixed pseudo-labels."""
+        (strong,), (view,) = streams.strong, views
+        return StepLosses({"unsup": thresholded_pseudo_label_loss(strong["logits"], view.pseudo, view.confidence,
+                                                                  self.threshold)})
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
-        m = self.cfg.method
-        pseudo, confidence = own_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
-        shifts = partner_shifts(pseudo.shape[0], self.strong_views)
-        views = [mix_strong_view(self.mix, unlabeled[key], pseudo, confidence, shift=s)  # (image, pseudo, conf)
-                 for key, s in zip(strong_view_keys(self.strong_views), shifts)]
-        out_l, outs_s, logits_fp = self.forward_streams(student, labeled["image"], unlabeled["image"],
-                                                        [v[0] for v in views])
-        tau = m.unsup_threshold
-        per_view = [thresholded_pseudo_label_loss(o["logits"], p, c, tau) for o, (_, p, c) in zip(outs_s, views)]
-        valid = pseudo != IGNORE_INDEX
-        stats = {"pseudo_confident": float(((confidence >= tau) & valid).sum() / valid.sum().clamp(min=1))}
-        stats.update({f"unsup/s{k + 1}": float(v.detach()) for k, v in enumerate(per_view)})
-        half = 0.5  # UniMatch: (Ls + Lu) / 2
-        terms = {"sup": half * F.cross_entropy(out_l["logits"], labeled["mask"], ignore_index=IGNORE_INDEX),
-                 "unsup": half * m.unsup_weight * (1 - self.fp_weight) * torch.stack(per_view).mean()}
-        if logits_fp is not None:
-            fp = thresholded_pseudo_label_loss(logits_fp, pseudo, confidence, tau)
-            terms["unsup_fp"] = half * m.unsup_weight * self.fp_weight * fp
-            stats["unsup/fp"] = float(fp.detach())
-        step = StepLosses(terms, stats)
-        if self.contrast is not None:  # on [labeled; strong view 1] with view 1's mixed pseudo-labels
-            _, pseudo_1, confidence_1 = views[0]
-            step.update(self.contrast(_cat(out_l, outs_s[0]), labeled["mask"], pseudo_1, confidence_1, progress))
-        return step
+        """One step; `teacher` is always None (the trainer's interface passes it to every method)."""
+        pseudo, confidence = student_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
+        weak = WeakPseudoLabels(self.noise(pseudo, confidence, progress), confidence)
+        shifts = partner_shifts(weak.pseudo.shape[0] * world_size(), self.strong_views)
+        views = [mix_strong_view(self.mix, unlabeled[key], weak.pseudo, weak.confidence, shift=shift)
+                 for key, shift in zip(strong_view_keys(self.strong_views), shifts)]
+        streams = self.forward_streams(student, labeled["image"], unlabeled["image"], [v.image for v in views])
+
+        supervised = F.cross_entropy(streams.labeled["logits"], labeled["mask"], ignore_index=IGNORE_INDEX)
+        unsupervised = self.unsupervised_loss(streams, views, weak)
+        step = StepLosses({"sup": supervised, **{k: self.unsup_weight * v for k, v in unsupervised.terms.items()}},
+                          {"pseudo_confident": confident_fraction(weak.pseudo, weak.confidence, self.threshold),
+                           **unsupervised.stats, **mean_stats([v.stats for v in views])})
+        if self.contrast is not None:  # on [labeled; strong view 1], with view 1's mixed pseudo-labels
+            first = views[0]
+            both = {k: torch.cat([streams.labeled[k], streams.strong[0][k]]) for k in streams.labeled}
+            step.update(self.contrast(both, labeled["mask"], first.pseudo, first.confidence, progress))
+        return step.scaled(self.loss_scale)
 
     def prototypes(self) -> dict[str, torch.Tensor]:
         return self.contrast.prototypes() if self.contrast is not None else {}
+
+
+def mean_stats(per_view: list[dict[str, float]]) -> dict[str, float]:
+    """Each statistic averaged over the views that report it."""
+    keys = {k for stats in per_view for k in stats}
+    return {k: sum(s[k] for s in per_view if k in s) / sum(k in s for s in per_view) for k in sorted(keys)}

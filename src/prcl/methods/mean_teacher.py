@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
-from prcl.data.mixing import mix_masks, mix_with_partner
+from prcl.data.mixing import mix_strong_view
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise
+from prcl.methods.pseudo_labels import confident_fraction, teacher_pseudo_labels
 
 
 def weighted_pseudo_label_loss(
@@ -29,26 +30,6 @@ def weighted_pseudo_label_loss(
     omega = ((confidence >= threshold) & valid).flatten(1).sum(1) / n_valid
     ce_per_image = ce.flatten(1).sum(1) / n_valid
     return (omega * ce_per_image).mean()
-
-
-@torch.no_grad()
-def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1: arg-max pseudo-labels and their confidences; padded pixels get the ignore label."""
-    probs = teacher(image)["logits"].float().softmax(1)
-    confidence, pseudo = probs.max(1)
-    pseudo[padding] = IGNORE_INDEX
-    confidence[padding] = 0.0
-    return pseudo, confidence
-
-
-def mix_strong_view(mix: str, image: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                    *aligned: torch.Tensor, shift: int = 1) -> list[torch.Tensor]:
-    """The student's input and targets: `image` pasted onto its partner `shift` places back in the
-    batch through a ClassMix or CutMix mask (`mix_masks`; `mix="none"`: unchanged). `aligned` maps
-    (e.g. the true labels of the reliability diagnostics) are mixed the same way."""
-    if mix == "none":
-        return [image, pseudo, confidence, *aligned]
-    return mix_with_partner(mix_masks(mix, pseudo), image, pseudo, confidence, *aligned, shift=shift)
 
 
 @register("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
@@ -65,22 +46,22 @@ class MeanTeacher(Method):
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         m = self.cfg.method
-        pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
-        pseudo = self.noise(pseudo, confidence, progress)
-        truth = unlabeled.get("truth")  # the diagnostics' true labels: mixed along, read after the losses only
-        image_u, pseudo, confidence, *truth = mix_strong_view(self.mix, unlabeled["image_strong"], pseudo, confidence,
-                                                              *([truth] if truth is not None else []))
+        weak_pseudo, weak_confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        weak_pseudo = self.noise(weak_pseudo, weak_confidence, progress)
+        truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
+        view = mix_strong_view(self.mix, unlabeled["image_strong"], weak_pseudo, weak_confidence, *truth)
+        image_u, pseudo, confidence = view.image, view.pseudo, view.confidence
         n_l = labeled["image"].shape[0]
         out = student(torch.cat([labeled["image"], image_u]), heads=self.contrast is not None)
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
         step = StepLosses(
             {"sup": F.cross_entropy(logits_l, labeled["mask"], ignore_index=IGNORE_INDEX),
              "unsup": m.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence, m.unsup_threshold)},
-            {"pseudo_confident": float((confidence >= m.unsup_threshold).float().mean())},
+            {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, m.unsup_threshold), **view.stats},
         )
         if self.contrast is not None:
-            step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress, *truth))
-        return step
+            step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress, *view.aligned))
+        return step.scaled(self.loss_scale)
 
     def prototypes(self) -> dict[str, torch.Tensor]:
         return self.contrast.prototypes() if self.contrast is not None else {}

@@ -156,19 +156,23 @@ class DeepLabV3Plus(nn.Module):
         high = F.interpolate(self.aspp(high), size=low.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([high, self.reduce(low)], dim=1)  # [B, 304, H/4, W/4]
 
-    def forward(self, x: torch.Tensor, *, heads: bool = True, feature_dropout: float = 0.0) -> dict[str, torch.Tensor]:
-        """`logits` (input size), `fused`, `mu`/`var` (with `heads` and the heads built); with
-        `feature_dropout` > 0 also `logits_fp`, the perturbed stream's logits (the heads see clean features)."""
+    def forward(self, x: torch.Tensor, *, heads: bool | slice = True,
+                feature_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """`logits` (input size), `fused`, `mu`/`var` (with `heads` and the heads built: True = every row of
+        the batch, a slice = those rows only, so the heads' cost and BatchNorm statistics cover only the rows
+        a loss reads); with `feature_dropout` > 0 also `logits_fp`, the perturbed stream's logits (the heads
+        see clean features)."""
         fused = self.fused_feature(x, feature_dropout)
         logits = F.interpolate(self.seg_head(fused), size=x.shape[2:], mode="bilinear", align_corners=False)
         out = {"logits": logits, "fused": fused}
         if feature_dropout > 0:  # decoder BatchNorm saw clean and perturbed together, as in UniMatch
             out["logits"], out["logits_fp"] = logits.chunk(2)
             fused = out["fused"] = fused[: x.shape[0]]
-        if heads and self.rep_head is not None:
-            out["mu"] = self.rep_head(scale_gradient(fused, self.rep_trunk_grad))
-        if heads and self.prob_head is not None:
-            out["var"] = self.prob_head(scale_gradient(fused, self.prob_trunk_grad))
+        rows = fused if heads is True else fused[heads] if heads is not False else None
+        if rows is not None and self.rep_head is not None:
+            out["mu"] = self.rep_head(scale_gradient(rows, self.rep_trunk_grad))
+        if rows is not None and self.prob_head is not None:
+            out["var"] = self.prob_head(scale_gradient(rows, self.prob_trunk_grad))
         return out
 
     def trunk_parameters(self) -> list[nn.Parameter]:

@@ -1,0 +1,50 @@
+"""Pseudo-labels (Eq. 1) and the statistic every method reports about them, each defined once.
+
+A pseudo-label is the arg-max class of a network's softmax on the weak view, its confidence the max
+probability; crop padding gets the ignore label and confidence 0. Who labels differs by method: the
+EMA teacher (`teacher_pseudo_labels`: mean teacher, ClassMix, PRCL) or the student itself in eval mode
+(`student_pseudo_labels`: FixMatch, UniMatch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prcl import IGNORE_INDEX
+
+
+def argmax_pseudo_labels(logits: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1: `(pseudo, confidence)`, each `[B, H, W]`, from logits `[B, C, H, W]`; padded pixels
+    (`padding` True) get the ignore label and confidence 0."""
+    confidence, pseudo = logits.detach().float().softmax(1).max(1)
+    pseudo[padding] = IGNORE_INDEX
+    confidence[padding] = 0.0
+    return pseudo, confidence
+
+
+@torch.no_grad()
+def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor,
+                          padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EMA teacher's pseudo-labels on the weak view (the teacher is always in eval mode)."""
+    return argmax_pseudo_labels(teacher(image)["logits"], padding)
+
+
+@torch.no_grad()
+def student_pseudo_labels(student: torch.nn.Module, image: torch.Tensor,
+                          padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's own pseudo-labels on the weak view, in eval mode without gradient and without the
+    representation heads (`prcl.methods.fixmatch` says why eval mode); its mode is restored afterwards."""
+    training = student.training
+    student.eval()
+    try:
+        return argmax_pseudo_labels(student(image, heads=False)["logits"], padding)
+    finally:
+        student.train(training)
+
+
+def confident_fraction(pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float) -> float:
+    """`pseudo_confident`: the fraction of the unlabeled images' pixels outside the crop padding whose
+    pseudo-label confidence is ≥ `threshold` (δu for the mean teacher, τ for FixMatch/UniMatch), read
+    on the weak view's pseudo-labels before mixing."""
+    valid = pseudo != IGNORE_INDEX
+    return float(((confidence >= threshold) & valid).sum() / valid.sum().clamp(min=1))
