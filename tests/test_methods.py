@@ -154,7 +154,7 @@ def test_trainer_logs_gradient_diagnostics(make_config, capsys):
                       "train.diagnostics_every=2", "data.max_val_images=2")
     train(cfg)
     records = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [2, 4]
+    assert [r["iteration"] for r in records] == [1, 2, 4]  # iteration 1 too
     for r in records:
         assert {"grad/sup", "grad/unsup", "grad/contrastive", "grad/contrastive.mu", "grad/contrastive.var"} <= set(r)
         assert r["grad/sup"] > 0 and r["contrastive/uniform_loss"] > 0

@@ -111,6 +111,10 @@ class Trainer:
             if dist.is_distributed() else self.model
         )
         if cfg.train.compile:  # the student's forward only; checkpoints keep the plain module's keys
+            if cfg.train.diagnostics_every and self.main:  # their extra autograd.grad calls (retain_graph) break
+                # a compiled backward (it refuses them, or with donated buffers off the step then differs)
+                print("train.compile=true: the gradient and reliability diagnostics (train.diagnostics_every) are "
+                      "skipped; train without compile to get them", file=sys.stderr)
             self.student = torch.compile(self.student)
         if not resume:
             create_run_dir(cfg, overwrite)
@@ -211,7 +215,7 @@ class Trainer:
         values = {k: float(v.detach()) for k, v in step.terms.items()}
         values["total"] = float(loss.detach())
         stats = dict(step.stats)
-        every = self.cfg.train.diagnostics_every
+        every = 0 if self.cfg.train.compile else self.cfg.train.diagnostics_every  # see __init__
         if every and (iteration == 0 or (iteration + 1) % every == 0):
             stats.update(self._diagnose(step, iteration + 1))
         self.optimizer.zero_grad(set_to_none=True)
@@ -233,7 +237,7 @@ class Trainer:
         """Gradient norm of each loss term (and path) at the trunk, warning once about inert terms; where the
         truth of the unlabeled images is known, how σ² ranks the wrong pseudo-labels (`engine/reliability.py`)."""
         norms = gradient_norms(step.terms, step.paths, self.model.trunk_parameters())
-        if self.main:
+        if self.main and iteration > 1:  # at iteration 1 the teacher has no confident pixel yet: no inert alarm
             for message in self.monitor.check(norms, step.stats, iteration):
                 tqdm.write(f"warning: {message}")
         if step.probe is not None and "contrastive" in step.terms:
