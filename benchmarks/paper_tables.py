@@ -295,7 +295,7 @@ def _reliability_summary(run: Path) -> dict[str, float]:
     out = {k: statistics.mean(r[k] for r in late if k in r) for k in RELIABILITY_COLUMNS
            if k != "contrastive/vn_spread" and any(k in r for r in late)}
     spread = [r["contrastive/vn_spread"] for r in records if "contrastive/vn_spread" in r]
-    if spread:
+    if any(spread):  # 0 throughout: a run without VNs
         out["contrastive/vn_spread"] = min(spread)
     return out
 

@@ -9,8 +9,10 @@ wrong and measures it, every `train.diagnostics_every` iterations, over two sets
 - `anchors`: those drawn as anchors this step (the only ones whose σ² the contrast trains).
 
 For each: the fraction of wrong pseudo-labels, the mean σ² (averaged over D) on wrong and on right
-ones, σ²'s AUROC for wrong pseudo-labels within each pseudo-label class (macro mean: the headline, since
-over all pixels the AUROC mostly measures which class a pixel belongs to) and over all pixels, and, on the
+ones, σ²'s AUROC for wrong pseudo-labels within each true class (macro mean: the headline, since over
+all pixels, or within a pseudo-label class, which mixes true classes once labels are wrong, the AUROC mostly
+measures which class a pixel belongs to; `prcl analyze` groups val pixels the same way) and over all
+pixels, and, on the
 anchors, the mean ∂Lc/∂σ² (of a pixel's σ² in all dims together, λc(t) divided out) on wrong and on right
 ones: negative means gradient descent raises σ² there.
 
@@ -94,6 +96,6 @@ def reliability_stats(probe: ReliabilityProbe, contrastive_term: Tensor) -> dict
     stats: dict[str, float] = {}
     for name, chosen in (("confident", probe.confident), ("anchors", probe.anchors)):
         sel = chosen & known
-        stats.update(pixel_set_stats(var[sel], wrong[sel], probe.pseudo[sel], f"reliability/{name}",
+        stats.update(pixel_set_stats(var[sel], wrong[sel], probe.truth[sel], f"reliability/{name}",
                                      grad[sel] if grad is not None and name == "anchors" else None))
     return stats
