@@ -195,3 +195,16 @@ def test_sigma_head_learns_to_flag_wrong_labels_and_can_move_its_level():
     assert bn_after[wrong].mean() > bn_after[~wrong].mean()
     moved, bn_moved = abs(after.mean() - before.mean()), abs(bn_after.mean() - bn_before.mean())
     assert moved > 0.005 and moved > 3 * bn_moved, (moved, bn_moved)
+
+
+def test_paper_sigma_head_initialises_as_before_the_options():
+    """The options must not move the default head's random initialisation (it follows construction order):
+    the same seed gives the weights of Linear-BN-ReLU-Linear-BN built in that order."""
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(304, 64, 1, bias=False), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(64, 64, 1, bias=False), torch.nn.BatchNorm2d(64))
+    from prcl.models.deeplab import ProbabilityHead
+    torch.manual_seed(0)
+    head = ProbabilityHead(304, 64)
+    for (k, a), (_, b) in zip(reference.state_dict().items(), head.net.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -81,9 +81,11 @@ class ProbabilityHead(nn.Module):
         super().__init__()
         if activation not in PROB_ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(PROB_ACTIVATIONS)}, got {activation!r}")
+        first = [nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]  # built first: the
+        # random initialisation follows the order of construction, so the paper's head starts as it always did
         last = ([nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim)] if final_norm
                 else [nn.Conv2d(dim, dim, 1, bias=True)])
-        self.net = nn.Sequential(nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True), *last)
+        self.net = nn.Sequential(*first, *last)
         self.activation = PROB_ACTIVATIONS[activation]
         if not final_norm:  # start where the normalised head starts: σ² = activation(0) on average
             nn.init.zeros_(self.net[-1].bias)
