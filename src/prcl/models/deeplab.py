@@ -8,6 +8,8 @@
 
 `forward(x, feature_dropout=p)` adds UniMatch's feature-perturbation stream: the backbone runs once and
 the decoder runs on [clean; Dropout2d(p)] features, returning `logits_fp` beside the clean outputs.
+`forward(x, complementary_dropout=True)` is UniMatch V2's: x = [view 1; view 2] of the same images, and the
+backbone features of the two halves get complementary channel masks (`prcl.models.feature_perturbation`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prcl.models.backbone import backbone_channels, check_feature_strides, create_backbone, input_normalization
+from prcl.models.feature_perturbation import apply_channel_mask, complementary_channel_masks
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -146,25 +149,33 @@ class DeepLabV3Plus(nn.Module):
         # how much of the representation / probability heads' gradient reaches the shared trunk
         self.rep_trunk_grad, self.prob_trunk_grad = rep_trunk_grad, prob_trunk_grad
 
-    def fused_feature(self, x: torch.Tensor, feature_dropout: float = 0.0) -> torch.Tensor:
+    def fused_feature(self, x: torch.Tensor, feature_dropout: float = 0.0,
+                      complementary_dropout: bool = False) -> torch.Tensor:
         """`[B, 304, H/4, W/4]`; with `feature_dropout` = p > 0, `[2B, ...]`: the clean batch, then the
-        batch with channel dropout (Dropout2d, always on, as UniMatch) on both backbone features."""
+        batch with channel dropout (Dropout2d, always on, as UniMatch) on both backbone features; with
+        `complementary_dropout`, the two halves of the batch get complementary masks on both."""
         if self.renormalize:
             x = torch.addcmul(self.input_shift.to(x.dtype), x, self.input_scale.to(x.dtype))
         low, high = self.backbone(x)
+        if complementary_dropout:
+            if x.shape[0] % 2:
+                raise ValueError(f"complementary dropout needs [view 1; view 2] rows, got an odd batch of {x.shape[0]}")
+            low_mask, high_mask = complementary_channel_masks(x.shape[0] // 2, (low.shape[1], high.shape[1]),
+                                                              device=x.device)
+            low, high = apply_channel_mask(low, low_mask), apply_channel_mask(high, high_mask)
         if feature_dropout > 0:
             low = torch.cat([low, F.dropout2d(low, feature_dropout, training=True)])
             high = torch.cat([high, F.dropout2d(high, feature_dropout, training=True)])
         high = F.interpolate(self.aspp(high), size=low.shape[2:], mode="bilinear", align_corners=False)
         return torch.cat([high, self.reduce(low)], dim=1)  # [B, 304, H/4, W/4]
 
-    def forward(self, x: torch.Tensor, *, heads: bool | slice = True,
-                feature_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, *, heads: bool | slice = True, feature_dropout: float = 0.0,
+                complementary_dropout: bool = False) -> dict[str, torch.Tensor]:
         """`logits` (input size), `fused`, `mu`/`var` (with `heads` and the heads built: True = every row of
         the batch, a slice = those rows only, so the heads' cost and BatchNorm statistics cover only the rows
         a loss reads); with `feature_dropout` > 0 also `logits_fp`, the perturbed stream's logits (the heads
-        see clean features)."""
-        fused = self.fused_feature(x, feature_dropout)
+        see clean features); with `complementary_dropout`, UniMatch V2's masks on [view 1; view 2]."""
+        fused = self.fused_feature(x, feature_dropout, complementary_dropout)
         logits = F.interpolate(self.seg_head(fused), size=x.shape[2:], mode="bilinear", align_corners=False)
         out = {"logits": logits, "fused": fused}
         if feature_dropout > 0:  # decoder BatchNorm saw clean and perturbed together, as in UniMatch
