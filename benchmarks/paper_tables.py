@@ -6,7 +6,7 @@ each). Finished runs (with `summary.json`) are skipped, so the script resumes wh
 the markdown table is rewritten after every run, so it fills in as results arrive.
 
     python benchmarks/paper_tables.py --tables 1 4 8 7 tau sigma --fractions 1_64 1_16 --seeds 0 1 2 --tau-seeds 0
-    python benchmarks/paper_tables.py --tables 15 --fractions 1_64 1_16 --seeds 0 1 2   # FixMatch / UniMatch (+PRCL)
+    python benchmarks/paper_tables.py --tables 15 --fractions 1_64 1_16 --seeds 0 1 2   # FixMatch / UniMatch V1, V2 (+PRCL)
     python benchmarks/paper_tables.py --tables gap --fractions 1_16 --seeds 0 --iterations 2400 \
         --runs benchmarks/runs_gap --out benchmarks/results/dataset_gap.md --title "..."
 """
@@ -57,7 +57,7 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "8": "Table 8 — PRCL components", "7": "Table 7 — extra negatives: none / memory bank / VN",
           "tau": "Temperature sweep (chose the default τ)", "sigma": "σ² head learning rate",
           "gap": "Dataset property: supervised, few vs all labels",
-          "15": "Issue #15 — FixMatch, UniMatch and PRCL's contrast on UniMatch",
+          "15": "Issues #15, #21 — FixMatch, UniMatch, UniMatch V2 and PRCL's contrast on them",
           "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)",
           "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)"}
 RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2",
@@ -84,7 +84,8 @@ CONTRAST_VARIANT_SEEDS = {  # one seed each: rows that the screening rejected or
     "prcl, form=predictive, var_grad=head": [0],
 }
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
-TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl")  # the first 3 = Table 1's runs
+TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl", "unimatch_v2",
+                   "unimatch_v2_prcl")  # the first 3 = Table 1's runs
 
 
 def experiments(tables: list[str], fractions: list[str], temperatures: list[float],

@@ -165,7 +165,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_global_batch(syn
     assert changed > 10, "the steps should have moved the weights"
 
 
-@pytest.mark.parametrize("method", ["prcl", "unimatch_prcl"])
+@pytest.mark.parametrize("method", ["prcl", "unimatch_prcl", "unimatch_v2_prcl"])
 def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, method):
     """One labeled and one unlabeled image per process (a global batch of 2 + 2, as 16 + 16 on 16 GPUs)."""
     overrides = [f"method.name={method}", "train.iterations=4", "train.eval_every=4", "data.batch_size=2",

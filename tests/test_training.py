@@ -37,7 +37,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize("method", ["classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl"])
+@pytest.mark.parametrize("method", ["classmix", "prcl", "fixmatch", "unimatch_prcl", "unimatch_v2_prcl"])
 def test_resume_equals_uninterrupted_run(make_config, method):
     common = [f"method.name={method}", "train.iterations=6", "train.eval_every=100", "data.max_val_images=2"]
     full = Trainer(make_config(*common, "name=full"))

@@ -125,6 +125,10 @@ class MethodConfig:
     unsup_weight: float = 1.0
     mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
     # (preset per method; cutmix = a box of half the image, always; cutmix_unimatch = UniMatch's random box, p = 0.5)
+    supervised_loss: str = "ce"  # ce | ohem: the labeled images' loss (ohem: UniMatch's Cityscapes recipe,
+    # cross-entropy over the pixels whose true-class probability is ≤ ohem_threshold, at least ohem_min_kept)
+    ohem_threshold: float = 0.7
+    ohem_min_kept: int = 200000  # per process, as UniMatch (200000 at 2 images of 798² per GPU)
     pseudo_label_noise: float = 0.0  # research option (issue #19): a seeded random fraction of the confident
     # (≥ δw) unlabeled pseudo-labels is replaced by a random other class, in every term that uses them
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
@@ -212,6 +216,12 @@ METHOD_PRESETS.update({  # FixMatch and UniMatch; unimatch_prcl = unimatch + prc
     "unimatch": {**_UNIMATCH_RECIPE, "contrastive": {"enabled": False}},
     "unimatch_prcl": {**_UNIMATCH_RECIPE, "contrastive": copy.deepcopy(METHOD_PRESETS["prcl"]["contrastive"])},
 })
+_UNIMATCH_V2_RECIPE = {**_UNIMATCH_RECIPE, "ema_decay": 0.996}  # UniMatch V2 (arXiv 2410.10777): + EMA teacher
+METHOD_PRESETS.update({  # unimatch_v2_prcl = unimatch_v2 + prcl's contrastive switches
+    "unimatch_v2": {**_UNIMATCH_V2_RECIPE, "contrastive": {"enabled": False}},
+    "unimatch_v2_prcl": {**_UNIMATCH_V2_RECIPE,
+                         "contrastive": copy.deepcopy(METHOD_PRESETS["prcl"]["contrastive"])},
+})
 # How the probabilistic contrast is scaled and what each key's variance is (issue #13). A form sets the
 # defaults of these keys; keys given explicitly override them.
 # - `paper`: Eq. 3, 4, 15 literally (raw μ, MLS summed over dims, posterior prototype variance, VNs as
@@ -246,6 +256,7 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "method.name": tuple(METHOD_PRESETS),
     "method.mix": ("classmix", "cutmix", "cutmix_unimatch", "none"),
+    "method.supervised_loss": ("ce", "ohem"),
     "method.contrastive.prototype": ("gdp", "local", "ema"),
     "method.contrastive.form": tuple(CONTRASTIVE_FORMS),
     "method.contrastive.vn.scale": ("variance", "std"),
@@ -272,10 +283,10 @@ POSITIVE = (
 UNIT_INTERVAL = (
     "method.contrastive.trunk_grad", "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
-    "data.blur", "optim.momentum", "method.pseudo_label_noise",
+    "data.blur", "optim.momentum", "method.pseudo_label_noise", "method.ohem_threshold",
 )
 POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
-NON_NEGATIVE = ("train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr", "optim.prob_head_lr_scale", "optim.weight_decay", "data.num_workers",
+NON_NEGATIVE = ("method.ohem_min_kept", "train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr", "optim.prob_head_lr_scale", "optim.weight_decay", "data.num_workers",
                 "method.contrastive.vn.beta")
 BELOW_ONE = ("method.contrastive.ema_momentum",)  # [0, 1): a momentum of 1 never moves
 

@@ -6,9 +6,9 @@ Table 6 "PR w/o US" and Table 8 "PR" at 92 labels are one run), so they share on
 `list_configs` joins these cells with the YAML files found on disk; `prcl configs list` prints it.
 Table 4 (embedding metrics) is computed from trained runs by the analysis tools, not trained.
 
-`REFERENCE_CELLS` are not the paper's: numbers other methods' authors publish (UniMatch's README), each
-beside the config under `configs/unimatch/` that follows their recipe. They are targets to compare a run
-with; none has been run here.
+`REFERENCE_CELLS` are not the paper's: numbers other methods' authors publish (UniMatch's and UniMatch
+V2's READMEs), each beside the config under `configs/unimatch/` or `configs/unimatch_v2/` that follows
+their recipe. They are targets to compare a run with; none has been run here.
 """
 
 from __future__ import annotations
@@ -94,9 +94,16 @@ class ReferenceCell:
 UNIMATCH_README = "UniMatch README (ResNet-101)"
 # github.com/LiheYoung/UniMatch README: VOC classic (crop 321) and Cityscapes (crop 801, output stride 16,
 # τ = 0); the README publishes no FixMatch numbers, so the fixmatch/unimatch_prcl configs have none.
+UNIMATCH_V2_README = "UniMatch V2 README (DINOv2-B)"
+# github.com/LiheYoung/UniMatch-V2 README: VOC classic (crop 518) and Cityscapes (crop 798), DINOv2-B with
+# the DPT head; no numbers with PRCL's contrast exist (unimatch_v2_prcl is new here).
 _REFERENCES: tuple[tuple[str, str, str, Sequence[int], Sequence[float]], ...] = (
     (UNIMATCH_README, "UniMatch", "unimatch/voc/classic/{n}/unimatch.yaml", VOC_CLASSIC, (75.2, 77.2, 78.8, 79.9, 81.2)),
     (UNIMATCH_README, "UniMatch", "unimatch/cityscapes/{n}/unimatch.yaml", CITYSCAPES, (76.6, 77.9, 79.2, 79.5)),
+    (UNIMATCH_V2_README, "UniMatch V2", "unimatch_v2/voc/classic/{n}/unimatch_v2.yaml", VOC_CLASSIC,
+     (86.3, 87.9, 88.9, 90.0, 90.8)),
+    (UNIMATCH_V2_README, "UniMatch V2", "unimatch_v2/cityscapes/{n}/unimatch_v2.yaml", CITYSCAPES,
+     (83.6, 84.3, 84.5, 85.1)),
 )
 REFERENCE_CELLS: tuple[ReferenceCell, ...] = tuple(
     ReferenceCell(source, row, n, miou, template.format(n=n))

@@ -20,6 +20,7 @@ from torch import nn
 
 from prcl.config import Config
 from prcl.engine.reliability import ReliabilityProbe
+from prcl.losses.segmentation import supervised_loss
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -88,6 +89,12 @@ class Method(nn.Module):
     ) -> StepLosses:
         """The loss terms of one iteration; `progress` = t/T."""
         raise NotImplementedError
+
+    def supervised_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Ls on the labeled images: cross-entropy, or OHEM with `method.supervised_loss=ohem`."""
+        m = self.cfg.method
+        return supervised_loss(logits, mask, m.supervised_loss, ohem_threshold=m.ohem_threshold,
+                               ohem_min_kept=m.ohem_min_kept)
 
     def prototypes(self) -> dict[str, torch.Tensor]:
         """Class prototypes the method keeps, `{kind: [C, D]}` with NaN rows for classes it has none of

@@ -8,7 +8,8 @@ itself, and learns its strong, CutMix-ed view from those pseudo-labels where it 
     L  = (Ls + Lu) / 2  (+ λc(t)·Lc / 2 with `method.contrastive.enabled`, the rule of `prcl.methods.base`)
 
 `UniMatch` (`prcl.methods.unimatch`) changes two hooks: `forward_streams` (which forwards the student
-runs) and `unsupervised_loss` (Lu); the rest of the step is this file's `losses`.
+runs) and `unsupervised_loss` (Lu); `UniMatchV2` (`prcl.methods.unimatch_v2`) also takes ŷ from an EMA
+teacher (`weak_pseudo_labels`). The rest of the step is this file's `losses`.
 
 **Eval mode for the pseudo-labels** (UniMatch takes an image's own pseudo-labels from a train-mode
 forward of [labeled; weak], and its CutMix partner's from an eval-mode pass; here both come from the
@@ -38,7 +39,7 @@ from prcl.engine.distributed import world_size
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise
-from prcl.methods.pseudo_labels import confident_fraction, student_pseudo_labels
+from prcl.methods.pseudo_labels import confident_fraction, student_pseudo_labels, teacher_pseudo_labels
 
 Outputs = dict[str, torch.Tensor]
 """A student forward's outputs for some rows: `logits`, and `mu`/`var` where the contrast reads them."""
@@ -119,16 +120,26 @@ class FixMatch(Method):
         return StepLosses({"unsup": thresholded_pseudo_label_loss(strong["logits"], view.pseudo, view.confidence,
                                                                   self.threshold)})
 
+    def weak_pseudo_labels(self, student, teacher, unlabeled: dict[str, torch.Tensor],
+                           progress: float) -> WeakPseudoLabels:
+        """ŷ and its confidence on the weak view: the student's own (FixMatch, UniMatch; `teacher` is None)
+        or the EMA teacher's (methods with `uses_teacher`: UniMatch V2); then `method.pseudo_label_noise`."""
+        if self.uses_teacher:
+            pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        else:
+            pseudo, confidence = student_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
+        return WeakPseudoLabels(self.noise(pseudo, confidence, progress), confidence)
+
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
-        """One step; `teacher` is always None (the trainer's interface passes it to every method)."""
-        pseudo, confidence = student_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
-        weak = WeakPseudoLabels(self.noise(pseudo, confidence, progress), confidence)
+        """One step (the loss of the module docstring)."""
+        weak = self.weak_pseudo_labels(student, teacher, unlabeled, progress)
         shifts = partner_shifts(weak.pseudo.shape[0] * world_size(), self.strong_views)
-        views = [mix_strong_view(self.mix, unlabeled[key], weak.pseudo, weak.confidence, shift=shift)
+        truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
+        views = [mix_strong_view(self.mix, unlabeled[key], weak.pseudo, weak.confidence, *truth, shift=shift)
                  for key, shift in zip(strong_view_keys(self.strong_views), shifts)]
         streams = self.forward_streams(student, labeled["image"], unlabeled["image"], [v.image for v in views])
 
-        supervised = F.cross_entropy(streams.labeled["logits"], labeled["mask"], ignore_index=IGNORE_INDEX)
+        supervised = self.supervised_loss(streams.labeled["logits"], labeled["mask"])
         unsupervised = self.unsupervised_loss(streams, views, weak)
         step = StepLosses({"sup": supervised, **{k: self.unsup_weight * v for k, v in unsupervised.terms.items()}},
                           {"pseudo_confident": confident_fraction(weak.pseudo, weak.confidence, self.threshold),
@@ -136,7 +147,7 @@ class FixMatch(Method):
         if self.contrast is not None:  # on [labeled; strong view 1], with view 1's mixed pseudo-labels
             first = views[0]
             both = {k: torch.cat([streams.labeled[k], streams.strong[0][k]]) for k in streams.labeled}
-            step.update(self.contrast(both, labeled["mask"], first.pseudo, first.confidence, progress))
+            step.update(self.contrast(both, labeled["mask"], first.pseudo, first.confidence, progress, *first.aligned))
         return step.scaled(self.loss_scale)
 
     def prototypes(self) -> dict[str, torch.Tensor]:

@@ -55,7 +55,7 @@ class MeanTeacher(Method):
         out = student(torch.cat([labeled["image"], image_u]), heads=self.contrast is not None)
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
         step = StepLosses(
-            {"sup": F.cross_entropy(logits_l, labeled["mask"], ignore_index=IGNORE_INDEX),
+            {"sup": self.supervised_loss(logits_l, labeled["mask"]),
              "unsup": m.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence, m.unsup_threshold)},
             {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, m.unsup_threshold), **view.stats},
         )

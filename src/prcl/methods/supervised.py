@@ -1,10 +1,7 @@
-"""Supervised baseline: cross-entropy on the labeled images only (Eq. 13)."""
+"""Supervised baseline: cross-entropy (Eq. 13; or OHEM, `method.supervised_loss`) on the labeled images only."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from prcl import IGNORE_INDEX
 from prcl.methods.base import Method, StepLosses, register
 
 
@@ -12,4 +9,4 @@ from prcl.methods.base import Method, StepLosses, register
 class Supervised(Method):
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         logits = student(labeled["image"], heads=False)["logits"]
-        return StepLosses({"sup": F.cross_entropy(logits, labeled["mask"], ignore_index=IGNORE_INDEX)})
+        return StepLosses({"sup": self.supervised_loss(logits, labeled["mask"])})
