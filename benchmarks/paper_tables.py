@@ -321,6 +321,48 @@ def reliability_table(exps: list[Experiment], seeds: list[int], args: argparse.N
     return lines + [""]
 
 
+def _seed_mious(e: Experiment, seeds: list[int], args: argparse.Namespace) -> list[float]:
+    runs = (args.runs / f"{e.name}-s{s}" / "summary.json" for s in (e.seeds or seeds))
+    return [json.loads(p.read_text())["miou"] for p in runs if p.is_file()]
+
+
+def noise_summary(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
+    """Table 19's robustness reading: mIoU against the noise level p, one line per method, and the drop from
+    p = 0; also drawn as `<out>.png` (mean ± sample std over seeds)."""
+    by_row: dict[str, dict[float, list[float]]] = {}
+    for e in exps:
+        row, level = e.row.rsplit(", p=", 1)
+        by_row.setdefault(row, {})[float(level)] = [100 * m for m in _seed_mious(e, seeds, args)]
+    levels = sorted({p for r in by_row.values() for p in r})
+    lines = ["### mIoU against pseudo-label noise p", "",
+             "| method | " + " | ".join(f"p = {p:g}" for p in levels) + f" | drop at p = {levels[-1]:g} |",
+             "| --- " * (len(levels) + 2) + "|"]
+    for row, cells in by_row.items():
+        means = {p: statistics.mean(v) for p, v in cells.items() if v}
+        drop = f"{means[levels[-1]] - means[levels[0]]:+.2f}" if levels[0] in means and levels[-1] in means else "–"
+        lines.append(f"| {row} | " + " | ".join(_fmt(cells.get(p, []), 1) for p in levels) + f" | {drop} |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, (row, cells) in enumerate(by_row.items()):
+        ps = [p for p in levels if cells.get(p)]
+        if ps:
+            means = [statistics.mean(cells[p]) for p in ps]
+            errs = [statistics.stdev(cells[p]) if len(cells[p]) > 1 else 0.0 for p in ps]
+            ax.errorbar([p + 0.004 * (i - 1.5) for p in ps], means, yerr=errs, marker="o", capsize=3, label=row)
+    ax.set(xlabel="pseudo-label noise p (fraction of confident labels flipped)", ylabel="val mIoU (%)",
+           xticks=levels)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+    return lines + ["", f"![mIoU against p]({args.out.with_suffix('.png').name})", ""]
+
+
 def _shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
@@ -345,6 +387,7 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
             continue
         if table == "19":
             lines += reliability_table([x for x in exps if x.table == table], seeds, args)
+            lines += noise_summary([x for x in exps if x.table == table], seeds, args)
             continue
         lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
                   "| --- | --- | --- | --- | --- | --- |"]
