@@ -76,6 +76,13 @@ def test_vit_input_not_a_multiple_of_14_is_a_clear_error():
         enc(torch.randn(1, 3, 45, 70))
 
 
+def test_vit_names_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match=r"is a ViT: use DPT \(model.decoder=dpt\)"):
+        DeepLabV3Plus(3, VIT)
+    with pytest.raises(ValueError, match=r"unknown ViT backbone 'vit_small_patch14_dinov2.foo'.*tag .lvd142m"):
+        DPT(3, f"{VIT}.foo")
+
+
 def test_meta_format_weights_load_exactly(tmp_path):
     source = meta_state_dict()
     torch.save(source, tmp_path / "dinov2_tiny_pretrain.pth")

@@ -116,7 +116,7 @@ def create_backbone(
 def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone's ImageNet weights expect (timm's `pretrained_cfg`); ImageNet's when
     timm knows no weights for it. The data pipeline normalises with ImageNet's statistics; the model
-    converts (`DeepLabV3Plus`)."""
+    converts (`SegmentationModel`)."""
     cfg = get_pretrained_cfg(WHEEL_BACKBONES[name].timm_name if name in WHEEL_BACKBONES else name)
     if cfg is None:
         return IMAGENET_MEAN, IMAGENET_STD

@@ -17,6 +17,7 @@ from torch import nn
 from prcl.models.backbone import backbone_channels, check_feature_strides, create_backbone
 from prcl.models.segmentation import (LOG_VAR_LIMIT, PROB_ACTIVATIONS, ProbabilityHead, SegmentationModel,
                                       conv_bn_relu, make_head, scale_gradient)
+from prcl.sizes import patch_size
 
 __all__ = ["ASPP", "DeepLabV3Plus", "LOG_VAR_LIMIT", "PROB_ACTIVATIONS", "ProbabilityHead", "conv_bn_relu",
            "make_head", "scale_gradient"]
@@ -57,6 +58,8 @@ class DeepLabV3Plus(SegmentationModel):
         **heads: Any,
     ) -> None:
         super().__init__()
+        if patch_size(backbone) > 1:
+            raise ValueError(f"DeepLabv3+ reads CNN backbones; {backbone} is a ViT: use DPT (model.decoder=dpt)")
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         self.backbone = create_backbone(

@@ -25,6 +25,7 @@ from torch import nn
 from prcl.models.backbone import create_backbone
 from prcl.models.segmentation import SegmentationModel
 from prcl.models.vit import create_vit_encoder, vit_arch
+from prcl.sizes import patch_size
 
 DPT_WIDTHS: dict[str, tuple[int, tuple[int, int, int, int]]] = {
     "vit_small_patch14_dinov2": (64, (48, 96, 192, 384)),
@@ -131,8 +132,7 @@ class DPT(SegmentationModel):
         **heads: Any,
     ) -> None:
         super().__init__()
-        arch = vit_arch(backbone)
-        if arch is not None:
+        if patch_size(backbone) > 1:
             if backbone_widths is not None:
                 raise ValueError(f"model.backbone_channels sets ResNet stage widths; {backbone} has fixed widths: "
                                  "set model.backbone_channels=null")
@@ -140,7 +140,7 @@ class DPT(SegmentationModel):
                                                **(backbone_kwargs or {}))
             self.size_multiple = self.backbone.patch_size
             self.shared_channel_mask = True  # one mask of width D for all four layers, as UniMatch V2
-            scales, widths = VIT_RESIZE, DPT_WIDTHS[arch]
+            scales, widths = VIT_RESIZE, DPT_WIDTHS[vit_arch(backbone)]
         else:
             if backbone_kwargs:
                 raise ValueError(f"backbone_kwargs are for ViT encoders, not {backbone}")
