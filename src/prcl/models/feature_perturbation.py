@@ -1,9 +1,9 @@
 """UniMatch V2's complementary dropout (Yang et al., 2024, Sec. 3.3): the two strong views of an image
 get complementary channel masks on the encoder features, so together they see every channel once.
 
-UniMatch V1's feature perturbation (`Dropout2d(0.5)` on a twin of the weak view) is inline in the
-models; this module holds V2's, as a pure function of the batch shape and the global RNG (so resume
-reproduces it).
+UniMatch V1's feature perturbation (`Dropout2d(0.5)` on a twin of the weak view) is inline in
+`SegmentationModel.fused_feature`; this module holds V2's, as a pure function of the batch shape and
+the global RNG (so resume reproduces it).
 """
 
 from __future__ import annotations

@@ -24,9 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-
-class WeightsError(RuntimeError):
-    """ImageNet weights were asked for but cannot be found or do not fit; the message says what to do."""
+from prcl.models.state_dicts import WeightsError, check_mapping, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -109,25 +107,9 @@ def efficientnet_pytorch_to_timm(source: dict[str, torch.Tensor], model: nn.Modu
             continue
         renamed[new], origin[new] = tensor, key
     target = model.state_dict()
-    dropped = [k for k in renamed if k not in target and k.startswith(CLASSIFIER_ONLY)]
-    for k in dropped:
+    for k in [k for k in renamed if k not in target and k.startswith(CLASSIFIER_ONLY)]:
         del renamed[k]
-    problems = []
-    if unknown:
-        problems.append(f"source keys with no timm name: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-    extra = [f"{k} (from {origin[k]})" for k in renamed if k not in target]
-    if extra:
-        problems.append(f"translated keys the model lacks: {extra[:5]}")
-    missing = [k for k in target if k not in renamed]
-    if missing:
-        problems.append(f"model keys the file does not fill: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    shapes = [f"{k} (from {origin[k]}): file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-              for k, v in renamed.items()
-              if k in target and v.shape != target[k].shape]
-    if shapes:
-        problems.append(f"shape mismatches: {shapes[:5]}")
-    if problems:
-        raise WeightsError("the weights do not fit the timm model: " + "; ".join(problems))
+    check_mapping(renamed, target, origin, unknown)
     return renamed
 
 
@@ -138,12 +120,7 @@ def load_wheel_weights(model: nn.Module, name: str, weights: Optional[str] = Non
     if not path.is_file():
         raise WeightsError(f"model.weights={weights} does not exist; leave model.weights unset to use the "
                            f"weights of the installed package ({WHEEL_BACKBONES[name].install_hint()})")
-    try:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise WeightsError(f"cannot read ImageNet weights {path} ({err})") from err
-    if not isinstance(source, dict) or not source:
-        raise WeightsError(f"{path} does not hold a state dict")
+    source = read_state_dict(path)
     if any(k.startswith("_conv_stem.") for k in source):
         state = efficientnet_pytorch_to_timm(source, model)
     else:  # already in timm naming (e.g. a timm checkpoint of the same architecture)
