@@ -1,5 +1,6 @@
 """Write the config file of every experiment of the paper (Tables 1-3 and 5-8) from one matrix, and the
-configs of FixMatch / UniMatch / UniMatch + PRCL under UniMatch's recipe (`configs/unimatch/`).
+configs of FixMatch / UniMatch / UniMatch + PRCL under UniMatch's recipe (`configs/unimatch/`) and of
+UniMatch V2 / UniMatch V2 + PRCL under UniMatch V2's (`configs/unimatch_v2/`).
 
 Each file only composes the building blocks in `configs/base/` with `_base_` and adds what is
 particular to it: its run name, its split lists and, for Table 7, one switch (for UniMatch's recipe,
@@ -34,19 +35,43 @@ TABLE3_METHODS = ("supervised", "mean_teacher", "classmix", "prcl")
 TABLE7_BETAS = (0.7, 0.8, 0.9, 1.1, 1.2)  # beta = 1.0 is ablations/92/prcl.yaml
 TABLE7_BANK_SIZES = (30000, 65536)
 UNIMATCH_METHODS = ("fixmatch", "unimatch", "unimatch_prcl")
-# UniMatch trains `epochs` passes over the unlabeled set at 8 unlabeled images per step (2 per GPU x 4):
-# iterations = epochs x floor(|U| / 8), |U| = the pool minus the labeled images (VOC classic: the rest of
-# the 10,582 train_aug images; Cityscapes: of the 2,975 train images). (Its 4-GPU DistributedSampler pads
-# each rank's share, which adds at most one step per epoch.)
-UNIMATCH_SCHEDULES = {  # dataset: (base file, split folder, label counts, pool, epochs)
-    "voc/classic": ("unimatch_voc_classic.yaml", "splits/voc/classic", VOC_CLASSIC, 10582, 80),
-    "cityscapes": ("unimatch_cityscapes.yaml", "splits/cityscapes", CITYSCAPES, 2975, 240),
-}
-UNIMATCH_UNLABELED_BATCH = 8
+UNIMATCH_V2_METHODS = ("unimatch_v2", "unimatch_v2_prcl")
 
 
-def unimatch_iterations(pool: int, labeled: int, epochs: int) -> int:
-    return epochs * ((pool - labeled) // UNIMATCH_UNLABELED_BATCH)
+@dataclass(frozen=True)
+class Schedule:
+    """Another method's recipe on one dataset: configs/<folder>/<dataset>/<labels>/<method>.yaml.
+
+    Its authors train `epochs` passes over the unlabeled set at `unlabeled_batch` images per step:
+    iterations = epochs × ⌊|U| / unlabeled_batch⌋, |U| = the pool minus the labeled images (VOC classic:
+    the rest of the 10,582 train_aug images; Cityscapes: of the 2,975 train images). (Their 4-GPU
+    DistributedSampler pads each rank's share, which adds at most one step per epoch.)"""
+
+    source: str  # whose recipe
+    folder: str
+    dataset: str
+    base: str  # under configs/base/
+    splits: str
+    counts: tuple[int, ...]
+    pool: int
+    epochs: int
+    unlabeled_batch: int
+    methods: tuple[str, ...]
+
+    def iterations(self, labeled: int) -> int:
+        return self.epochs * ((self.pool - labeled) // self.unlabeled_batch)
+
+
+SCHEDULES = (  # UniMatch (CVPR 2023): 8 unlabeled images per step; UniMatch V2: 16 on VOC, 8 on Cityscapes
+    Schedule("UniMatch", "unimatch", "voc/classic", "unimatch_voc_classic.yaml", "splits/voc/classic",
+             VOC_CLASSIC, pool=10582, epochs=80, unlabeled_batch=8, methods=UNIMATCH_METHODS),
+    Schedule("UniMatch", "unimatch", "cityscapes", "unimatch_cityscapes.yaml", "splits/cityscapes",
+             CITYSCAPES, pool=2975, epochs=240, unlabeled_batch=8, methods=UNIMATCH_METHODS),
+    Schedule("UniMatch V2", "unimatch_v2", "voc/classic", "unimatch_v2_voc_classic.yaml", "splits/voc/classic",
+             VOC_CLASSIC, pool=10582, epochs=60, unlabeled_batch=16, methods=UNIMATCH_V2_METHODS),
+    Schedule("UniMatch V2", "unimatch_v2", "cityscapes", "unimatch_v2_cityscapes.yaml", "splits/cityscapes",
+             CITYSCAPES, pool=2975, epochs=180, unlabeled_batch=8, methods=UNIMATCH_V2_METHODS),
+)
 
 
 @dataclass(frozen=True)
@@ -92,14 +117,14 @@ def experiments() -> list[Experiment]:
                   "not say to what; the ablation batch (8 + 8) is kept."])
         for s in TABLE7_BANK_SIZES
     ]
-    for dataset, (base, splits, counts, pool, epochs) in UNIMATCH_SCHEDULES.items():
-        for n in counts:
-            iters = unimatch_iterations(pool, n, epochs)
-            note = (f"UniMatch's recipe: {epochs} epochs of the {pool - n} unlabeled images at "
-                    f"{UNIMATCH_UNLABELED_BATCH} per step = {iters} iterations.")
-            out += [Experiment(f"unimatch/{dataset}/{n}/{m}.yaml", (base, f"method/{m}.yaml"), f"{splits}/{n}",
-                               overrides={"train": {"iterations": iters}}, notes=(note,))
-                    for m in UNIMATCH_METHODS]
+    for sch in SCHEDULES:
+        for n in sch.counts:
+            iters = sch.iterations(n)
+            note = (f"{sch.source}'s recipe: {sch.epochs} epochs of the {sch.pool - n} unlabeled images at "
+                    f"{sch.unlabeled_batch} per step = {iters} iterations.")
+            out += [Experiment(f"{sch.folder}/{sch.dataset}/{n}/{m}.yaml", (sch.base, f"method/{m}.yaml"),
+                               f"{sch.splits}/{n}", overrides={"train": {"iterations": iters}}, notes=(note,))
+                    for m in sch.methods]
     return out
 
 
@@ -132,7 +157,7 @@ def render_all() -> dict[str, str]:
 
 def stale_files(generated: dict[str, str]) -> list[str]:
     """Config files under the generated folders that the generator no longer writes."""
-    folders = ("voc", "cityscapes", "ablations", "unimatch")
+    folders = ("voc", "cityscapes", "ablations", *sorted({sch.folder for sch in SCHEDULES}))
     found = {p.relative_to(HERE).as_posix() for f in folders for p in (HERE / f).rglob("*.yaml")}
     return sorted(found - set(generated))
 

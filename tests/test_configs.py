@@ -102,7 +102,10 @@ def test_every_config_loads_and_has_its_own_run_name(loaded):
     for path, cfg in loaded.items():
         assert cfg.name not in names, f"{path} and {names.get(cfg.name)} share the run name {cfg.name}"
         names[cfg.name] = path
-    assert len(names) == 103  # 75 paper runs + demo.yaml + 27 under UniMatch's recipe
+    assert len(names) == 121  # 75 paper runs + demo.yaml + 27 under UniMatch's recipe + 18 under UniMatch V2's
+    v2 = loaded[CONFIGS / "unimatch_v2/cityscapes/186/unimatch_v2.yaml"]
+    assert (v2.method.supervised_loss, v2.data.crop_size, v2.method.ema_decay) == ("ohem", 798, 0.996)
+    assert v2.train.iterations == 180 * ((2975 - 186) // 8) and v2.model.decoder == "dpt"
 
 
 def test_configs_list_covers_exactly_the_paper_cells(entries):
@@ -111,7 +114,8 @@ def test_configs_list_covers_exactly_the_paper_cells(entries):
     assert set(cells) == EXPECTED_CELLS
     no_cell = [e.path.relative_to(CONFIGS).as_posix() for e in entries if e.table is None and e.reference is None]
     assert no_cell == ["demo.yaml"] + sorted(f"unimatch/{d}/{n}/{m}.yaml" for d, counts in UNIMATCH_SPLITS.items()
-                                             for n in counts for m in ("fixmatch", "unimatch_prcl"))
+                                             for n in counts for m in ("fixmatch", "unimatch_prcl")) + sorted(
+        f"unimatch_v2/{d}/{n}/unimatch_v2_prcl.yaml" for d, counts in UNIMATCH_SPLITS.items() for n in counts)
     miou = {(e.table, e.row, e.labels): e.paper_miou for e in entries}
     assert miou[(1, "PRCL", 92)] == 70.23 and miou[(2, "PRCL", 5291)] == 80.11
     assert miou[(3, "Supervised", 186)] == 62.04 and miou[(7, "MB size=65536", 92)] == 67.11
@@ -169,7 +173,28 @@ def test_unimatch_recipe_configs(entries, loaded):
         ref = refs[f"unimatch/{dataset}/{n}/unimatch.yaml"]
         assert (ref.row, ref.labels, ref.paper_miou) == ("UniMatch", n, miou)
         assert f"reports {miou:.1f} mIoU (not run here)" in (CONFIGS / f"unimatch/{dataset}/{n}/unimatch.yaml").read_text()
-    assert len(refs) == len(UNIMATCH_README)
+    v2_refs = {k: e for k, e in refs.items() if k.startswith("unimatch_v2/")}
+    assert len(refs) - len(v2_refs) == len(UNIMATCH_README)
+    for (dataset, n), miou in UNIMATCH_V2_README.items():
+        ref = v2_refs[f"unimatch_v2/{dataset}/{n}/unimatch_v2.yaml"]
+        assert (ref.row, ref.labels, ref.paper_miou) == ("UniMatch V2", n, miou)
+        for method in ("unimatch_v2", "unimatch_v2_prcl"):
+            cfg = loaded[CONFIGS / f"unimatch_v2/{dataset}/{n}/{method}.yaml"]
+            crop, batch, epochs, pool, sup = UNIMATCH_V2_RECIPE[dataset]
+            d, o, m = cfg.data, cfg.optim, cfg.method
+            assert (m.name, m.mix, m.unsup_threshold, m.ema_decay, m.supervised_loss) == (
+                method, "cutmix_unimatch", 0.95, 0.996, sup)
+            assert (d.crop_size, d.batch_size, d.unlabeled_batch_size) == (crop, batch, batch)
+            assert (o.name, o.lr, o.head_lr_scale, o.weight_decay) == ("adamw", 5e-6, 40, 0.01)
+            assert (cfg.model.backbone, cfg.model.decoder) == ("vit_base_patch14_dinov2", "dpt")
+            assert cfg.train.iterations == epochs * ((pool - n) // batch)
+    assert len(v2_refs) == len(UNIMATCH_V2_README)
+
+
+UNIMATCH_V2_README = {("voc/classic", 92): 86.3, ("voc/classic", 183): 87.9, ("voc/classic", 366): 88.9,
+                      ("voc/classic", 732): 90.0, ("voc/classic", 1464): 90.8, ("cityscapes", 186): 83.6,
+                      ("cityscapes", 372): 84.3, ("cityscapes", 744): 84.5, ("cityscapes", 1488): 85.1}
+UNIMATCH_V2_RECIPE = {"voc/classic": (518, 16, 60, 10582, "ce"), "cityscapes": (798, 8, 180, 2975, "ohem")}
 
 
 def test_cityscapes_evaluates_by_sliding_window_of_768():
