@@ -64,8 +64,11 @@ RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_
                  "method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
 """PRCL with the issue #19 options: σ² head without the final BatchNorm at lr·T ≈ the paper's, VNs drawn
 from the class's empirical spread."""
+SPREAD_VN_PRCL = ["method.name=prcl", "method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
+"""PRCL with the issue #19 VN fix alone: VNs drawn from the class's empirical spread, the paper's σ² head."""
 NOISE_ROWS = {"baseline": ["method.name=baseline"], "baseline_plus": ["method.name=baseline_plus"],
-              "prcl": ["method.name=prcl"], "prcl, σ² free + VN spread": RELIABLE_PRCL}
+              "prcl": ["method.name=prcl"], "prcl, VN spread": SPREAD_VN_PRCL,
+              "prcl, σ² free + VN spread": RELIABLE_PRCL}
 NOISE_LEVELS = (0.0, 0.2, 0.4)
 CONTRAST_VARIANTS = {  # Table "13": the candidates for PRCL's default, with the references they are judged by
     "classmix (no contrast)": ["method.name=classmix"],
