@@ -76,6 +76,12 @@ def _ref_local(rows_mu, rows_var, rows_label, c, predictive=False):
     return sum(rows_mu[i].detach() / rows_var[i].detach() for i in idx) / precision, var
 
 
+def _ref_spread(rows_mu, rows_var, rows_label, c):
+    """The spread of class c's representations around their plain mean, per dim: E[μ²] − E[μ]² over its pixels."""
+    mus = torch.stack([m.detach() for m, lab in zip(rows_mu, rows_label) if lab == c])
+    return mus.var(0, unbiased=False)
+
+
 def _reference_loss(rows, protos, sample, tau, bank=None, mls=("mean", "same"), vn_var=None, normalize=True):
     """Eq. 15 by loops: mean over anchor classes of the mean over anchors of -log softmax[positive].
     `vn_var`: {class: variance of its VNs} (None: VNs are points, variance 0)."""
@@ -134,15 +140,19 @@ FORM_TABLE = {  # mls = (distance reduction, log-det reduction) over D
     "release": dict(normalize=True, mls=("mean", "same"), prototype_var="posterior", vn_var="zero"),
     "predictive": dict(normalize=True, mls=("sum", "mean"), prototype_var="predictive", vn_var="prototype"),
 }
+VN_DRAW = ("posterior", "variance")  # every form's VNs: Eq. 10, β·ε·σg² with σg² the GDP's posterior variance
+SPREAD_VNS = {"vn": {"source": "empirical", "scale": "std"}}  # the issue #19 option: β·ε·σ, σ² the class's spread
 VN_BETA = 1.0  # Eq. 10's β (Fig. 10b), the preset
 NO_BANK = {"memory_bank": {"enabled": False}}
 
 
-def _check_vn_draws(sample, gdp_mean, gdp_posterior_var, beta):
-    """Eq. 10: every VN is μg + β·ε·σg² of its class's GDP, σg² its posterior variance (Eq. 9), ε ~ N(0, I).
-    ε is solved for from the reference GDP; its spread must be a standard normal's (a VN drawn with another
-    variance, e.g. the predictive one or σ instead of σ², puts it ≥ 2× off)."""
-    eps = torch.cat([(z - gdp_mean[c]) / (beta * gdp_posterior_var[c])
+def _check_vn_draws(sample, gdp_mean, draw_var, beta, scale):
+    """Eq. 10: every VN is μg + β·ε·s of its class's GDP (mean μg, Eq. 9), ε ~ N(0, I), s = σ² of `draw_var`
+    (`variance`, the paper) or σ (`std`). ε is solved for from the reference GDP; its spread must be a standard
+    normal's (a VN drawn with another variance, or σ instead of σ², puts it ≥ 2× off). Dims without spread
+    are skipped."""
+    spread = {c: v if scale == "variance" else v.sqrt() for c, v in draw_var.items()}
+    eps = torch.cat([((z - gdp_mean[c]) / (beta * spread[c]))[spread[c] > 1e-12]
                      for row, classes in zip(sample.vn, sample.vn_classes) for z, c in zip(row, classes.tolist())])
     assert eps.numel() >= 60
     assert abs(float(eps.mean())) < 0.35 and 0.7 < float(eps.std()) < 1.4, (float(eps.mean()), float(eps.std()))
@@ -156,12 +166,13 @@ def _check_vn_draws(sample, gdp_mean, gdp_posterior_var, beta):
     ("prcl", dict(form="release", **NO_BANK), {}),
     ("prcl", dict(form="paper", **NO_BANK), {}),
     ("prcl", dict(form="predictive", prototype="local", **NO_BANK), dict(prototype="local")),
+    ("prcl", SPREAD_VNS, dict(vn_draw=("empirical", "std"))),
 ])
 def test_loss_and_gradients_equal_float64_reference_loop(method, extra, written):
     """`extra`: config overrides; `written`: the same overrides in the reference's vocabulary."""
     tau = 0.7
     form = extra.get("form", "predictive")  # the package default
-    ref = {**METHOD_TABLE[method], **FORM_TABLE[form], **written}
+    ref = {**METHOD_TABLE[method], **FORM_TABLE[form], "vn_draw": VN_DRAW, **written}
     normalize = ref["normalize"] or not ref["pr"]  # cosine is always on unit vectors
     predictive = ref["prototype_var"] == "predictive"
     loss_fn = _loss(C, D, method, temperature=tau, **{**SMALL, **extra})
@@ -190,7 +201,10 @@ def test_loss_and_gradients_equal_float64_reference_loop(method, extra, written)
     vn_var = None
     if ref["vn"]:
         gdp = {c: _ref_local(*union, c) for c in set(union[2])}  # mean and posterior variance (Eq. 9)
-        _check_vn_draws(sample, {c: m for c, (m, _) in gdp.items()}, {c: v for c, (_, v) in gdp.items()}, VN_BETA)
+        source, scale = ref["vn_draw"]
+        draw_var = {c: v for c, (_, v) in gdp.items()} if source == "posterior" else \
+            {c: _ref_spread(*union, c) for c in gdp}
+        _check_vn_draws(sample, {c: m for c, (m, _) in gdp.items()}, draw_var, VN_BETA, scale)
         if ref["vn_var"] == "prototype":  # the VN's class's prototype variance, as prototype_var defines it
             vn_var = {c: _ref_local(*union, c, predictive)[1] for c in set(union[2])}
     mu, var = step2[0], step2[1]

@@ -6,9 +6,12 @@ files are written by the tests in Meta's and timm's naming, nothing is downloade
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from prcl.analysis.collect import RunData, collect_val, student_outputs
 from prcl.config import ConfigError, load_config
 from prcl.engine.ema import EMATeacher
 from prcl.engine.evaluate import predict_logits
@@ -237,6 +240,27 @@ def test_predict_logits_pads_an_odd_image_for_a_vit():
         padded = model(torch.nn.functional.pad(image, (0, 11, 0, 11)), heads=False)["logits"]
     torch.testing.assert_close(logits, padded[..., :45, :59])
     assert predict_logits(model, image, 3, mode="sliding", crop=28).shape == (1, 3, 45, 59)
+
+
+def test_analysis_pass_pads_an_odd_image_for_a_vit():
+    """`prcl analyze`'s val pass on a ViT: an image whose sides are not multiples of 14 is padded, its μ/σ² maps
+    cut to the cells over the image (the same values as the padded forward), and the pass completes."""
+    torch.manual_seed(0)
+    model = tiny_model("dpt", VIT).eval()
+    image = torch.randn(1, 3, 45, 59)
+    with torch.no_grad():
+        out = student_outputs(model, image)
+        padded = model(torch.nn.functional.pad(image, (0, 11, 0, 11)))
+    assert out["logits"].shape[-2:] == (45, 59)
+    fh, fw = padded["mu"].shape[-2:]  # the padded 56 × 70 image's feature grid
+    assert out["mu"].shape[-2:] == (-(-45 * fh // 56), -(-59 * fw // 70)) != (fh, fw)
+    torch.testing.assert_close(out["var"], padded["var"][..., :out["var"].shape[-2], :out["var"].shape[-1]])
+    run = RunData("vit", None, Path("none.pt"), load_config(None, []), {"num_classes": 3}, model, model)
+    mask = torch.randint(3, (45, 59))
+    with torch.no_grad():
+        val = collect_val(run, [{"image": image[0], "mask": mask}], num_images=1)
+    assert val.examples[0]["pred"].shape == (45, 59) and val.examples[0]["var"].shape == (45, 59)
+    assert val.features.shape[1] == TINY_HEADS["rep_dim"] and len(val.labels) == len(val.features) > 0
 
 
 # ---------------------------------------------------------------- config

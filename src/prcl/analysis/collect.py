@@ -8,6 +8,7 @@ for predictions, which are also the pseudo-labels of Fig. 7.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,7 +23,7 @@ from prcl.analysis.errors import AnalysisError
 from prcl.analysis.prototypes import TRAJECTORY_FILE, Prototypes, load_prototype_trajectory, method_prototypes
 from prcl.config import Config, apply_overrides
 from prcl.data.transforms import denormalize
-from prcl.engine.evaluate import predict_logits
+from prcl.engine.evaluate import pad_to_multiple, predict_logits
 from prcl.inference import model_from_checkpoint, resolve_checkpoint
 from prcl.methods.contrastive import to_feature_resolution
 
@@ -173,6 +174,23 @@ def _pixels(feat: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def student_outputs(student: torch.nn.Module, image: torch.Tensor) -> dict:
+    """The student's outputs on `image` [1, 3, H, W]. A ViT (`size_multiple` 14) sees the image zero-padded to
+    multiples of its patch; its logits are cut back to the image and its feature maps to the cells that overlap
+    it."""
+    padded = pad_to_multiple(image, getattr(student, "size_multiple", 1))
+    out = student(padded)
+    if padded is image:
+        return out
+    (h, w), (hp, wp) = image.shape[-2:], padded.shape[-2:]
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        fh, fw = t.shape[-2:]
+        return t[..., :math.ceil(h * fh / hp), :math.ceil(w * fw / wp)]
+
+    return {k: cut(v) if torch.is_tensor(v) and v.dim() == 4 else v for k, v in out.items()}
+
+
 def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: int = 500,
                 max_images: Optional[int] = None, seed: int = 0) -> ValPass:
     """One pass over `dataset` (samples with `image` and `mask`), one image at a time."""
@@ -186,7 +204,7 @@ def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: in
     for i in range(total):
         sample = dataset[i]
         x, mask = sample["image"][None].to(device), sample["mask"]
-        out = run.student(x)
+        out = student_outputs(run.student, x)
         feat = out[run.feature]  # [1, D, h, w]
         if run.normalized:
             feat = F.normalize(feat, dim=1)

@@ -61,6 +61,13 @@ def center_crop(image: torch.Tensor, mask: torch.Tensor, crop: int) -> tuple[tor
 
 
 @torch.no_grad()
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`image` [..., H, W] zero-padded at the bottom and right up to the next multiples of `multiple` (a ViT's
+    patch size, `model.size_multiple`); `image` itself when its sides already are."""
+    h, w = image.shape[-2:]
+    return F.pad(image, (0, -w % multiple, 0, -h % multiple)) if h % multiple or w % multiple else image
+
+
 def predict_logits(
     model: torch.nn.Module, image: torch.Tensor, num_classes: int, mode: str = "whole",
     crop: int = 512, stride: Optional[int] = None,
@@ -72,9 +79,7 @@ def predict_logits(
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # segmentation only: the μ/σ² heads are not run
         h, w = x.shape[-2:]
-        if h % multiple or w % multiple:
-            x = F.pad(x, (0, -w % multiple, 0, -h % multiple))
-        return model(x, heads=False)["logits"][..., :h, :w].float()
+        return model(pad_to_multiple(x, multiple), heads=False)["logits"][..., :h, :w].float()
 
     if mode == "sliding":
         return sliding_window_logits(forward, image, num_classes, crop, stride or max(1, crop * 2 // 3))
