@@ -257,8 +257,7 @@ def test_analysis_pass_pads_an_odd_image_for_a_vit():
     torch.testing.assert_close(out["var"], padded["var"][..., :out["var"].shape[-2], :out["var"].shape[-1]])
     run = RunData("vit", None, Path("none.pt"), load_config(None, []), {"num_classes": 3}, model, model)
     mask = torch.randint(3, (45, 59))
-    with torch.no_grad():
-        val = collect_val(run, [{"image": image[0], "mask": mask}], num_images=1)
+    val = collect_val(run, [{"image": image[0], "mask": mask}], num_images=1)  # as `prcl analyze` calls it
     assert val.examples[0]["pred"].shape == (45, 59) and val.examples[0]["var"].shape == (45, 59)
     assert val.features.shape[1] == TINY_HEADS["rep_dim"] and len(val.labels) == len(val.features) > 0
 

@@ -173,7 +173,6 @@ def _pixels(feat: torch.Tensor) -> np.ndarray:
     return feat[0].flatten(1).t().float().cpu().numpy()
 
 
-@torch.no_grad()
 def student_outputs(student: torch.nn.Module, image: torch.Tensor) -> dict:
     """The student's outputs on `image` [1, 3, H, W]. A ViT (`size_multiple` 14) sees the image zero-padded to
     multiples of its patch; its logits are cut back to the image and its feature maps to the cells that overlap
@@ -191,6 +190,7 @@ def student_outputs(student: torch.nn.Module, image: torch.Tensor) -> dict:
     return {k: cut(v) if torch.is_tensor(v) and v.dim() == 4 else v for k, v in out.items()}
 
 
+@torch.no_grad()
 def collect_val(run: RunData, dataset, *, num_images: int = 4, max_per_class: int = 500,
                 max_images: Optional[int] = None, seed: int = 0) -> ValPass:
     """One pass over `dataset` (samples with `image` and `mask`), one image at a time."""
