@@ -60,11 +60,11 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "15": "Issues #15, #21 — FixMatch, UniMatch, UniMatch V2 and PRCL's contrast on them",
           "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)",
           "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)"}
-RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2",
-                 "method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
+SPREAD_VNS = ["method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
+RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2", *SPREAD_VNS]
 """PRCL with the issue #19 options: σ² head without the final BatchNorm at lr·T ≈ the paper's, VNs drawn
 from the class's empirical spread."""
-SPREAD_VN_PRCL = ["method.name=prcl", "method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
+SPREAD_VN_PRCL = ["method.name=prcl", *SPREAD_VNS]
 """PRCL with the issue #19 VN fix alone: VNs drawn from the class's empirical spread, the paper's σ² head."""
 NOISE_ROWS = {"baseline": ["method.name=baseline"], "baseline_plus": ["method.name=baseline_plus"],
               "prcl": ["method.name=prcl"], "prcl, VN spread": SPREAD_VN_PRCL,

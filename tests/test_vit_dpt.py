@@ -235,7 +235,7 @@ def test_predict_logits_pads_an_odd_image_for_a_vit():
     assert model.size_multiple == 14 and tiny_model("dpt", "efficientnet_lite0").size_multiple == 1
     image = torch.randn(1, 3, 45, 59)
     logits = predict_logits(model, image, 3)
-    assert logits.shape == (1, 3, 45, 59)
+    assert logits.shape == (1, 3, 45, 59) and not logits.requires_grad  # inference builds no graph
     with torch.no_grad():
         padded = model(torch.nn.functional.pad(image, (0, 11, 0, 11)), heads=False)["logits"]
     torch.testing.assert_close(logits, padded[..., :45, :59])

@@ -60,7 +60,6 @@ def center_crop(image: torch.Tensor, mask: torch.Tensor, crop: int) -> tuple[tor
     return image[..., y : y + crop, x : x + crop], mask[..., y : y + crop, x : x + crop]
 
 
-@torch.no_grad()
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """`image` [..., H, W] zero-padded at the bottom and right up to the next multiples of `multiple` (a ViT's
     patch size, `model.size_multiple`); `image` itself when its sides already are."""
@@ -68,6 +67,7 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(image, (0, -w % multiple, 0, -h % multiple)) if h % multiple or w % multiple else image
 
 
+@torch.no_grad()
 def predict_logits(
     model: torch.nn.Module, image: torch.Tensor, num_classes: int, mode: str = "whole",
     crop: int = 512, stride: Optional[int] = None,
