@@ -59,7 +59,8 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "gap": "Dataset property: supervised, few vs all labels",
           "15": "Issues #15, #21 — FixMatch, UniMatch, UniMatch V2 and PRCL's contrast on them",
           "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)",
-          "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)"}
+          "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)",
+          "19r": "Issue #19 — class-dependent pseudo-label noise: flips to the teacher's second choice"}
 SPREAD_VNS = ["method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
 RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2", *SPREAD_VNS]
 """PRCL with the issue #19 options: σ² head without the final BatchNorm at lr·T ≈ the paper's, VNs drawn
@@ -70,6 +71,7 @@ NOISE_ROWS = {"baseline": ["method.name=baseline"], "baseline_plus": ["method.na
               "prcl": ["method.name=prcl"], "prcl, VN spread": SPREAD_VN_PRCL,
               "prcl, σ² free + VN spread": RELIABLE_PRCL}
 NOISE_LEVELS = (0.0, 0.2, 0.4)
+RUNNER_UP_NOISE_ROWS = ("baseline", "baseline_plus", "prcl")  # table 19r: its p = 0 runs are table 19's
 CONTRAST_VARIANTS = {  # Table "13": the candidates for PRCL's default, with the references they are judged by
     "classmix (no contrast)": ["method.name=classmix"],
     "baseline (cosine)": ["method.name=baseline"],
@@ -114,6 +116,10 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
         if "19" in tables:  # pseudo-label noise p: the robustness claim head-on
             out += [Experiment("19", f"{row}, p={p:g}", frac, o + ([f"method.pseudo_label_noise={p}"] if p else []))
                     for p in NOISE_LEVELS for row, o in NOISE_ROWS.items()]
+        if "19r" in tables:  # the same sweep with class-dependent noise (`pseudo_label_noise_kind=runner_up`)
+            out += [Experiment("19r", f"{row}, p={p:g}", frac, NOISE_ROWS[row] + (
+                        [f"method.pseudo_label_noise={p}", "method.pseudo_label_noise_kind=runner_up"] if p else []))
+                    for p in NOISE_LEVELS for row in RUNNER_UP_NOISE_ROWS]
         if "8" in tables:
             rows = {
                 "baseline": ["method.name=baseline"],
@@ -388,7 +394,7 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
         if table == "13":
             lines += gradient_table([x for x in exps if x.table == table], seeds, args)
             continue
-        if table == "19":
+        if table in ("19", "19r"):
             lines += reliability_table([x for x in exps if x.table == table], seeds, args)
             lines += noise_summary([x for x in exps if x.table == table], seeds, args)
             continue

@@ -16,6 +16,7 @@ from prcl.engine.reliability import within_class_auroc
 from prcl.engine.trainer import Trainer
 from prcl.losses import PRCLContrastiveLoss
 from prcl.methods.pseudo_label_noise import corrupt_pseudo_labels
+from prcl.methods.pseudo_labels import argmax_pseudo_labels
 from prcl.models import build_model
 from prcl.probabilistic import GlobalDistributionPrototypes, class_natural_sums
 from conftest import TINY_MODEL
@@ -94,10 +95,28 @@ def test_pseudo_label_noise_flips_a_fraction_of_the_confident_labels_to_another_
     assert counts[0] == 0 and counts[1:].min() > 0.2 * int(changed.sum())
 
 
+def test_runner_up_noise_flips_the_same_pixels_to_the_labellers_second_choice():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 32, 32, generator=g) * 3
+    padding = torch.zeros(3, 32, 32, dtype=torch.bool)
+    padding[:, :, :2] = True
+    labels = argmax_pseudo_labels(logits, padding)
+    second = logits.argsort(1, descending=True)[:, 1]  # independent of topk
+    assert torch.equal(labels.runner_up[~padding], second[~padding]) and (labels.runner_up[padding] == IGNORE_INDEX).all()
+    uniform = corrupt_pseudo_labels(labels.pseudo, labels.confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3))
+    runner = corrupt_pseudo_labels(labels.pseudo, labels.confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3),
+                                   labels.runner_up)
+    changed = runner != labels.pseudo
+    assert torch.equal(changed, uniform != labels.pseudo) and changed.sum() > 100  # the same pixels
+    assert torch.equal(runner[changed], second[changed])  # each to its second choice
+
+
 def test_pseudo_label_noise_reaches_the_losses(make_config):
     clean, _ = _run(make_config, "name=clean")
-    noisy, _ = _run(make_config, "name=noisy", "method.pseudo_label_noise=0.4")
-    assert clean[0]["unsup"] != noisy[0]["unsup"] and clean[0]["contrastive"] != noisy[0]["contrastive"]
+    for kind in ("uniform", "runner_up"):
+        noisy, _ = _run(make_config, f"name={kind}", "method.pseudo_label_noise=0.4",
+                        f"method.pseudo_label_noise_kind={kind}")
+        assert clean[0]["unsup"] != noisy[0]["unsup"] and clean[0]["contrastive"] != noisy[0]["contrastive"], kind
 
 
 def test_gdp_empirical_var_is_the_spread_of_every_pixel_seen():

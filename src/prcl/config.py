@@ -139,7 +139,9 @@ class MethodConfig:
     ohem_threshold: float = 0.7
     ohem_min_kept: int = 200000  # per process, as UniMatch (200000 at 2 images of 798² per GPU)
     pseudo_label_noise: float = 0.0  # research option (issue #19): a seeded random fraction of the confident
-    # (≥ δw) unlabeled pseudo-labels is replaced by a random other class, in every term that uses them
+    # (≥ δw) unlabeled pseudo-labels is replaced by another class, in every term that uses them
+    pseudo_label_noise_kind: str = "uniform"  # uniform: any other class, equally likely | runner_up: the
+    # labeller's second choice at that pixel, the class a real error most likely picks
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
@@ -266,6 +268,7 @@ CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "method.name": tuple(METHOD_PRESETS),
     "method.mix": ("classmix", "cutmix", "cutmix_unimatch", "none"),
+    "method.pseudo_label_noise_kind": ("uniform", "runner_up"),
     "method.supervised_loss": ("ce", "ohem"),
     "method.contrastive.prototype": ("gdp", "local", "ema"),
     "method.contrastive.form": tuple(CONTRASTIVE_FORMS),

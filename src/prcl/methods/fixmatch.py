@@ -125,10 +125,10 @@ class FixMatch(Method):
         """ŷ and its confidence on the weak view: the student's own (FixMatch, UniMatch; `teacher` is None)
         or the EMA teacher's (methods with `uses_teacher`: UniMatch V2); then `method.pseudo_label_noise`."""
         if self.uses_teacher:
-            pseudo, confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+            labels = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
         else:
-            pseudo, confidence = student_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
-        return WeakPseudoLabels(self.noise(pseudo, confidence, progress), confidence)
+            labels = student_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
+        return WeakPseudoLabels(self.noise(labels, progress), labels.confidence)
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         """One step (the loss of the module docstring)."""

@@ -46,8 +46,8 @@ class MeanTeacher(Method):
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         m = self.cfg.method
-        weak_pseudo, weak_confidence = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
-        weak_pseudo = self.noise(weak_pseudo, weak_confidence, progress)
+        weak = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        weak_pseudo, weak_confidence = self.noise(weak, progress), weak.confidence
         truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
         view = mix_strong_view(self.mix, unlabeled["image_strong"], weak_pseudo, weak_confidence, *truth)
         image_u, pseudo, confidence = view.image, view.pseudo, view.confidence

@@ -2,45 +2,57 @@
 
 The paper's claim (Sec. 1, Table 5) is that σ² makes the contrast robust to wrong pseudo-labels. To test
 it with a known amount of wrongness, a seeded random fraction p of the confident unlabeled pseudo-labels
-(teacher confidence ≥ δw, the pixels the contrast takes) is replaced by a uniformly drawn *other* class,
-right after the teacher labels the weak view, so every term that uses the pseudo-labels (the CE of
+(teacher confidence ≥ δw, the pixels the contrast takes) is replaced by another class, right after the teacher labels the weak view, so every term that uses the pseudo-labels (the CE of
 Eq. 14, the contrast of Eq. 15) sees the same corrupted labels, in every method. The teacher's
 confidence is left as it was: these are confidently wrong labels, the kind a thresholded pipeline
-cannot filter. Each iteration draws from its own generator, seeded by (seed, iteration), so the noise
+cannot filter. `method.pseudo_label_noise_kind` says which other class: `uniform` draws it uniformly
+(symmetric noise, which an average over many pixels mostly cancels), `runner_up` takes the labeller's
+second choice at that pixel (class-dependent noise: the confusions a real teacher makes, which pull
+a class's pixels consistently towards one neighbour). Each iteration draws from its own generator, seeded by (seed, iteration), so the noise
 is the same on a resumed run and consumes none of the training's random streams.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
 from prcl import IGNORE_INDEX
 from prcl.config import Config
+from prcl.methods.pseudo_labels import PseudoLabels
 
 
 def corrupt_pseudo_labels(pseudo: torch.Tensor, confidence: torch.Tensor, fraction: float, threshold: float,
-                          num_classes: int, generator: torch.Generator) -> torch.Tensor:
+                          num_classes: int, generator: torch.Generator,
+                          runner_up: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`pseudo` `[B, H, W]` with each pixel of confidence ≥ `threshold` (not ignored) replaced, with
-    probability `fraction`, by a class drawn uniformly from the other `num_classes - 1`."""
+    probability `fraction`, by another class: `runner_up[pixel]` when given (`[B, H, W]`, the labeller's
+    second choice), else a class drawn uniformly from the other `num_classes - 1`. Both kinds pick the
+    same pixels for the same generator."""
     draw = torch.rand(pseudo.shape, generator=generator, device=generator.device).to(pseudo.device)
     offset = torch.randint(1, num_classes, pseudo.shape, generator=generator, device=generator.device)
     corrupt = (draw < fraction) & (confidence >= threshold) & (pseudo != IGNORE_INDEX)
-    return torch.where(corrupt, (pseudo + offset.to(pseudo.device)) % num_classes, pseudo)
+    other = (pseudo + offset.to(pseudo.device)) % num_classes if runner_up is None else runner_up
+    return torch.where(corrupt, other, pseudo)
 
 
 class PseudoLabelNoise(nn.Module):
-    """Applies `corrupt_pseudo_labels` with the config's fraction (identity at 0, the default)."""
+    """Applies `corrupt_pseudo_labels` with the config's fraction and kind (identity at 0, the default);
+    returns the (possibly corrupted) pseudo-labels."""
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
         self.fraction, self.num_classes = cfg.method.pseudo_label_noise, num_classes
+        self.runner_up = cfg.method.pseudo_label_noise_kind == "runner_up"
         self.threshold = cfg.method.contrastive.weak_threshold
         self.seed, self.iterations = cfg.seed, cfg.train.iterations
 
-    def forward(self, pseudo: torch.Tensor, confidence: torch.Tensor, progress: float) -> torch.Tensor:
+    def forward(self, labels: PseudoLabels, progress: float) -> torch.Tensor:
         if self.fraction == 0:
-            return pseudo
+            return labels.pseudo
         iteration = round(progress * self.iterations)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
-        return corrupt_pseudo_labels(pseudo, confidence, self.fraction, self.threshold, self.num_classes, generator)
+        return corrupt_pseudo_labels(labels.pseudo, labels.confidence, self.fraction, self.threshold,
+                                     self.num_classes, generator, labels.runner_up if self.runner_up else None)

@@ -8,30 +8,40 @@ EMA teacher (`teacher_pseudo_labels`: mean teacher, ClassMix, PRCL) or the stude
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from prcl import IGNORE_INDEX
 
 
-def argmax_pseudo_labels(logits: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1: `(pseudo, confidence)`, each `[B, H, W]`, from logits `[B, C, H, W]`; padded pixels
-    (`padding` True) get the ignore label and confidence 0."""
-    confidence, pseudo = logits.detach().float().softmax(1).max(1)
+class PseudoLabels(NamedTuple):
+    """Eq. 1 on the weak view, each `[B, H, W]`: the arg-max class, its probability, and the class of
+    second-highest probability (read only by `method.pseudo_label_noise_kind=runner_up`)."""
+    pseudo: torch.Tensor
+    confidence: torch.Tensor
+    runner_up: torch.Tensor
+
+
+def argmax_pseudo_labels(logits: torch.Tensor, padding: torch.Tensor) -> PseudoLabels:
+    """Eq. 1 from logits `[B, C, H, W]`; padded pixels (`padding` True) get the ignore label (also as
+    runner-up) and confidence 0."""
+    top, classes = logits.detach().float().softmax(1).topk(2, dim=1)
+    pseudo, runner_up, confidence = classes[:, 0], classes[:, 1], top[:, 0]
     pseudo[padding] = IGNORE_INDEX
+    runner_up[padding] = IGNORE_INDEX
     confidence[padding] = 0.0
-    return pseudo, confidence
+    return PseudoLabels(pseudo, confidence, runner_up)
 
 
 @torch.no_grad()
-def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor,
-                          padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_pseudo_labels(teacher: torch.nn.Module, image: torch.Tensor, padding: torch.Tensor) -> PseudoLabels:
     """The EMA teacher's pseudo-labels on the weak view (the teacher is always in eval mode)."""
     return argmax_pseudo_labels(teacher(image)["logits"], padding)
 
 
 @torch.no_grad()
-def student_pseudo_labels(student: torch.nn.Module, image: torch.Tensor,
-                          padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def student_pseudo_labels(student: torch.nn.Module, image: torch.Tensor, padding: torch.Tensor) -> PseudoLabels:
     """The student's own pseudo-labels on the weak view, in eval mode without gradient and without the
     representation heads (`prcl.methods.fixmatch` says why eval mode); its mode is restored afterwards."""
     training = student.training
