@@ -1,4 +1,4 @@
-"""`prcl data check | split | prepare | synth`: the dataset commands of the `prcl` CLI.
+"""`prcl data check | split | prepare | synth | photos`: the dataset commands of the `prcl` CLI.
 
 `add_data_commands(subparsers)` adds them to the top-level parser; each sets `func(args) -> int`.
 Exit codes: 0 ok, 1 `data check` found problems (all listed), 2 a one-line error (bad arguments,
@@ -71,13 +71,17 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_synth(args: argparse.Namespace) -> int:
-    from prcl.data.synthetic import generate_synthetic_dataset
+def run_generate(args: argparse.Namespace) -> int:
+    """`data synth` (the built-in dataset) and `data photos` (the wheel-photograph benchmark)."""
+    if args.data_command == "synth":
+        from prcl.data.synthetic import generate_synthetic_dataset as generate
+    else:
+        from prcl.data.photos import generate_photo_dataset as generate
 
     names = ("seed", "num_train", "num_val", "image_size", "workers")
-    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}  # else defaults
-    root = generate_synthetic_dataset(args.out, progress=True, **given)
-    print(f"synthetic dataset written to {root}")
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}  # else defaults
+    root = generate(args.out, progress=True, **given)
+    print(f"{'synthetic dataset' if args.data_command == 'synth' else 'photo benchmark'} written to {root}")
     return 0
 
 
@@ -89,9 +93,9 @@ def _common(parser: argparse.ArgumentParser, datasets: Any = None) -> None:
 
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `data {check,split,prepare,synth}` to the `prcl` sub-command parsers."""
+    """Add `data {check,split,prepare,synth,photos}` to the `prcl` sub-command parsers."""
     data = subparsers.add_parser("data", help="prepare, check, split or synthesise datasets")
-    sub = data.add_subparsers(dest="data_command", metavar="{check,split,prepare,synth}")
+    sub = data.add_subparsers(dest="data_command", metavar="{check,split,prepare,synth,photos}")
     sub.required = True
 
     check = sub.add_parser("check", help="validate a dataset root and its splits")
@@ -130,12 +134,15 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     _common(prepare)
     prepare.set_defaults(func=_guarded("prepare", run_prepare))
 
-    synth = sub.add_parser("synth", help="write the built-in procedural dataset (VOC layout)")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--seed", type=int)
-    synth.add_argument("--num-train", type=int)
-    synth.add_argument("--num-val", type=int)
-    synth.add_argument("--image-size", type=int)
-    synth.add_argument("--workers", type=int)
-    synth.set_defaults(func=_guarded("synth", run_synth))
+    for name, text in (("synth", "write the built-in procedural dataset (VOC layout)"),
+                       ("photos", "write the benchmark of real photographs from installed wheels (folder layout)")):
+        gen = sub.add_parser(name, help=text)
+        gen.add_argument("--out", type=Path, required=True)
+        gen.add_argument("--seed", type=int)
+        gen.add_argument("--num-train", type=int)
+        gen.add_argument("--num-val", type=int)
+        gen.add_argument("--image-size", type=int)
+        if name == "synth":
+            gen.add_argument("--workers", type=int)
+        gen.set_defaults(func=_guarded(name, run_generate))
     return data

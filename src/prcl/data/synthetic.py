@@ -314,9 +314,18 @@ def _write_sample(job: tuple) -> np.ndarray:
 
 
 def _write_lists(out: Path, seed: int, train: list[str], val: list[str]) -> dict:
-    """VOC image sets and nested labeled/unlabeled splits (prefixes of one permutation)."""
-    lists = {"ImageSets/Segmentation/train.txt": train, "ImageSets/Segmentation/val.txt": val,
-             "splits/val.txt": val}
+    """VOC image sets and the nested splits of `write_nested_splits`."""
+    for name, ids in (("train", train), ("val", val)):
+        (out / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
+        (out / f"ImageSets/Segmentation/{name}.txt").write_text("".join(f"{sid}\n" for sid in ids))
+    return write_nested_splits(out, seed, train, val)
+
+
+def write_nested_splits(out: Path, seed: int, train: list[str], val: list[str]) -> dict:
+    """`splits/val.txt` and `splits/<fraction>/{labeled,unlabeled}.txt` for each of `LABELED_FRACTIONS`:
+    the labeled sets are prefixes of one seeded permutation of `train`, so each contains the smaller ones.
+    Returns the sizes per fraction."""
+    lists = {"splits/val.txt": val}
     order = np.random.default_rng([seed, SPLIT_CODES["splits"]]).permutation(len(train))
     counts = {}
     for frac in LABELED_FRACTIONS:
