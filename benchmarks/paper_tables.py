@@ -60,7 +60,8 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "15": "Issues #15, #21 — FixMatch, UniMatch, UniMatch V2 and PRCL's contrast on them",
           "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)",
           "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)",
-          "19r": "Issue #19 — class-dependent pseudo-label noise: flips to the teacher's second choice"}
+          "19r": "Issue #19 — class-dependent pseudo-label noise: flips to the teacher's second choice",
+          "lambda": "Issue #19 — the contrast's weight λc0, judged on both benchmarks"}
 SPREAD_VNS = ["method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
 RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2", *SPREAD_VNS]
 """PRCL with the issue #19 options: σ² head without the final BatchNorm at lr·T ≈ the paper's, VNs drawn
@@ -88,6 +89,12 @@ CONTRAST_VARIANT_SEEDS = {  # one seed each: rows that the screening rejected or
     "prcl, form=release, τ=0.5 (the default before #13)": [0],  # its 3 seeds: paper_tables_release.md
     "prcl, form=predictive, var_grad=head": [0],
 }
+LAMBDA_ROWS = {  # table "lambda": ClassMix and the contrasts on it, at the default λc0 = 1 and at a lower one
+    "supervised": ["method.name=supervised"], "classmix": ["method.name=classmix"],
+    "baseline": ["method.name=baseline"], "prcl": ["method.name=prcl"],
+    "baseline, λc0=0.25": ["method.name=baseline", "method.contrastive.lambda0=0.25"],
+    "prcl, λc0=0.25": ["method.name=prcl", "method.contrastive.lambda0=0.25"],
+}
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl", "unimatch_v2",
                    "unimatch_v2_prcl")  # the first 3 = Table 1's runs
@@ -109,6 +116,8 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
             out += [Experiment("15", m, frac, [f"method.name={m}"]) for m in TABLE15_METHODS]
         if "13" in tables:
             out += [Experiment("13", r, frac, o, CONTRAST_VARIANT_SEEDS.get(r)) for r, o in CONTRAST_VARIANTS.items()]
+        if "lambda" in tables:  # the same run names as Table 1's rows, so those runs are shared
+            out += [Experiment("lambda", r, frac, o) for r, o in LAMBDA_ROWS.items()]
         if "4" in tables:  # representation quality of the Table 1 runs (prcl analyze)
             out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
         if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
@@ -166,6 +175,7 @@ def train_one(exp: Experiment, run: Path, seed: int, args: argparse.Namespace) -
     overrides = [
         *exp.overrides, f"seed={seed}", f"output_dir={args.runs}", f"name={run.name}", f"data.root={args.data}",
         f"data.labeled_split={split}/labeled.txt", "train.threads=1", "data.num_workers=0",
+        *(["data.dataset=folder", "data.val_split=splits/val.txt"] if args.dataset == "photos" else []),
         f"train.iterations={args.iterations}", f"train.eval_every={args.iterations}",
         *(["data.unlabeled_split=null"] if exp.fraction == "full" else [f"data.unlabeled_split={split}/unlabeled.txt"]),
         *args.extra,
@@ -426,6 +436,8 @@ def main() -> int:
     p.add_argument("--temperatures", nargs="+", type=float, default=[0.1, 0.25, 0.5, 1.0])
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--dataset", choices=("synthetic", "photos"), default="synthetic",
+                   help="photos: the wheel-photograph benchmark of `prcl data photos` (a folder dataset) at --data")
     p.add_argument("--data", type=Path, default=ROOT / "data" / "synthetic")
     p.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs")
     p.add_argument("--title", default="The paper's tables in miniature (built-in synthetic dataset, CPU)")
@@ -437,9 +449,15 @@ def main() -> int:
     args = p.parse_args()
     command = "python benchmarks/paper_tables.py " + shlex.join(sys.argv[1:])
     args.runs.mkdir(parents=True, exist_ok=True)
-    from prcl.data.synthetic import ensure_synthetic_dataset
+    if args.dataset == "photos":  # the second benchmark (`prcl data photos`), generated once
+        if not (args.data / "meta.json").is_file():
+            from prcl.data.photos import generate_photo_dataset
 
-    ensure_synthetic_dataset(args.data, workers=args.jobs)  # once, before parallel runs race to do it
+            generate_photo_dataset(args.data)
+    else:
+        from prcl.data.synthetic import ensure_synthetic_dataset
+
+        ensure_synthetic_dataset(args.data, workers=args.jobs)  # once, before parallel runs race to do it
     exps = experiments(args.tables, args.fractions, args.temperatures, args.tau_seeds)
     runs: dict[tuple[str, int], Experiment] = {}  # a run shared by tables is trained once
     for s in args.seeds:  # seed-major: every row gets a first seed early
