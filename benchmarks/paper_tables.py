@@ -117,7 +117,8 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
         if "13" in tables:
             out += [Experiment("13", r, frac, o, CONTRAST_VARIANT_SEEDS.get(r)) for r, o in CONTRAST_VARIANTS.items()]
         if "lambda" in tables:  # the same run names as Table 1's rows, so those runs are shared
-            out += [Experiment("lambda", r, frac, o) for r, o in LAMBDA_ROWS.items()]
+            out += [Experiment("lambda", r, frac, o) for r, o in LAMBDA_ROWS.items()
+                    if frac == fractions[0] or "λc0" not in r]  # the lower weight at the first fraction only
         if "4" in tables:  # representation quality of the Table 1 runs (prcl analyze)
             out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
         if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
