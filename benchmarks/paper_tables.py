@@ -405,6 +405,9 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
         if table == "13":
             lines += gradient_table([x for x in exps if x.table == table], seeds, args)
             continue
+        if table == "lambda":
+            lines += reliability_table([x for x in exps if x.table == table], seeds, args)
+            continue
         if table in ("19", "19r"):
             lines += reliability_table([x for x in exps if x.table == table], seeds, args)
             lines += noise_summary([x for x in exps if x.table == table], seeds, args)
