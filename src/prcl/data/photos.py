@@ -37,8 +37,6 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Union
 
@@ -48,7 +46,7 @@ from PIL import Image, ImageDraw
 
 from prcl.data.dataset import DataError
 from prcl.data.palette import voc_colormap, voc_palette
-from prcl.data.synthetic import write_nested_splits
+from prcl.data.synthetic import generated_dataset_dir, write_nested_splits
 
 GENERATOR_VERSION = 1  # bump whenever the files change
 VAL_FRACTION = 0.3
@@ -137,19 +135,10 @@ def generate_photo_dataset(root: Union[str, Path], *, seed: int = 0, num_train: 
     if num_train < 1 or num_val < 1 or image_size < 16:
         raise ValueError(f"the photo benchmark needs num_train, num_val >= 1 and image_size >= 16; got "
                          f"{num_train}, {num_val}, {image_size}")
-    root = Path(root).absolute()
-    if root.is_file():
-        raise DataError(f"photo benchmark root {root} is a file; pick a directory path")
-    foreign = sorted(p.name for p in root.glob("*") if p.name not in _OWN_ENTRIES)
-    if foreign:
-        raise DataError(f"{root} holds files that are not part of the photo benchmark ({', '.join(foreign[:3])}); "
-                        "pick an empty or new directory")
     photos = {split: [[_part(load_photo(*src), split) for src in PHOTOS[name]] for name in CLASS_NAMES]
               for split in ("train", "val")}
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     palette, pixels = voc_palette(), np.zeros(len(CLASS_NAMES), np.int64)
-    try:
+    with generated_dataset_dir(root, _OWN_ENTRIES, "the photo benchmark") as tmp:
         for sub in ("images", "masks"):
             (tmp / sub).mkdir(parents=True)
         jobs = [(split, i) for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
@@ -176,9 +165,4 @@ def generate_photo_dataset(root: Union[str, Path], *, seed: int = 0, num_train: 
                 "counts": write_nested_splits(tmp, seed, ids["train"], ids["val"]),
                 "pixel_fraction": dict(zip(CLASS_NAMES, np.round(pixels / pixels.sum(), 5).tolist()))}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.rename(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return Path(root).absolute()

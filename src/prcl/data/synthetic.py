@@ -44,7 +44,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -357,16 +358,7 @@ def generate_synthetic_dataset(
         raise ValueError("synthetic dataset needs num_train, num_val >= 1, image_size >= 16 and "
                          f"ignore_boundary >= 0; got {num_train}, {num_val}, {image_size}, "
                          f"{ignore_boundary}")
-    root = Path(root).absolute()
-    if root.is_file():
-        raise _data_error(f"synthetic dataset root {root} is a file; pick a directory path")
-    foreign = sorted(p.name for p in root.glob("*") if p.name not in _OWN_ENTRIES)
-    if foreign:
-        raise _data_error(f"{root} holds files that are not part of a synthetic dataset "
-                          f"({', '.join(foreign[:3])}); pick an empty or new directory as its root")
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with generated_dataset_dir(root, _OWN_ENTRIES, "a synthetic dataset") as tmp:
         for sub in ("JPEGImages", "SegmentationClass"):
             (tmp / sub).mkdir(parents=True)
         sizes = {"train": num_train, "val": num_val}
@@ -384,12 +376,31 @@ def generate_synthetic_dataset(
                                        np.round(pixels / pixels.sum(), 5).tolist())),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return Path(root).absolute()
+
+
+@contextmanager
+def generated_dataset_dir(root: Union[str, Path], own_entries: set, what: str) -> Iterator[Path]:
+    """A fresh sibling temporary directory to write a generated dataset into; on success it replaces
+    `root`, so an interrupted generation never leaves something that looks complete. Refuses a `root`
+    that is a file or holds entries outside `own_entries` (the user's files), naming them."""
+    root = Path(root).absolute()
+    if root.is_file():
+        raise _data_error(f"dataset root {root} is a file; pick a directory path")
+    foreign = sorted(p.name for p in root.glob("*") if p.name not in own_entries)
+    if foreign:
+        raise _data_error(f"{root} holds files that are not part of {what} "
+                          f"({', '.join(foreign[:3])}); pick an empty or new directory as its root")
+    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
         if root.exists():
             shutil.rmtree(root)
         os.rename(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> np.ndarray:
