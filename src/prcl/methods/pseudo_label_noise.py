@@ -2,14 +2,17 @@
 
 The paper's claim (Sec. 1, Table 5) is that σ² makes the contrast robust to wrong pseudo-labels. To test
 it with a known amount of wrongness, a seeded random fraction p of the confident unlabeled pseudo-labels
-(teacher confidence ≥ δw, the pixels the contrast takes) is replaced by another class, right after the teacher labels the weak view, so every term that uses the pseudo-labels (the CE of
-Eq. 14, the contrast of Eq. 15) sees the same corrupted labels, in every method. The teacher's
-confidence is left as it was: these are confidently wrong labels, the kind a thresholded pipeline
-cannot filter. `method.pseudo_label_noise_kind` says which other class: `uniform` draws it uniformly
-(symmetric noise, which an average over many pixels mostly cancels), `runner_up` takes the labeller's
-second choice at that pixel (class-dependent noise: the confusions a real teacher makes, which pull
-a class's pixels consistently towards one neighbour). Each iteration draws from its own generator, seeded by (seed, iteration), so the noise
-is the same on a resumed run and consumes none of the training's random streams.
+(teacher confidence ≥ δw, the pixels the contrast takes) is replaced by another class, right after the
+teacher labels the weak view, so every term that uses the pseudo-labels (the CE of Eq. 14, the contrast
+of Eq. 15) sees the same corrupted labels, in every method. The teacher's confidence is left as it was:
+these are confidently wrong labels, the kind a thresholded pipeline cannot filter.
+
+`method.pseudo_label_noise_kind` says which other class: `uniform` draws it uniformly (symmetric noise,
+which an average over many pixels mostly cancels); `runner_up` takes the labeller's second choice at
+that pixel (class-dependent noise: the confusions a real teacher makes, which pull a class's pixels
+consistently towards one neighbour). Each iteration draws from its own generator, seeded by
+(seed, iteration), so the noise is the same on a resumed run and consumes none of the training's
+random streams.
 """
 
 from __future__ import annotations

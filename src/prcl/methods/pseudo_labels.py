@@ -27,7 +27,7 @@ def argmax_pseudo_labels(logits: torch.Tensor, padding: torch.Tensor) -> PseudoL
     """Eq. 1 from logits `[B, C, H, W]`; padded pixels (`padding` True) get the ignore label (also as
     runner-up) and confidence 0."""
     top, classes = logits.detach().float().softmax(1).topk(2, dim=1)
-    pseudo, runner_up, confidence = classes[:, 0], classes[:, 1], top[:, 0]
+    pseudo, runner_up, confidence = classes[:, 0].contiguous(), classes[:, 1].contiguous(), top[:, 0].contiguous()
     pseudo[padding] = IGNORE_INDEX
     runner_up[padding] = IGNORE_INDEX
     confidence[padding] = 0.0
