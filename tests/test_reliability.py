@@ -95,7 +95,7 @@ def test_pseudo_label_noise_flips_a_fraction_of_the_confident_labels_to_another_
     assert counts[0] == 0 and counts[1:].min() > 0.2 * int(changed.sum())
 
 
-def test_runner_up_noise_flips_the_same_pixels_to_the_labellers_second_choice():
+def test_runner_up_noise_flips_the_same_pixels_to_the_labelers_second_choice():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 5, 32, 32, generator=g) * 3
     padding = torch.zeros(3, 32, 32, dtype=torch.bool)

@@ -141,7 +141,7 @@ class MethodConfig:
     pseudo_label_noise: float = 0.0  # research option (issue #19): a seeded random fraction of the confident
     # (≥ δw) unlabeled pseudo-labels is replaced by another class, in every term that uses them
     pseudo_label_noise_kind: str = "uniform"  # uniform: any other class, equally likely | runner_up: the
-    # labeller's second choice at that pixel, the class a real error most likely picks
+    # labeler's second choice at that pixel, the class a real error most likely picks
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 

@@ -6,7 +6,7 @@ photograph, a class is the *content of one photograph* (a cat, a coffee cup, an 
 image is a collage: a ground texture, then 3-5 irregular patches, each cut from a random place and
 scale of its class's photograph. Patches of different photographs share sky, skin, dark fabric and
 wood, so a model trained on few labels confuses them and its pseudo-labels are wrong where real ones
-are: in confidently labelled regions that look like another class.
+are: in confidently labeled regions that look like another class.
 
 Train and val images are cut from disjoint parts of each photograph (val: its rightmost
 `VAL_FRACTION` of columns), so val measures how a model generalises from one part of a scene to another.

@@ -8,7 +8,7 @@ of Eq. 15) sees the same corrupted labels, in every method. The teacher's confid
 these are confidently wrong labels, the kind a thresholded pipeline cannot filter.
 
 `method.pseudo_label_noise_kind` says which other class: `uniform` draws it uniformly (symmetric noise,
-which an average over many pixels mostly cancels); `runner_up` takes the labeller's second choice at
+which an average over many pixels mostly cancels); `runner_up` takes the labeler's second choice at
 that pixel (class-dependent noise: the confusions a real teacher makes, which pull a class's pixels
 consistently towards one neighbour). Each iteration draws from its own generator, seeded by
 (seed, iteration), so the noise is the same on a resumed run and consumes none of the training's
@@ -31,7 +31,7 @@ def corrupt_pseudo_labels(pseudo: torch.Tensor, confidence: torch.Tensor, fracti
                           num_classes: int, generator: torch.Generator,
                           runner_up: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`pseudo` `[B, H, W]` with each pixel of confidence ≥ `threshold` (not ignored) replaced, with
-    probability `fraction`, by another class: `runner_up[pixel]` when given (`[B, H, W]`, the labeller's
+    probability `fraction`, by another class: `runner_up[pixel]` when given (`[B, H, W]`, the labeler's
     second choice), else a class drawn uniformly from the other `num_classes - 1`. Both kinds pick the
     same pixels for the same generator."""
     draw = torch.rand(pseudo.shape, generator=generator, device=generator.device).to(pseudo.device)
