@@ -405,12 +405,10 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
         if table == "13":
             lines += gradient_table([x for x in exps if x.table == table], seeds, args)
             continue
-        if table == "lambda":
+        if table in ("19", "19r", "lambda"):
             lines += reliability_table([x for x in exps if x.table == table], seeds, args)
-            continue
-        if table in ("19", "19r"):
-            lines += reliability_table([x for x in exps if x.table == table], seeds, args)
-            lines += noise_summary([x for x in exps if x.table == table], seeds, args)
+            if table != "lambda":  # the noise tables also read mIoU against p
+                lines += noise_summary([x for x in exps if x.table == table], seeds, args)
             continue
         lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
                   "| --- | --- | --- | --- | --- | --- |"]
