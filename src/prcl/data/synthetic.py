@@ -42,9 +42,9 @@ import json
 import multiprocessing
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
