@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from prcl.config import Config, load_config
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("PRCL_TEST_THREADS", "2")))  # 1: tests beside a one-thread benchmark
 
 TINY_MODEL = [
     "model.backbone=resnet18",
