@@ -59,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _free_run_name(cfg)
     print(f"run directory: {cfg.run_dir}  (method {cfg.method.name}, {cfg.train.iterations} iterations)")
     summary = train(cfg, resume=bool(args.resume), force=args.force, overwrite=args.overwrite)
-    print(f"done: mIoU {100 * summary['miou']:.2f} (best {100 * summary['best_miou']:.2f}) in "
+    of = f" of the {summary['evaluated_model']}" if len(summary["miou_by_model"]) > 1 else ""
+    print(f"done: mIoU {100 * summary['miou']:.2f} (best {100 * summary['best_miou']:.2f}){of} in "
           f"{summary['wall_seconds']:.0f} s; results in {cfg.run_dir}")
     return 0
 

@@ -61,6 +61,8 @@ class ModelConfig:
     # 256; DPT's segmentation head is UniMatch V2's, dpt_features wide)
     rep_dim: int = 64  # D, the representation dimension (paper: 256)
     prob_activation: str = "sigmoid"  # sigmoid | softplus | exp (of a log-variance, PFE): σ² from the probability head
+    complementary_mask: str = "shared"  # UniMatch V2's complementary dropout: shared (its code: one channel draw
+    # for every encoder level; a narrower level takes the first channels) | per_level (an independent draw each)
     prob_final_norm: bool = True  # the σ² head ends in a BatchNorm (paper, release): the batch fixes σ²'s level
     # and spread; false = a biased linear layer instead, so the level can move (not in the paper; issue #19)
 
@@ -130,6 +132,9 @@ class ContrastiveConfig:
 class MethodConfig:
     name: str = "prcl"  # one of METHOD_PRESETS (below); the name sets the defaults of `mix` and `contrastive`
     ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay) (methods with a teacher)
+    ema_reference_iterations: Optional[int] = None  # the run length ema_decay was made for; set: its time constant
+    # 1/(1 − ema_decay) is scaled by train.iterations / this (at least 1 step), so the teacher lags the same
+    # fraction of training as there (the miniature's rule for the authors' recipes; not in any paper)
     unsup_threshold: float = 0.97  # δu of Eq. 14; fixmatch/unimatch: τ, the pixel confidence their loss needs (preset 0.95)
     unsup_weight: float = 1.0
     mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
@@ -168,6 +173,9 @@ class EvalConfig:
     crop_size: int = 96  # for center_crop and sliding
     stride: Optional[int] = None  # sliding-window stride; null = 2/3 of crop_size
     batch_size: int = 8  # whole-image mode with equal-size images
+    model: str = "auto"  # methods with a teacher evaluate and log both the student and the teacher; this one's
+    # mIoU is the run's `miou` and `best.pt` follows it: student | teacher | auto (the method's authors' choice:
+    # the teacher for the mean-teacher family (the PRCL release), the student for UniMatch V2 (its code))
 
 
 @dataclass
@@ -264,6 +272,7 @@ CHOICES = {
     "data.dataset": ("synthetic", "voc", "cityscapes", "folder"),
     "model.decoder": ("deeplabv3plus", "dpt"),
     "model.prob_activation": ("sigmoid", "softplus", "exp"),
+    "model.complementary_mask": ("shared", "per_level"),
     "model.output_stride": (8, 16),
     "optim.name": ("sgd", "adamw"),
     "method.name": tuple(METHOD_PRESETS),
@@ -281,6 +290,7 @@ CHOICES = {
     "method.contrastive.mls.reduction": ("mean", "sum"),
     "method.contrastive.mls.log_det": ("same", "mean"),
     "eval.mode": ("whole", "center_crop", "sliding"),
+    "eval.model": ("auto", "student", "teacher"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.amp": ("none", "bf16", "fp16"),
 }
@@ -290,6 +300,7 @@ POSITIVE = (
     "method.contrastive.num_anchors", "method.contrastive.num_negatives", "optim.lr",
     "train.iterations", "train.eval_every", "train.checkpoint_every", "train.log_every",
     "eval.crop_size", "eval.stride", "eval.batch_size", "method.contrastive.memory_bank.size",
+    "method.ema_reference_iterations",
     "method.contrastive.memory_bank.enqueue", "method.contrastive.memory_bank.negatives",
     "method.contrastive.vn.num",
 )

@@ -16,6 +16,7 @@ from prcl.data.palette import voc_colormap, voc_palette
 from prcl.data.transforms import to_normalized_tensor
 from prcl.engine.checkpoint import CheckpointError, load_checkpoint
 from prcl.engine.evaluate import evaluate, predict_logits
+from prcl.methods import evaluated_model
 from prcl.models import SegmentationModel, build_model
 
 
@@ -33,8 +34,9 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
 def model_from_checkpoint(
     path: Path, device: torch.device | str = "cpu", which: str = "evaluated"
 ) -> tuple[SegmentationModel, Config, dict]:
-    """A network of a checkpoint in eval mode: `which="evaluated"` is the teacher when the method
-    has one (without representation/probability heads), `"student"` the student with all its heads.
+    """A network of a checkpoint in eval mode: `which="evaluated"` is the model the run reports (`eval.model`:
+    for methods with a teacher, its authors' choice by default; the teacher comes without representation/
+    probability heads), `"student"` the student with all its heads.
 
     Loaded strictly: the network is built with exactly the modules the saved one had (the teacher's
     heads are removed, as `EMATeacher` does), and a checkpoint lacking any of its weights is a
@@ -45,7 +47,7 @@ def model_from_checkpoint(
     cfg = from_dict(state["config"])
     cfg.model.pretrained, cfg.model.weights = False, None  # weights come from the checkpoint
     model = build_model(cfg, state["num_classes"])
-    part = "teacher" if which == "evaluated" and state.get("teacher") is not None else "model"
+    part = "teacher" if which == "evaluated" and evaluated_model(cfg) == "teacher" else "model"
     if part == "teacher":
         model.rep_head = model.prob_head = None
     load_weights(model, state[part], path, part)

@@ -23,6 +23,7 @@ from prcl.config import Config, ConfigError
 from prcl.data.dataset import DataError, SegmentationDataset
 from prcl.data.sources import DatasetInfo, dataset_info, load_split
 from prcl.data.transforms import EvalTransform, TrainTransform
+from prcl.engine import distributed as dist
 
 
 class ResumableSampler(Sampler):
@@ -79,16 +80,21 @@ class TrainData:
 
 
 def prepare_root(cfg: Config) -> Path:
-    """The dataset root; the built-in synthetic set is generated there on first use."""
+    """The dataset root; the built-in synthetic set is generated there on first use.
+
+    Under `torchrun` rank 0 generates it while the other ranks wait (each writing its own copy and renaming
+    it over `root` would replace the dataset under a rank already reading it); every rank then checks what
+    is there, and an error on rank 0 reaches all of them."""
     root = Path(cfg.data.root)
-    if cfg.data.dataset == "synthetic" and not (root / "meta.json").is_file():
-        from prcl.data.synthetic import ensure_synthetic_dataset
+    if cfg.data.dataset == "synthetic":
+        from prcl.data.synthetic import ensure_synthetic_dataset, require_current_version
 
-        print(f"generating the built-in synthetic dataset in {root} (once)")
-        ensure_synthetic_dataset(root, workers=min(4, os.cpu_count() or 1), progress=True)
-    elif cfg.data.dataset == "synthetic":
-        from prcl.data.synthetic import require_current_version
+        def generate_once() -> None:
+            if not (root / "meta.json").is_file():
+                print(f"generating the built-in synthetic dataset in {root} (once)")
+                ensure_synthetic_dataset(root, workers=min(4, os.cpu_count() or 1), progress=True)
 
+        dist.run_on_main(generate_once)
         require_current_version(root)
     elif not root.is_dir():
         raise DataError(f"data.root {root} does not exist; set data.root=... to your {cfg.data.dataset} dataset "

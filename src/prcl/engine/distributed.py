@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from datetime import timedelta
+from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -46,6 +50,42 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def run_on_main(fn: Callable[[], T]) -> Optional[T]:
+    """Run `fn` on rank 0 while the other ranks wait; returns its result on rank 0 (None elsewhere).
+
+    For work on a shared path that only one process may do (generating a dataset, creating the run
+    directory, writing a checkpoint). An exception raised by `fn` is raised on every rank, with the same
+    type and message, so a failure on rank 0 stops all of them instead of leaving the others waiting at
+    their next collective. One process: `fn()`."""
+    if not is_distributed():
+        return fn()
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after every rank has heard of it
+            error = err
+    status = [None if error is None else (type(error).__module__, type(error).__qualname__, str(error))]
+    dist.broadcast_object_list(status, src=0)
+    if error is not None:
+        raise error
+    if status[0] is not None:
+        raise _same_error(*status[0])
+    return result
+
+
+def _same_error(module: str, qualname: str, message: str) -> Exception:
+    """The exception rank 0 raised, rebuilt from its class's name and its message (a RuntimeError naming
+    the class when that class cannot be imported or built from a message alone)."""
+    try:
+        kind = importlib.import_module(module)
+        for part in qualname.split("."):
+            kind = getattr(kind, part)
+        return kind(message)
+    except Exception:
+        return RuntimeError(f"rank 0 failed: {qualname}: {message}")
 
 
 def cleanup() -> None:

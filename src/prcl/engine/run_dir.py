@@ -143,24 +143,23 @@ def check_resumable(saved: dict, cfg_dict: dict, run_dir: Path, force: bool) -> 
 def create_run_dir(cfg: Config, overwrite: bool) -> None:
     """Make `cfg.run_dir` with `checkpoints/`, the resolved `config.yaml` and a copy of the splits.
 
-    Rank 0 does the work (holding the run's `RunLock`); every rank waits for it.
+    Rank 0 does the work (holding the run's `RunLock`) while every rank waits; its errors reach them all.
     """
-    run_dir, main = cfg.run_dir, dist.is_main_process()
+    run_dir = cfg.run_dir
     contents = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.is_dir() else []
-    if contents:
-        if not overwrite:
-            raise FileExistsError(
-                f"run directory {run_dir} already exists; continue it with `prcl train --resume "
-                f"{run_dir}`, start afresh with --overwrite, or pick another name=..."
-            )
-        if main:
-            for path in contents:  # all but the lock file, which this trainer holds
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-    dist.barrier()
-    if main:
+    if contents and not overwrite:
+        raise FileExistsError(
+            f"run directory {run_dir} already exists; continue it with `prcl train --resume "
+            f"{run_dir}`, start afresh with --overwrite, or pick another name=..."
+        )
+    dist.barrier()  # every rank has looked before rank 0 empties it
+
+    def write() -> None:
+        for path in contents:  # all but the lock file, which this trainer holds
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         try:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -170,6 +169,8 @@ def create_run_dir(cfg: Config, overwrite: bool) -> None:
         d = cfg.data
         copy_split(d.dataset, Path(d.root), {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split,
                                              "val": d.val_split}, run_dir / "split")
+
+    dist.run_on_main(write)
 
 
 def drop_records_after(run_dir: Path, iteration: int) -> None:

@@ -29,14 +29,14 @@ from prcl.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state,
                                     set_rng_state)
 from prcl.engine.diagnostics import InertTermMonitor, gradient_norms
 from prcl.engine.reliability import reliability_stats
-from prcl.engine.ema import EMATeacher
+from prcl.engine.ema import EMATeacher, teacher_decay
 from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
 from prcl.engine.optimizer import build_optimizer
 from prcl.engine.run_dir import RunLock, check_resumable, create_run_dir, drop_records_after
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
-from prcl.methods import METHODS, StepLosses, build_method
+from prcl.methods import METHODS, StepLosses, build_method, evaluated_model
 from prcl.models import build_model
 
 
@@ -65,6 +65,7 @@ class Trainer:
 
     def _setup(self, cfg: Config, resume: bool, force: bool, overwrite: bool) -> None:
         self.cfg = cfg
+        self.reported = evaluated_model(cfg)  # "student" or "teacher": its mIoU is the run's, best.pt follows it
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = select_device(cfg.train.device)
@@ -76,13 +77,14 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.main = dist.is_main_process()
-        if self.main:
-            self.lock.acquire()  # before the run directory is read, created or overwritten
+        dist.run_on_main(self.lock.acquire)  # before the run directory is read, created or overwritten
         state = self._resume_state(force) if resume else None
         self.start_iteration = state["iteration"] if state else 0
         self.saved_iteration: Optional[int] = self.start_iteration if state else None  # of last.pt
         self.skipped_steps = 0  # steps skipped for a non-finite loss/gradient (train.skip_nonfinite)
         self.best_miou = state["best_miou"] if state else float("nan")
+        self.best_by_model: dict[str, float] = dict(state.get("best_miou_by_model", {})) if state else {}
+        self.miou_by_model: dict[str, float] = {}  # of the last evaluation
 
         method_cls = METHODS[cfg.method.name]
         data = build_train_data(
@@ -98,7 +100,8 @@ class Trainer:
         if self.device.type == "cuda" and dist.world_size() > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method = build_method(cfg, self.info.num_classes).to(self.device)
-        self.teacher = EMATeacher(self.model, cfg.method.ema_decay) if self.method.uses_teacher else None
+        self.teacher = (EMATeacher(self.model, teacher_decay(cfg))
+                        if self.method.uses_teacher else None)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, cfg.optim.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16" and self.device.type == "cuda")
@@ -148,6 +151,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "best_miou": self.best_miou,
+            "best_miou_by_model": self.best_by_model,
             "skipped_steps": self.skipped_steps,
         }
 
@@ -172,19 +176,22 @@ class Trainer:
             set_rng_state(state["rng"])
 
     def save(self, iteration: int, name: str = "last.pt") -> Path:
+        """Write `checkpoints/<name>` atomically (rank 0; a failure there stops every rank)."""
         path = self.ckpt_dir / name
-        if self.main:
+
+        def write() -> None:
             try:
                 save_checkpoint(self.state_dict(iteration), path)
             except OSError as err:
                 kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
                 raise CheckpointError(f"cannot write checkpoint {path} ({err.strerror or err}); {kept}. Free disk "
                                       f"space, then resume with `prcl train --resume {self.run_dir}`") from err
+            if name == "last.pt":
+                self.trajectory.save()
+
+        dist.run_on_main(write)
         if name == "last.pt":
             self.saved_iteration = iteration
-            if self.main:
-                self.trajectory.save()
-        dist.barrier()
         return path
 
     # ----------------------------------------------------------------- one iteration
@@ -284,14 +291,23 @@ class Trainer:
                        f"({self.skipped_steps} skipped so far)")
 
     # ----------------------------------------------------------------- evaluation and logging
-    def evaluate(self) -> tuple[float, list[float]]:
+    def evaluate(self) -> dict[str, tuple[float, list[Optional[float]]]]:
+        """mIoU and per-class IoU of each model: `{"teacher": ..., "student": ...}` for methods with a teacher
+        (their authors evaluate both: UniMatch V2 every epoch), `{"student": ...}` otherwise."""
         e = self.cfg.eval
-        model = self.teacher.model if self.teacher is not None else self.model
-        cm = evaluate(
-            model, self.val_dataset, self.info.num_classes, device=self.device, mode=e.mode, crop=e.crop_size,
-            stride=e.stride, batch_size=e.batch_size, num_workers=0, autocast=self._autocast,
-        )
-        return cm.miou(), [None if math.isnan(v) else v for v in cm.iou().tolist()]
+        models = {"teacher": self.teacher.model} if self.teacher is not None else {}
+        models["student"] = self.model
+        results = {}
+        for i, (name, model) in enumerate(models.items()):
+            # An evaluation draws the DataLoader's base seed from the global RNG; a second one must not move the
+            # training stream, so that adding it left every run's training as it was.
+            with torch.random.fork_rng(devices=[]) if i else nullcontext():
+                cm = evaluate(
+                    model, self.val_dataset, self.info.num_classes, device=self.device, mode=e.mode, crop=e.crop_size,
+                    stride=e.stride, batch_size=e.batch_size, num_workers=0, autocast=self._autocast,
+                )
+            results[name] = cm.miou(), [None if math.isnan(v) else v for v in cm.iou().tolist()]
+        return results
 
     def _handle_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop at once, without a checkpoint
@@ -333,16 +349,34 @@ class Trainer:
             bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
             self.log.write("train_log.jsonl", {"iteration": done, "lr": lr, **values, **stats}, "train")
         if done % c.eval_every == 0 or done == T:
-            self.miou, per_class = self.evaluate()
-            improved = not (self.best_miou >= self.miou)  # also true while best is NaN
-            self.best_miou = self.miou if improved else self.best_miou
-            self.log.write("metrics.jsonl", {"iteration": done, "miou": self.miou, "per_class_iou": per_class}, "val")
-            bar.write(f"iteration {done}: mIoU {100 * self.miou:.2f} (best {100 * self.best_miou:.2f})")
-            if improved:
-                self.save(done, "best.pt")
+            self._evaluate_and_keep_best(done, bar)
         if done % c.checkpoint_every == 0 or done == T:
             self.save(done)
         self._stop_if_signalled(done, bar)
+
+    def _evaluate_and_keep_best(self, done: int, bar: tqdm) -> None:
+        """Evaluate (`evaluate`), log `metrics.jsonl` (the reported model's `miou`/`per_class_iou`, and with a
+        teacher each model's under `miou/<model>`), and save `best.pt` when the reported model improved."""
+        results = self.evaluate()
+        self.miou, per_class = results[self.reported]
+        improved = not (self.best_miou >= self.miou)  # also true while best is NaN
+        self.best_miou = self.miou if improved else self.best_miou
+        record: dict[str, Any] = {"iteration": done, "model": self.reported, "miou": self.miou,
+                                  "per_class_iou": per_class}
+        line = f"iteration {done}: mIoU {100 * self.miou:.2f} (best {100 * self.best_miou:.2f})"
+        self.miou_by_model = {name: miou for name, (miou, _) in results.items()}
+        for name, miou in self.miou_by_model.items():
+            best = self.best_by_model.get(name, math.nan)
+            self.best_by_model[name] = miou if not (best >= miou) else best
+        if len(results) > 1:
+            for name, (miou, iou) in results.items():
+                record.update({f"miou/{name}": miou, f"per_class_iou/{name}": iou})
+            other = next(name for name in results if name != self.reported)
+            line += f" of the {self.reported}; {other} {100 * results[other][0]:.2f}"
+        self.log.write("metrics.jsonl", record, "val")
+        bar.write(line)
+        if improved:
+            self.save(done, "best.pt")
 
     def _stop_if_signalled(self, done: int, bar: tqdm) -> None:
         stop = torch.tensor([float(self._stop_signal is not None)], device=self.device)
@@ -368,8 +402,11 @@ class Trainer:
         images_per_it = d.batch_size + ((d.unlabeled_batch_size or d.batch_size) if self.method.uses_unlabeled else 0)
         summary = {
             "method": cfg.method.name,
+            "evaluated_model": self.reported,
             "miou": self.miou,
             "best_miou": self.best_miou,
+            "miou_by_model": self.miou_by_model,
+            "best_miou_by_model": self.best_by_model,
             "iterations": T,
             "wall_seconds": wall_seconds,
             "images_per_second": images_per_it * (T - self.start_iteration) / self.train_seconds

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from prcl.config import Config
+from prcl.config import Config, ConfigError
 from prcl.engine.reliability import ReliabilityProbe
 from prcl.losses.segmentation import supervised_loss
 
@@ -72,6 +72,7 @@ class Method(nn.Module):
     uses_unlabeled = False  # needs the unlabeled stream
     strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
     loss_scale = 1.0  # every loss term, the contrast included, is multiplied by it (the module docstring)
+    reported_model = "teacher"  # with a teacher: the model its authors report and keep the best checkpoint of
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
@@ -100,6 +101,18 @@ class Method(nn.Module):
         """Class prototypes the method keeps, `{kind: [C, D]}` with NaN rows for classes it has none of
         (prototype trajectories, Fig. 8); empty for methods without prototypes."""
         return {}
+
+
+def evaluated_model(cfg: Config) -> str:
+    """"student" or "teacher": the model whose mIoU a run reports and `best.pt` follows (`eval.model`; `auto`
+    = the method's authors' choice, `Method.reported_model`). Methods without a teacher: the student."""
+    method = METHODS[cfg.method.name]
+    if not method.uses_teacher:
+        if cfg.eval.model == "teacher":
+            raise ConfigError(f"eval.model=teacher, but method.name={cfg.method.name} trains no teacher; "
+                              "use eval.model=auto or student")
+        return "student"
+    return method.reported_model if cfg.eval.model == "auto" else cfg.eval.model
 
 
 def build_method(cfg: Config, num_classes: int) -> Method:

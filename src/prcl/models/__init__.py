@@ -36,9 +36,12 @@ def build_model(cfg: Config, num_classes: int) -> SegmentationModel:
     )
     encoder = dict(pretrained=m.pretrained, weights=m.weights, backbone_widths=m.backbone_channels)
     if m.decoder == "dpt":
-        return DPT(num_classes, m.backbone, features=m.dpt_features, **encoder, **heads)
-    return DeepLabV3Plus(num_classes, m.backbone, output_stride=m.output_stride, aspp_channels=m.aspp_channels,
-                         low_level_channels=m.low_level_channels, **encoder, **heads)
+        model: SegmentationModel = DPT(num_classes, m.backbone, features=m.dpt_features, **encoder, **heads)
+    else:
+        model = DeepLabV3Plus(num_classes, m.backbone, output_stride=m.output_stride, aspp_channels=m.aspp_channels,
+                              low_level_channels=m.low_level_channels, **encoder, **heads)
+    model.shared_channel_mask = m.complementary_mask == "shared"
+    return model
 
 
 __all__ = ["DPT", "DeepLabV3Plus", "ProbabilityHead", "SegmentationModel", "build_model"]

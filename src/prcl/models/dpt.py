@@ -139,7 +139,6 @@ class DPT(SegmentationModel):
             self.backbone = create_vit_encoder(backbone, pretrained=pretrained, weights=weights,
                                                **(backbone_kwargs or {}))
             self.size_multiple = self.backbone.patch_size
-            self.shared_channel_mask = True  # one mask of width D for all four layers, as UniMatch V2
             scales, widths = VIT_RESIZE, DPT_WIDTHS[vit_arch(backbone)]
         else:
             if backbone_kwargs:

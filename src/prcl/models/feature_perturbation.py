@@ -14,24 +14,31 @@ import torch
 
 
 def complementary_channel_masks(pairs: int, channels: Sequence[int], *, kept_fraction: float = 0.5,
-                                device: Optional[torch.device] = None) -> list[torch.Tensor]:
+                                shared: bool = True, device: Optional[torch.device] = None) -> list[torch.Tensor]:
     """Masks for a batch laid out as [view 1 of `pairs` images; view 2 of the same images], one `[2·pairs, C]`
     mask per feature level of width C in `channels`.
 
     Row i (view 1 of image i) has entries drawn from {0, 2} with probability ½ each; row pairs + i (view 2)
     has 2 − that, so the two views drop complementary channels and each mask keeps the expected scale
     (E = 1). A random ⌊pairs·kept_fraction⌋ of the images (shared by all levels) keep every channel:
-    mask 1 in both views. UniMatch V2 uses one level (every ViT layer has the same width) and
-    kept_fraction = 0.5."""
+    mask 1 in both views. `shared`: one draw for all levels, as wide as the widest, each level taking its
+    first C channels (UniMatch V2: one mask for its four ViT layers, all of one width); otherwise an
+    independent draw per level. UniMatch V2 uses kept_fraction = 0.5."""
     if pairs < 1:
         raise ValueError(f"complementary dropout needs two views of at least one image, got {pairs} pairs")
     kept = torch.randperm(pairs, device=device)[: int(pairs * kept_fraction)]
-    masks = []
-    for width in channels:
+
+    def draw(width: int) -> torch.Tensor:  # [pairs, width] of view 1
         first = 2.0 * torch.randint(0, 2, (pairs, width), device=device, dtype=torch.float32)
         first[kept] = 1.0
-        masks.append(torch.cat([first, 2.0 - first]))
-    return masks
+        return first
+
+    if shared:
+        one = draw(max(channels))
+        firsts = [one[:, :width] for width in channels]
+    else:
+        firsts = [draw(width) for width in channels]
+    return [torch.cat([first, 2.0 - first]) for first in firsts]
 
 
 def apply_channel_mask(feature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

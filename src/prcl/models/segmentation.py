@@ -94,9 +94,9 @@ class SegmentationModel(nn.Module):
 
     size_multiple: int = 1
     """Input sides must be multiples of this (a ViT's patch size); `predict_logits` pads to it."""
-    shared_channel_mask: bool = False
-    """Complementary dropout: True = one mask for all encoder levels (UniMatch V2's ViT: equal widths),
-    False = one mask per level."""
+    shared_channel_mask: bool = True
+    """Complementary dropout: one mask draw for all encoder levels (UniMatch V2), or one per level
+    (`model.complementary_mask`, set by `build_model`)."""
 
     def _init_input_normalization(self, backbone: str) -> None:
         # Inputs arrive normalised with ImageNet statistics; a backbone trained with others (TF's
@@ -135,11 +135,8 @@ class SegmentationModel(nn.Module):
         if batch % 2:
             raise ValueError(f"complementary dropout needs [view 1; view 2] rows, got an odd batch of {batch}")
         widths = [f.shape[1] for f in features]
-        if self.shared_channel_mask:
-            if len(set(widths)) != 1:
-                raise ValueError(f"one channel mask for all levels needs equal widths, got {widths}")
-            return complementary_channel_masks(batch // 2, widths[:1], device=features[0].device) * len(widths)
-        return complementary_channel_masks(batch // 2, widths, device=features[0].device)
+        return complementary_channel_masks(batch // 2, widths, shared=self.shared_channel_mask,
+                                           device=features[0].device)
 
     def fused_feature(self, x: torch.Tensor, feature_dropout: float = 0.0,
                       complementary_dropout: bool = False) -> torch.Tensor:
