@@ -7,6 +7,7 @@ the markdown table is rewritten after every run, so it fills in as results arriv
 
     python benchmarks/paper_tables.py --tables 1 4 8 7 tau sigma --fractions 1_64 1_16 --seeds 0 1 2 --tau-seeds 0
     python benchmarks/paper_tables.py --tables 15 --fractions 1_64 1_16 --seeds 0 1 2   # FixMatch / UniMatch V1, V2 (+PRCL)
+    python benchmarks/paper_tables.py --tables 27 27r --fractions 1_64 --iterations 400   # the recipes carried by rules
     python benchmarks/paper_tables.py --tables gap --fractions 1_16 --seeds 0 --iterations 2400 \
         --runs benchmarks/runs_gap --out benchmarks/results/dataset_gap.md --title "..."
 """
@@ -32,6 +33,7 @@ import torch
 
 from prcl.analysis.collect import SIGMA_AUROCS
 from prcl.config import Config
+from prcl.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -61,7 +63,10 @@ TITLES = {"1": "Table 1 — methods", "4": "Table 4 — representation quality (
           "13": "Issue #13 — the probabilistic contrast: forms and options (gradient diagnostics)",
           "19": "Issue #19 — σ² options and pseudo-label noise (reliability diagnostics)",
           "19r": "Issue #19 — class-dependent pseudo-label noise: flips to the teacher's second choice",
-          "lambda": "Issue #19 — the contrast's weight λc0, judged on both benchmarks"}
+          "lambda": "Issue #19 — the contrast's weight λc0, judged on both benchmarks",
+          "19a": "Issue #27 — which part of PRCL is robust to class-dependent noise: Table 8's rows at p = 0 and 0.4",
+          "27": "Issue #27 — each rule that carries an authors' recipe into the miniature, measured on its own",
+          "27r": "Issue #27 — the methods with their authors' recipes carried by the rules"}
 SPREAD_VNS = ["method.contrastive.vn.source=empirical", "method.contrastive.vn.scale=std"]
 RELIABLE_PRCL = ["method.name=prcl", "model.prob_final_norm=false", "optim.prob_head_lr_scale=0.2", *SPREAD_VNS]
 """PRCL with the issue #19 options: σ² head without the final BatchNorm at lr·T ≈ the paper's, VNs drawn
@@ -98,6 +103,66 @@ LAMBDA_ROWS = {  # table "lambda": ClassMix and the contrasts on it, at the defa
 TABLE1_METHODS = ("supervised", "mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 TABLE15_METHODS = ("supervised", "classmix", "prcl", "fixmatch", "unimatch", "unimatch_prcl", "unimatch_v2",
                    "unimatch_v2_prcl")  # the first 3 = Table 1's runs
+ABLATION_NOISE_ROWS = {  # table 19a: Table 8's rows (and Baseline+, memory without PR) under class-dependent noise
+    "baseline": ["method.name=baseline"], "+PR": ["method.name=baseline", "method.contrastive.pr=true"],
+    "+PR+GDP": ["method.name=prcl", "method.contrastive.vn.enabled=false"], "prcl": ["method.name=prcl"],
+    "baseline_plus": ["method.name=baseline_plus"]}
+
+# Issue #27: the rules that carry each authors' recipe into the miniature (400 iterations of a small model on the
+# built-in set). Each is a scale-down rule or the authors' own setting, stated once here and in docs/reproduce.md;
+# none is chosen by its val score.
+AUTHORS_RUN_ITERATIONS = {  # the run each method's EMA decay was made for (VOC classic, fewest labels)
+    **dict.fromkeys(("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl"), 80_000),  # PRCL: 80k at 0.99
+    **dict.fromkeys(("unimatch_v2", "unimatch_v2_prcl"), 39_300),  # V2: 60 epochs × ⌊10,490 / 16⌋ at 0.996
+}
+RECIPE_COLOR_JITTER = 0.8  # every recipe's: the PRCL release (rand > 0.2), UniMatch and UniMatch V2 (random() < 0.8)
+
+
+def ema_horizon_rule(method: str) -> list[str]:
+    """The teacher lags the same fraction of the run as in the authors' run (`method.ema_reference_iterations`)."""
+    reference = AUTHORS_RUN_ITERATIONS.get(method) if METHODS[method].uses_teacher else None
+    return [f"method.ema_reference_iterations={reference}"] if reference else []
+
+
+def loss_scale_rule(method: str) -> list[str]:
+    """Under SGD a loss scale is an lr scale: a method trained on s·L (FixMatch/UniMatch/V2: s = 1/2) gets the
+    miniature's lr / s, so every method takes the same step on its supervised loss. (UniMatch V2's authors use
+    AdamW, which ignores the scale; their lr is made for a DINOv2 ViT and cannot be carried to this CNN.)"""
+    scale = METHODS[method].loss_scale
+    if scale == 1.0:
+        return []
+    optim = Config().optim
+    return [f"optim.lr={optim.lr / scale:g}", f"optim.prob_head_lr={optim.prob_head_lr / scale:g}"]
+
+
+def color_jitter_rule(method: str) -> list[str]:
+    """The recipes' colour-jitter probability on the strong views (the demo keeps 0.5)."""
+    return [f"data.color_jitter={RECIPE_COLOR_JITTER}"] if METHODS[method].uses_unlabeled else []
+
+
+RECIPE_RULES = {"EMA horizon": ema_horizon_rule, "lr ÷ loss scale": loss_scale_rule,
+                "colour jitter 0.8": color_jitter_rule}
+RULE_ROWS = {  # table 27: each rule on its own (the row without a rule is the plain method)
+    "classmix": ("EMA horizon", "colour jitter 0.8"), "fixmatch": ("lr ÷ loss scale",),
+    "unimatch": ("lr ÷ loss scale",),
+    "unimatch_v2": ("EMA horizon", "lr ÷ loss scale", "colour jitter 0.8"),
+}
+PER_LEVEL_MASKS = ["model.complementary_mask=per_level"]  # UniMatch V2's masks before issue #27 (shared: its code)
+
+
+def recipe_overrides(method: str) -> list[str]:
+    """`method.name` and every rule of RECIPE_RULES that applies to it (table 27r)."""
+    return [f"method.name={method}", *(o for rule in RECIPE_RULES.values() for o in rule(method))]
+
+
+PUBLISHED_VOC92 = {  # mIoU at 92 VOC labels, each from its authors' paper (Kendall's τ of table 27r)
+    "supervised": 52.38,  # PRCL paper, Table 1 (UniMatch's SupBaseline: 45.1)
+    "classmix": 63.83,  # PRCL paper, Table 1
+    "fixmatch": 63.9,  # UniMatch paper, Table 1 (its re-implementation)
+    "prcl": 70.23,  # PRCL paper, Table 1
+    "unimatch": 75.2,  # UniMatch README (ResNet-101)
+    "unimatch_v2": 86.3,  # UniMatch V2 README (DINOv2-B)
+}
 
 
 def experiments(tables: list[str], fractions: list[str], temperatures: list[float],
@@ -119,6 +184,16 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
         if "lambda" in tables:  # the same run names as Table 1's rows, so those runs are shared
             out += [Experiment("lambda", r, frac, o) for r, o in LAMBDA_ROWS.items()
                     if frac == fractions[0] or "λc0" not in r]  # the lower weight at the first fraction only
+        if "27" in tables:  # each rule on its own, beside its method as it was
+            for method, rules in RULE_ROWS.items():
+                plain = [f"method.name={method}"] + (PER_LEVEL_MASKS if method == "unimatch_v2" else [])
+                out.append(Experiment("27", method + (", per-level masks (before)" if method == "unimatch_v2" else ""),
+                                      frac, plain))
+                if method == "unimatch_v2":
+                    out.append(Experiment("27", f"{method}, shared masks (its code)", frac, [f"method.name={method}"]))
+                out += [Experiment("27", f"{method}, {rule}", frac, plain + RECIPE_RULES[rule](method)) for rule in rules]
+        if "27r" in tables:
+            out += [Experiment("27r", m, frac, recipe_overrides(m)) for m in TABLE15_METHODS]
         if "4" in tables:  # representation quality of the Table 1 runs (prcl analyze)
             out += [Experiment("4", m, frac, [f"method.name={m}"]) for m in ("supervised", "baseline", "prcl")]
         if frac != fractions[0]:  # the ablations (Tables 8, 7, τ) run at the first fraction only
@@ -130,6 +205,10 @@ def experiments(tables: list[str], fractions: list[str], temperatures: list[floa
             out += [Experiment("19r", f"{row}, p={p:g}", frac, NOISE_ROWS[row] + (
                         [f"method.pseudo_label_noise={p}", "method.pseudo_label_noise_kind=runner_up"] if p else []))
                     for p in RUNNER_UP_NOISE_LEVELS for row in RUNNER_UP_NOISE_ROWS]
+        if "19a" in tables:  # which component carries PRCL's robustness (issue #27)
+            out += [Experiment("19a", f"{row}, p={p:g}", frac, o + (
+                        [f"method.pseudo_label_noise={p}", "method.pseudo_label_noise_kind=runner_up"] if p else []))
+                    for p in RUNNER_UP_NOISE_LEVELS for row, o in ABLATION_NOISE_ROWS.items()]
         if "8" in tables:
             rows = {
                 "baseline": ["method.name=baseline"],
@@ -383,6 +462,38 @@ def noise_summary(exps: list[Experiment], seeds: list[int], args: argparse.Names
     return lines + ["", f"![mIoU against p]({args.out.with_suffix('.png').name})", ""]
 
 
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's τ-a of two score lists over the same items: (concordant − discordant pairs) / all pairs."""
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    sign = [(a[i] - a[j]) * (b[i] - b[j]) for i, j in pairs]
+    return (sum(x > 0 for x in sign) - sum(x < 0 for x in sign)) / len(pairs)
+
+
+def ranking_summary(exps: list[Experiment], seeds: list[int], args: argparse.Namespace) -> list[str]:
+    """The miniature's order of the methods that have a published VOC-92 number, against that number
+    (PUBLISHED_VOC92): Kendall's τ, over all of them and over the strong baselines (FixMatch, UniMatch, V2)."""
+    means = {}
+    for e in exps:
+        method = e.overrides[0].removeprefix("method.name=")
+        values = _seed_mious(e, seeds, args)
+        if method in PUBLISHED_VOC92 and values:
+            means[method] = 100 * statistics.mean(values)
+    if len(means) < 2:
+        return []
+    order = sorted(means, key=means.get)
+    lines = ["### The miniature's ranking against the published one (VOC classic, 92 labels)", "",
+             "| method | miniature (mean) | published VOC-92 |", "| --- | --- | --- |"]
+    lines += [f"| {m} | {means[m]:.2f} | {PUBLISHED_VOC92[m]:.2f} |" for m in order]
+    methods = list(means)
+    tau = kendall_tau([means[m] for m in methods], [PUBLISHED_VOC92[m] for m in methods])
+    lines += ["", f"Kendall's τ over {len(methods)} methods: **{tau:+.2f}** (1 = the published order)."]
+    strong = [m for m in ("fixmatch", "unimatch", "unimatch_v2") if m in means]
+    if len(strong) > 1:
+        tau_strong = kendall_tau([means[m] for m in strong], [PUBLISHED_VOC92[m] for m in strong])
+        lines.append(f"Over the strong baselines ({', '.join(strong)}): **{tau_strong:+.2f}**.")
+    return lines + [""]
+
+
 def _shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
@@ -405,27 +516,33 @@ def write_table(exps: list[Experiment], seeds: list[int], args: argparse.Namespa
         if table == "13":
             lines += gradient_table([x for x in exps if x.table == table], seeds, args)
             continue
-        if table in ("19", "19r", "lambda"):
+        if table in ("19", "19r", "19a", "lambda"):
             lines += reliability_table([x for x in exps if x.table == table], seeds, args)
             if table != "lambda":  # the noise tables also read mIoU against p
                 lines += noise_summary([x for x in exps if x.table == table], seeds, args)
             continue
-        lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | runs | s / iteration | method state |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## {TITLES[table]}", "", "| row | labels | mIoU (%) | student / teacher (%) | runs | s / iteration "
+                  "| method state |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for e in (x for x in exps if x.table == table):
-            mious, secs, state = [], [], None
+            mious, by_model, secs, state = [], {}, [], None
             row_seeds = e.seeds or seeds
             for s in row_seeds:
                 run = args.runs / f"{e.name}-s{s}"
                 if (run / "summary.json").is_file():
                     summ = json.loads((run / "summary.json").read_text())
                     mious.append(summ["miou"])
+                    for model, miou in summ.get("miou_by_model", {}).items():
+                        by_model.setdefault(model, []).append(miou)
                     secs.append(summ["wall_seconds"] / summ["iterations"])
                     state = method_state_bytes(run)
             sec = f"{statistics.mean(secs):.3f}" if secs else "–"
             mem = "–" if state is None else f"{state / 1024:.1f} KiB"
-            lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {len(mious)}/{len(row_seeds)} | {sec} | {mem} |")
+            both = (f"{_fmt(by_model['student'])} / {_fmt(by_model['teacher'])}" if "teacher" in by_model else "–")
+            lines.append(f"| {e.row} | {e.fraction} | {_fmt(mious)} | {both} | {len(mious)}/{len(row_seeds)} | {sec} "
+                         f"| {mem} |")
         lines.append("")
+        if table == "27r":
+            lines += ranking_summary([x for x in exps if x.table == table], seeds, args)
     args.out.write_text("\n".join(lines))
 
 
