@@ -147,9 +147,8 @@ def test_predict_runs_the_real_model_on_grey_rgba_16_bit_and_small_images(checkp
 def reference_logits(model: torch.nn.Module, image: np.ndarray, crop: int = 0, stride: int = 0) -> torch.Tensor:
     """`[C, H, W]` logits of `model` for an RGB uint8 image, written out here: ImageNet normalisation, then one
     forward, or (crop > 0) the mean over crop² windows at multiples of `stride` plus one flush with the far side."""
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    x = ((torch.from_numpy(image).permute(2, 0, 1).double() / 255 - mean[:, None, None]) / std[:, None, None])[None]
-    x = x.float()
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = ((torch.from_numpy(image).permute(2, 0, 1).double() / 255 - mean) / std)[None].float()  # [1, 3, H, W]
     if not crop:
         return model(x)["logits"][0]
     h, w = image.shape[:2]
