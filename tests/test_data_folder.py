@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,3 +83,37 @@ def test_missing_class_file_is_named(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "images" / "x.png")
     with pytest.raises(DataError, match=r"no classes.yaml \(or .yml/.json\) under"):
         dataset_info("folder", tmp_path)
+
+
+def test_16_bit_masks_through_the_training_loaders(tmp_path):
+    """16-bit PNG masks (mode I;16) reach training through `SegmentationDataset` with their values: the val
+    set whole, the labeled loader's crops (rows of one value each, so the 16-px crop and the flip keep every
+    row). A mask holding 258 (2, a valid class, if cut to 8 bits) is refused, naming the file, by both."""
+    from prcl.config import load_config
+    from prcl.data.loaders import build_train_data
+
+    root = make_folder(tmp_path / "data", ["a.png", "b.png"])
+    rows = np.array([0, 1, 2, 255] * 4, np.uint16)  # the 16 rows of a 24×16 fixture image
+    values = np.repeat(rows[:, None], 24, axis=1)
+    for name in ("a", "b"):
+        Image.fromarray(values).save(root / "masks" / f"{name}.png")
+    with Image.open(root / "masks" / "a.png") as img:
+        assert img.mode == "I;16"
+    cfg = load_config(None, ["data.dataset=folder", f"data.root={root}", "data.labeled_split=labeled",
+                             "data.unlabeled_split=null", "data.val_split=labeled", "data.crop_size=16",
+                             "data.scale_range=[1.0,1.0]", "data.batch_size=2"])
+    data = build_train_data(cfg, with_unlabeled=False)
+    for i in range(2):
+        np.testing.assert_array_equal(data.val[i]["mask"].numpy(), values)
+    batch = next(iter(data.labeled))
+    np.testing.assert_array_equal(batch["mask"].numpy(), np.broadcast_to(rows[:, None], (2, 16, 16)))
+
+    bad = values.copy()
+    bad[3, 5] = 258
+    Image.fromarray(bad).save(root / "masks" / "b.png")
+    message = rf"mask {re.escape(str(root / 'masks' / 'b.png'))} has label value 258 > 255"
+    data = build_train_data(cfg, with_unlabeled=False)
+    with pytest.raises(DataError, match=message):
+        data.val[1]
+    with pytest.raises(DataError, match=message):
+        next(iter(data.labeled))

@@ -144,6 +144,66 @@ def test_predict_runs_the_real_model_on_grey_rgba_16_bit_and_small_images(checkp
     assert np.array_equal(masks["rgba"], masks["grey"]) and np.array_equal(masks["deep"], masks["grey"])
 
 
+def reference_logits(model: torch.nn.Module, image: np.ndarray, crop: int = 0, stride: int = 0) -> torch.Tensor:
+    """`[C, H, W]` logits of `model` for an RGB uint8 image, written out here: ImageNet normalisation, then one
+    forward, or (crop > 0) the mean over crop² windows at multiples of `stride` plus one flush with the far side."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = ((torch.from_numpy(image).permute(2, 0, 1).double() / 255 - mean) / std)[None].float()  # [1, 3, H, W]
+    if not crop:
+        return model(x)["logits"][0]
+    h, w = image.shape[:2]
+    total, count = torch.zeros(model.seg_head[-1].out_channels, h, w), torch.zeros(h, w)
+    for y in sorted({*range(0, h - crop + 1, stride), h - crop}):
+        for x0 in sorted({*range(0, w - crop + 1, stride), w - crop}):
+            total[:, y:y + crop, x0:x0 + crop] += model(x[..., y:y + crop, x0:x0 + crop])["logits"][0]
+            count[y:y + crop, x0:x0 + crop] += 1
+    return total / count
+
+
+@torch.no_grad()
+def test_predict_writes_the_checkpoint_models_own_argmax(checkpoint, tmp_path):
+    """The masks `prcl predict` writes are the argmax of the checkpoint's evaluated network (the teacher) run
+    here: whole-image and 48² windows at stride 16. The teacher's last layer is made random on standardised
+    features, so its prediction varies over the image and differs from the student's; pixels whose two best
+    logits lie within 1e-3 (float rounding could order them either way) are left out, and they are few."""
+    from PIL import Image
+
+    from prcl import inference
+    from prcl.config import from_dict
+    from prcl.models import build_model
+
+    state = load_checkpoint(checkpoint)
+    teacher = build_model(from_dict(state["config"]), state["num_classes"])
+    teacher.rep_head = teacher.prob_head = None
+    teacher.load_state_dict(state["teacher"])
+    teacher.eval()
+    image = np.random.default_rng(1).integers(0, 256, (52, 72, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    hidden = []
+    hook = teacher.seg_head[-1].register_forward_hook(lambda module, args, out: hidden.append(args[0]))
+    reference_logits(teacher, image)
+    hook.remove()
+    features = hidden[0][0].flatten(1)  # [hidden, h·w], the last layer's input
+    mean, std = features.mean(1), features.std(1) + 1e-3
+    w = torch.randn(state["num_classes"], len(mean), generator=torch.Generator().manual_seed(0)) / std
+    state["teacher"]["seg_head.1.weight"] = w[:, :, None, None]  # logits = w (f - mean)
+    state["teacher"]["seg_head.1.bias"] = -w @ mean
+    teacher.load_state_dict(state["teacher"])
+    written = {}
+    for mode, crop, stride in (("whole", 0, 0), ("sliding", 48, 16)):
+        state["config"]["eval"].update(mode=mode, crop_size=48, stride=16)
+        save_checkpoint(state, tmp_path / f"{mode}.pt")
+        inference.predict_files(tmp_path / f"{mode}.pt", [tmp_path / "img.png"], tmp_path / mode, device="cpu")
+        written[mode] = _written(tmp_path / mode, "img")
+        logits = reference_logits(teacher, image, crop, stride)
+        top2 = logits.topk(2, dim=0).values
+        sure = (top2[0] - top2[1] > 1e-3).numpy()
+        expected = logits.argmax(0).numpy()
+        assert sure.mean() > 0.99 and np.bincount(expected.ravel()).max() < 0.5 * expected.size, mode  # varied
+        assert written[mode].shape == expected.shape and np.array_equal(written[mode][sure], expected[sure]), mode
+    assert (written["whole"] != written["sliding"]).mean() > 0.1  # the windows change the prediction
+
+
 def test_an_image_beyond_16_bits_is_refused_naming_it(tmp_path):
     from PIL import Image
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from prcl.analysis.collect import RunData, collect_val, student_outputs
 from prcl.config import ConfigError, load_config
@@ -162,6 +163,57 @@ def test_dpt_shapes_and_head_rows(backbone, fused_size):
     assert set(model(x, heads=False)) == {"logits", "fused"}
     fp = model(x, feature_dropout=0.5, heads=False)
     assert fp["logits"].shape == fp["logits_fp"].shape == (4, 3, *x.shape[2:]) and fp["fused"].shape[0] == 4
+
+
+def reference_dpt(model: DPT, features: list[torch.Tensor], size: tuple[int, int],
+                  scales: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fused, logits) of DPT (Ranftl et al.; UniMatch V2's `DPTHead`) written out in float64 from the model's
+    parameters: reassemble (1×1 conv, resample by `scales`, 3×3 conv without bias), RefineNet fusion from
+    the coarsest map (x + unit(skip), unit, bilinear with aligned corners to the next finer map's size, ×2
+    after the finest, 1×1 conv), then Conv3×3-ReLU-Conv1×1 and bilinear upsampling to the input `size`."""
+    dec = model.decoder
+
+    def conv(x, layer, **kw):
+        bias = None if layer.bias is None else layer.bias.double()
+        return F.conv2d(x, layer.weight.double(), bias, **kw)
+
+    def unit(u, x):  # residual conv unit: x + conv2(relu(conv1(relu(x))))
+        return x + conv(F.relu(conv(F.relu(x), u.conv1, padding=1)), u.conv2, padding=1)
+
+    maps = []
+    for f, scale, project, resize, rn in zip(features, scales, dec.projects, dec.resize, dec.layer_rn):
+        x = conv(f.double(), project)
+        if scale > 1:
+            x = F.conv_transpose2d(x, resize.weight.double(), resize.bias.double(), stride=int(scale))
+        elif scale < 1:
+            x = conv(x, resize, stride=2, padding=1)
+        maps.append(conv(x, rn, padding=1))
+    x = maps[3]
+    for level in (3, 2, 1, 0):
+        block = dec.refine[level]
+        if level < 3:
+            x = x + unit(block.skip_unit, maps[level])
+        x = unit(block.unit, x)
+        target = maps[level - 1].shape[-2:] if level else tuple(2 * n for n in maps[0].shape[-2:])
+        x = conv(F.interpolate(x, size=target, mode="bilinear", align_corners=True), block.project)
+    logits = conv(F.relu(conv(x, model.seg_head[0], padding=1)), model.seg_head[2])
+    return x, F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("backbone, scales", [(VIT, (4.0, 2.0, 1.0, 0.5)), ("efficientnet_lite0", (1.0,) * 4)])
+def test_dpt_matches_a_hand_written_forward(backbone, scales):
+    """The fused feature and the logits equal a float64 DPT forward written in the test, on the encoder
+    features the decoder received (a ViT's four stride-14 maps resampled ×4, ×2, ×1, ½; a CNN's pyramid as is)."""
+    torch.manual_seed(0)
+    model = tiny_model("dpt", backbone).eval()
+    x = torch.randn(2, 3, 42, 56) if backbone == VIT else torch.randn(2, 3, 32, 64)
+    received = []
+    model.backbone.register_forward_hook(lambda module, args, out: received.extend(out))
+    with torch.no_grad():
+        out = model(x, heads=False)
+        fused, logits = reference_dpt(model, received, x.shape[-2:], scales)
+    torch.testing.assert_close(out["fused"].double(), fused, rtol=1e-4, atol=1e-5 * fused.abs().max().item())
+    torch.testing.assert_close(out["logits"].double(), logits, rtol=1e-4, atol=1e-5 * logits.abs().max().item())
 
 
 @pytest.mark.parametrize("decoder, backbone", [("dpt", VIT), ("dpt", "efficientnet_lite0"),
