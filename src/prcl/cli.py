@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
-
-import os
 
 from prcl.analysis.cli import add_analyze_command
 from prcl.analysis.errors import AnalysisError
@@ -57,11 +56,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, overrides)
     if not args.resume and not args.overwrite and args.config is None and not any(o.startswith("name=") for o in overrides):
         _free_run_name(cfg)
-    print(f"run directory: {cfg.run_dir}  (method {cfg.method.name}, {cfg.train.iterations} iterations)")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, one process speaks
+    if main:
+        print(f"run directory: {cfg.run_dir}  (method {cfg.method.name}, {cfg.train.iterations} iterations)")
     summary = train(cfg, resume=bool(args.resume), force=args.force, overwrite=args.overwrite)
     of = f" of the {summary['evaluated_model']}" if len(summary["miou_by_model"]) > 1 else ""
-    print(f"done: mIoU {100 * summary['miou']:.2f} (best {100 * summary['best_miou']:.2f}){of} in "
-          f"{summary['wall_seconds']:.0f} s; results in {cfg.run_dir}")
+    if main:
+        print(f"done: mIoU {100 * summary['miou']:.2f} (best {100 * summary['best_miou']:.2f}){of} in "
+              f"{summary['wall_seconds']:.0f} s; results in {cfg.run_dir}")
     return 0
 
 
