@@ -1,7 +1,8 @@
 """Two gloo processes on CPU train like one: identical weights and prototypes on both ranks, the
 distributed evaluation counts the same pixels as the single-process evaluation of the same checkpoint,
 one step of the two-process trainer on the halves of a batch equals one single-process step on the whole
-batch, and with one unlabeled image per process every image is mixed with the other process's image."""
+batch, and with one or two unlabeled images per process each image is mixed with its partner in the global
+batch, for each strong view's shift. Every spawn has a deadline (`spawn.spawn_with_deadline`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from conftest import tiny_config
+from spawn import spawn_with_deadline
 
 
 def _free_port() -> int:
@@ -53,50 +54,75 @@ def _init(rank: int, world: int, port: int) -> None:
 
 
 MIX_KINDS = ("classmix", "cutmix", "cutmix_unimatch")
+MIX_BATCHES = (1, 2)  # unlabeled images per process: global batches of 2 and 4
+VIEWS = 2  # strong views, as UniMatch: shifts 1, 1 at N = 2 and 1, 2 at N = 4
+
+
+def mix_inputs(batch: int, rank: int) -> dict[str, torch.Tensor]:
+    """This process's `batch` unlabeled images: global image g = rank·B + i is constant g (+ noise), its
+    pseudo-label has the classes 0 and 1 + g, its truth map is 10 + g."""
+    g = torch.Generator().manual_seed(100 * batch + rank)
+    index = (rank * batch + torch.arange(batch)).view(-1, 1, 1)
+    pseudo = torch.zeros(batch, 16, 16, dtype=torch.long)
+    pseudo[:, :, 8:] = 1 + index
+    return {"image": index[:, None].float() + 0.01 * torch.rand(batch, 3, 16, 16, generator=g), "pseudo": pseudo,
+            "confidence": torch.rand(batch, 16, 16, generator=g), "truth": (10 + index).expand(batch, 16, 16)}
 
 
 def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
-    """One unlabeled image per process: image r is constant r (+ noise), two classes in its pseudo-label."""
+    """Each kind at each batch size, for each view's partner shift (`partner_shifts` of the global batch)."""
     _init(rank, world, port)
-    from prcl.data.mixing import mix_masks, mix_strong_view
+    from prcl.data.mixing import mix_masks, mix_strong_view, partner_shifts
+    from prcl.engine.distributed import world_size
 
-    g = torch.Generator().manual_seed(rank)
-    image = rank + 0.01 * torch.rand(1, 3, 16, 16, generator=g)
-    pseudo = torch.zeros(1, 16, 16, dtype=torch.long)
-    pseudo[:, :, 8:] = 1 + rank
-    confidence = torch.rand(1, 16, 16, generator=g)
-    result = {"image": image, "pseudo": pseudo, "confidence": confidence}
-    for kind in MIX_KINDS:
-        torch.manual_seed(3)  # the same mask draw twice: once to see it, once inside mix_strong_view
-        mask = mix_masks(kind, pseudo)
-        torch.manual_seed(3)
-        view = mix_strong_view(kind, image, pseudo, confidence)
-        result[kind] = {"mask": mask, "image": view.image, "pseudo": view.pseudo, "confidence": view.confidence,
-                        "stats": view.stats}
+    result = {}
+    for batch in MIX_BATCHES:
+        x = mix_inputs(batch, rank)
+        shifts = partner_shifts(batch * world_size(), VIEWS)  # as FixMatch/UniMatch compute them
+        result[batch] = {"shifts": shifts}
+        for kind in MIX_KINDS:
+            for shift in shifts:
+                torch.manual_seed(3 + shift)  # the same mask draw twice: once to see it, once inside mix_strong_view
+                mask = mix_masks(kind, x["pseudo"])
+                torch.manual_seed(3 + shift)
+                view = mix_strong_view(kind, x["image"], x["pseudo"], x["confidence"], x["truth"], shift=shift)
+                result[batch][f"{kind}@{shift}"] = {"mask": mask, "image": view.image, "pseudo": view.pseudo,
+                                              "confidence": view.confidence, "truth": view.aligned[0],
+                                              "stats": view.stats}
     torch.save(result, f"{out}/mix{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_with_one_unlabeled_image_per_process_the_partner_is_the_other_process_image(tmp_path):
-    """Where the mask says "partner", every mixed image holds the other process's pixels (image, pseudo-label
-    and confidence together), never its own; where it says "own", its own. `mix/from_other_image` is 1."""
-    mp.start_processes(_mix_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+def test_each_image_is_mixed_with_image_g_minus_shift_of_the_global_batch(tmp_path):
+    """Two processes with 1 and with 2 unlabeled images each: where the mask says "partner", global image g
+    holds the pixels of global image g − k (mod N) for its view's shift k (1 and 2 at N = 4), image,
+    pseudo-label, confidence and truth together, never its own; where it says "own", its own.
+    `mix/from_other_image` is 1."""
+    spawn_with_deadline(_mix_worker, (2, _free_port(), str(tmp_path)), timeout=120)
     ranks = [torch.load(tmp_path / f"mix{r}.pt", weights_only=True) for r in range(2)]
-    for r, own in enumerate(ranks):
-        other = ranks[1 - r]
-        for kind in MIX_KINDS:
-            mixed = own[kind]
-            partner = ~mixed["mask"]  # [1, H, W]
-            if kind != "cutmix_unimatch":  # UniMatch's box is there with p = 0.5; the others always paste
-                assert partner.any(), kind
-            for key in ("image", "pseudo", "confidence"):
-                want = torch.where(partner if key != "image" else partner[:, None], other[key], own[key])
-                assert torch.equal(mixed[key], want), (r, kind, key)
-            pasted = mixed["image"][partner[:, None].expand_as(mixed["image"])]
-            assert (pasted != own["image"][partner[:, None].expand_as(own["image"])]).all(), (r, kind)
-            if partner.any():
-                assert mixed["stats"]["mix/from_other_image"] == 1.0
-                assert mixed["stats"]["mix/pasted"] == pytest.approx(float(partner.float().mean()))
+    for batch in MIX_BATCHES:
+        n = 2 * batch
+        everyone = {k: torch.cat([v, mix_inputs(batch, 1)[k]]) for k, v in mix_inputs(batch, 0).items()}  # [N, ...]
+        assert ranks[0][batch]["shifts"] == ranks[1][batch]["shifts"] == ([1, 1] if n == 2 else [1, 2])
+        for r, rank in enumerate(ranks):
+            for kind in MIX_KINDS:
+                for shift in rank[batch]["shifts"]:
+                    mixed = rank[batch][f"{kind}@{shift}"]
+                    partner = ~mixed["mask"]  # [B, H, W]
+                    if kind != "cutmix_unimatch":  # UniMatch's box is there with p = 0.5; the others always paste
+                        assert partner.flatten(1).any(1).all(), (batch, kind, shift)
+                    for i in range(batch):
+                        g = r * batch + i
+                        where = (batch, r, i, kind, shift)
+                        for key in ("image", "pseudo", "confidence", "truth"):
+                            m = partner[i] if key != "image" else partner[i][None]
+                            want = torch.where(m, everyone[key][(g - shift) % n], everyone[key][g])
+                            assert torch.equal(mixed[key][i], want), (*where, key)
+                        own = everyone["image"][g][partner[i][None].expand(3, -1, -1)]
+                        assert (mixed["image"][i][partner[i][None].expand(3, -1, -1)] != own).all(), where
+                    if partner.any():
+                        assert mixed["stats"]["mix/from_other_image"] == 1.0
+                        assert mixed["stats"]["mix/pasted"] == pytest.approx(float(partner.float().mean()))
 
 
 def step_batch(num_classes: int = 8) -> dict[str, torch.Tensor]:
@@ -143,8 +169,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_global_batch(syn
     rank's BatchNorm normalises over its own half of the batch (no SyncBN on CPU; the trainer converts to
     SyncBN on CUDA), and dropout, augmentation and anchor sampling draw per-rank random streams, so the
     full 2-process training run is rank-consistent (test above) but not bit-for-bit a 1-process run."""
-    mp.start_processes(_step_worker, args=(2, _free_port(), str(synth_root), str(tmp_path)), nprocs=2,
-                       start_method="spawn", join=True)
+    spawn_with_deadline(_step_worker, (2, _free_port(), str(synth_root), str(tmp_path)), timeout=300)
     ranks = [torch.load(tmp_path / f"step{r}.pt", weights_only=True) for r in range(2)]
 
     from prcl.engine.trainer import Trainer
@@ -172,8 +197,7 @@ def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, meth
                  "data.max_val_images=7", "name=ddp", "train.log_every=1"]  # 7 val images: not divisible by 2
     if method == "prcl":  # an untrained teacher's one-class pseudo-labels give ClassMix nothing to paste
         overrides.append("method.mix=cutmix")
-    mp.start_processes(_worker, args=(2, _free_port(), str(synth_root), str(tmp_path), overrides), nprocs=2,
-                       start_method="spawn", join=True)
+    spawn_with_deadline(_worker, (2, _free_port(), str(synth_root), str(tmp_path), overrides), timeout=300)
     saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     a, b = saved[0]["state"], saved[1]["state"]
     for k in a:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from scipy.stats import multivariate_normal
 
 from prcl.probabilistic import (VAR_EPS, EMAPrototypes, GlobalDistributionPrototypes,
                                 class_natural_sums, contrastive_weight, local_prototype,
                                 mutual_likelihood_score, virtual_negatives)
+
+from spawn import spawn_with_deadline
 
 D = 6
 
@@ -216,14 +216,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
 def test_ddp_all_reduced_sums_give_identical_gdp_equal_to_the_union():
     with tempfile.TemporaryDirectory() as tmp:
         # fork: the children need no fresh torch import (seconds); the workers run tiny single-thread ops
-        ctx = mp.start_processes(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2,
-                                 join=False, start_method="fork")
-        deadline = time.monotonic() + 60
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                for proc in ctx.processes:
-                    proc.terminate()
-                pytest.fail("DDP workers did not finish within 60 s")
+        spawn_with_deadline(_ddp_worker, (2, os.path.join(tmp, "init"), tmp), timeout=60, start_method="fork")
         states = [torch.load(os.path.join(tmp, f"gdp{r}.pt")) for r in range(2)]
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key])

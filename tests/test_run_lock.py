@@ -5,6 +5,7 @@ a killed holder leaves no stale lock."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
                                f"lock = RunLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
+        ready, _, _ = select.select([holder.stdout], [], [], 60)  # a deadline on the child's first line
+        assert ready, "the lock holder printed nothing within 60 s"
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError, match=f"PID {holder.pid} "):
             RunLock(run).acquire()
