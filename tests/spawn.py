@@ -3,11 +3,19 @@ that never comes) fails its test with a clear message instead of hanging the sui
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Callable
 
 import pytest
 import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's process group (MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def spawn_with_deadline(fn: Callable[..., None], args: tuple = (), *, nprocs: int = 2, timeout: float = 300.0,

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 
 from conftest import tiny_config
-from spawn import spawn_with_deadline
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from spawn import free_port, spawn_with_deadline
 
 
 def _worker(rank: int, world: int, port: int, root: str, out: str, overrides: list[str]) -> None:
@@ -98,7 +91,7 @@ def test_each_image_is_mixed_with_image_g_minus_shift_of_the_global_batch(tmp_pa
     holds the pixels of global image g − k (mod N) for its view's shift k (1 and 2 at N = 4), image,
     pseudo-label, confidence and truth together, never its own; where it says "own", its own.
     `mix/from_other_image` is 1."""
-    spawn_with_deadline(_mix_worker, (2, _free_port(), str(tmp_path)), timeout=120)
+    spawn_with_deadline(_mix_worker, (2, free_port(), str(tmp_path)), timeout=120)
     ranks = [torch.load(tmp_path / f"mix{r}.pt", weights_only=True) for r in range(2)]
     for batch in MIX_BATCHES:
         n = 2 * batch
@@ -169,7 +162,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_global_batch(syn
     rank's BatchNorm normalises over its own half of the batch (no SyncBN on CPU; the trainer converts to
     SyncBN on CUDA), and dropout, augmentation and anchor sampling draw per-rank random streams, so the
     full 2-process training run is rank-consistent (test above) but not bit-for-bit a 1-process run."""
-    spawn_with_deadline(_step_worker, (2, _free_port(), str(synth_root), str(tmp_path)), timeout=300)
+    spawn_with_deadline(_step_worker, (2, free_port(), str(synth_root), str(tmp_path)), timeout=300)
     ranks = [torch.load(tmp_path / f"step{r}.pt", weights_only=True) for r in range(2)]
 
     from prcl.engine.trainer import Trainer
@@ -197,7 +190,7 @@ def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, meth
                  "data.max_val_images=7", "name=ddp", "train.log_every=1"]  # 7 val images: not divisible by 2
     if method == "prcl":  # an untrained teacher's one-class pseudo-labels give ClassMix nothing to paste
         overrides.append("method.mix=cutmix")
-    spawn_with_deadline(_worker, (2, _free_port(), str(synth_root), str(tmp_path), overrides), timeout=300)
+    spawn_with_deadline(_worker, (2, free_port(), str(synth_root), str(tmp_path), overrides), timeout=300)
     saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     a, b = saved[0]["state"], saved[1]["state"]
     for k in a:

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
 from conftest import TINY_MODEL
+from spawn import free_port, spawn_with_deadline
 
 DEADLINE_SECONDS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
@@ -45,15 +38,7 @@ def _train_worker(rank: int, world: int, port: int, root: str, out: str) -> None
 
 
 def _run_two_ranks(root: Path, out: Path) -> list[dict]:
-    context = mp.start_processes(_train_worker, args=(2, _free_port(), str(root), str(out)), nprocs=2,
-                                 start_method="spawn", join=False)
-    for _ in range(DEADLINE_SECONDS):
-        if context.join(timeout=1):
-            break
-    else:
-        for process in context.processes:
-            process.kill()
-        raise AssertionError(f"the two ranks did not finish within {DEADLINE_SECONDS} s (a rank waiting forever?)")
+    spawn_with_deadline(_train_worker, args=(2, free_port(), str(root), str(out)), timeout=DEADLINE_SECONDS)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
