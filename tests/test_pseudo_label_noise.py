@@ -4,14 +4,12 @@ and that each DDP rank flips its own pixels while rank 0 keeps the single-proces
 
 from __future__ import annotations
 
-import torch
-
 import pytest
+import torch
 
 from prcl import IGNORE_INDEX
 from prcl.config import WITHOUT_PSEUDO_LABELS, load_config
-from prcl.methods import METHODS, build_method
-from prcl.methods import pseudo_label_noise
+from prcl.methods import METHODS, build_method, pseudo_label_noise
 from prcl.methods.contrastive import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise, corrupt_pseudo_labels
 from prcl.methods.pseudo_labels import PseudoLabels, argmax_pseudo_labels
