@@ -467,9 +467,24 @@ def test_local_positive_with_gdp_virtual_negatives():
     var = torch.rand(2, 8, 5, 5) + 0.1
     labels = torch.randint(0, 4, (2, 5, 5))
     probs = torch.full((2, 4, 5, 5), 0.25)
-    loss, stats = loss_fn(mu, var, labels, torch.ones(2, 5, 5, dtype=torch.bool), probs)
+    valid = torch.ones(2, 5, 5, dtype=torch.bool)
+    loss_fn.record_sample = True
+    before, rng = copy.deepcopy(loss_fn), torch.get_rng_state()
+    loss, stats = loss_fn(mu, var, labels, valid, probs)
     loss.backward()
-    assert torch.isfinite(loss) and mu.grad is not None
+    # the gradient reaches exactly the anchors' μ (prototypes, negatives and VNs are detached keys) ...
+    anchors = torch.zeros(2 * 5 * 5, dtype=torch.bool)  # every pixel is valid: the table is row-major (b, h, w)
+    anchors[loss_fn.last_sample.anchor_index.flatten()] = True
+    norms = mu.grad.permute(0, 2, 3, 1).reshape(-1, 8).norm(dim=1)
+    assert torch.isfinite(loss) and torch.isfinite(mu.grad).all()
+    assert (norms[anchors] > 1e-4).all() and (norms[~anchors] == 0).all() and anchors.sum() >= 4
+    # ... with the value of the same step in float64 (the GDP as before it, the same draws)
+    torch.set_rng_state(rng)
+    mu64 = mu.detach().double().requires_grad_()
+    loss64, _ = before(mu64, var.double(), labels, valid, probs.double())
+    (grad64,) = torch.autograd.grad(loss64, mu64)
+    assert float(loss.detach()) == pytest.approx(float(loss64.detach()), rel=1e-5)
+    torch.testing.assert_close(mu.grad.double(), grad64, rtol=1e-3, atol=1e-6)
     assert loss_fn.gdp.initialized.all() and stats["vn_spread"] > 0
     present = torch.isfinite(loss_fn.last_local_mean).all(1)
     assert present.all()

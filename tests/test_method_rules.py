@@ -121,8 +121,15 @@ def test_unimatch_prcl_runs_the_heads_on_the_labeled_rows_and_strong_view_1_only
     labeled, unlabeled = batches(n_l=2, n_u=3, size=32)
     step = method.losses(model, None, labeled, unlabeled, 0.0)
     assert seen == {"rep": [2, 3], "prob": [2, 3]}  # [labeled] of the first forward, [strong 1] of the second
+    head = list(model.prob_head.parameters())
+    contrast = torch.autograd.grad(step.terms["contrastive"], head, retain_graph=True)
     sum(step.terms.values()).backward()
-    assert model.prob_head.net[0].weight.grad is not None
+    # the σ² head learns from the contrast (every parameter; tiny at the paper's initialisation, whose last
+    # BatchNorm starts σ² flat) and from nothing else
+    for p, want in zip(head, contrast):
+        assert torch.isfinite(p.grad).all() and (p.grad != 0).any()
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-12)
+    assert max(float(p.grad.abs().max()) for p in head) > 1e-6
 
 
 def test_evaluation_runs_no_representation_or_probability_head():

@@ -1,4 +1,5 @@
-"""Issue #19: the reliability diagnostics, the σ² head that can learn, VNs that spread, pseudo-label noise."""
+"""Issue #19: the reliability diagnostics, the σ² head that can learn, VNs that spread (pseudo-label noise:
+`test_pseudo_label_noise.py`)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
 from prcl.config import contrastive_preset, load_config
-from prcl.engine.reliability import within_class_auroc
+from prcl.engine.reliability import reliability_stats, within_class_auroc
 from prcl.engine.trainer import Trainer
 from prcl.losses import PRCLContrastiveLoss
-from prcl.methods.pseudo_label_noise import corrupt_pseudo_labels
-from prcl.methods.pseudo_labels import argmax_pseudo_labels
+from prcl.methods import build_method
 from prcl.models import build_model
 from prcl.probabilistic import GlobalDistributionPrototypes, class_natural_sums
 from conftest import TINY_MODEL
+from test_method_rules import HeadStub, batches as rule_batches, teacher as rule_teacher
 
 
 def _auroc_brute_force(scores: np.ndarray, wrong: np.ndarray) -> float:
@@ -44,79 +45,90 @@ def test_within_class_auroc_is_the_macro_mean_of_per_class_pair_counts():
     assert within_class_auroc(scores, np.zeros(300, dtype=bool), classes) is None
 
 
-def _run(make_config, *overrides):
-    cfg = make_config("method.name=prcl", "train.iterations=3", "train.eval_every=100", "train.diagnostics_every=2",
-                      "train.log_every=1", "data.max_val_images=2", "method.unsup_threshold=0.0",
-                      "method.contrastive.weak_threshold=0.0", *overrides)
+def assert_same(a, b, where: str = "") -> None:
+    """Bit-exact equality of nested state (tensors, dicts, lists, numbers; NaN equals NaN), keys and lengths included."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, sorted(a), sorted(b))
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), (where, a, b)
+
+
+def _run(make_config, method: str, *overrides):
+    """3 iterations with the diagnostics at iterations 1 and 3 (the last: a state change there shows only in
+    the final state); the train log and the trainer's whole state (its checkpoint without the config)."""
+    cfg = make_config(f"method.name={method}", "train.iterations=3", "train.eval_every=100",
+                      "train.diagnostics_every=3", "train.log_every=1", "data.max_val_images=2",
+                      "method.unsup_threshold=0.0", "method.contrastive.weak_threshold=0.0", *overrides)
     trainer = Trainer(cfg)
     trainer.fit()
     log = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
-    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    return log, weights
+    state = trainer.state_dict(cfg.train.iterations)
+    state.pop("config")  # the run names and the switch differ
+    return log, state
 
 
-def test_diagnostics_read_the_truth_but_never_change_the_run(make_config):
-    on, w_on = _run(make_config, "name=run_on")
-    off, w_off = _run(make_config, "name=run_off", "train.reliability_diagnostics=false")
-    assert [r["iteration"] for r in on] == [1, 2, 3]  # the diagnostics run at iteration 1 too
+@pytest.mark.parametrize("method", ["prcl", "unimatch_prcl", "unimatch_v2_prcl"])
+def test_diagnostics_read_the_truth_but_never_change_the_run(make_config, method):
+    """The truth (mixed along with the pseudo-labels) feeds the reliability statistics only: with them on and
+    off, every logged value but theirs and every state (student weights and buffers, teacher, GDP, optimizer,
+    scheduler, RNG streams) are bit-identical."""
+    on, state_on = _run(make_config, method, "name=run_on")
+    off, state_off = _run(make_config, method, "name=run_off", "train.reliability_diagnostics=false")
+    assert [r["iteration"] for r in on] == [r["iteration"] for r in off] == [1, 2, 3]
     logged = [r for r in on if "grad/sup" in r]
-    assert [r["iteration"] for r in logged] == [1, 2]
+    assert [r["iteration"] for r in logged] == [1, 3]  # the diagnostics run at iteration 1 too
     keys = {k for r in logged for k in r if k.startswith("reliability/")}
     for where in ("confident", "anchors"):
         assert {f"reliability/{where}/{k}" for k in ("wrong_fraction", "var_wrong")} <= keys
-        for r in logged[1:]:  # a statistic that needs right pixels is there exactly when some are right
+        for r in logged:  # a statistic that needs right pixels is there exactly when some are right
             some_right = r[f"reliability/{where}/wrong_fraction"] < 1
             assert (f"reliability/{where}/var_right" in r) == some_right
             assert (f"reliability/{where}/auroc_all" in r) == some_right
     assert "reliability/anchors/grad_wrong" in keys and not any(k.startswith("reliability") for r in off for k in r)
-    assert all(0.0 < r["reliability/confident/wrong_fraction"] <= 1.0 for r in logged[1:])
+    assert all(0.0 < r["reliability/confident/wrong_fraction"] <= 1.0 for r in logged)
     for a, b in zip(on, off):
-        for k in ("sup", "unsup", "contrastive", "total"):
-            assert a[k] == b[k], (a["iteration"], k)  # bit-identical losses
-    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)  # and weights
+        common = {k: v for k, v in a.items() if not k.startswith("reliability/")}
+        assert_same(common, b, f"train_log iteration {a['iteration']}")  # every loss, statistic and gradient norm
+    assert (state_on["teacher"] is None) == (method == "unimatch_prcl")
+    assert any(".gdp." in k for k in state_on["method"]) and state_on["optimizer"]["state"]
+    assert_same(state_on, state_off)
 
 
-def test_pseudo_label_noise_flips_a_fraction_of_the_confident_labels_to_another_class():
-    g = torch.Generator().manual_seed(0)
-    pseudo = torch.randint(0, 5, (4, 64, 64), generator=g)
-    pseudo[:, :4] = IGNORE_INDEX
-    confidence = torch.rand(4, 64, 64, generator=g)
-    noisy = corrupt_pseudo_labels(pseudo, confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3))
-    changed = noisy != pseudo
-    eligible = (confidence >= 0.7) & (pseudo != IGNORE_INDEX)
-    assert not changed[~eligible].any()  # unconfident and ignored pixels are kept
-    n = int(eligible.sum())
-    assert abs(int(changed.sum()) - 0.4 * n) < 4 * (0.24 * n) ** 0.5  # binomial(n, 0.4), 4 std
-    assert noisy[changed].max() < 5 and noisy[changed].min() >= 0
-    again = corrupt_pseudo_labels(pseudo, confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3))
-    assert torch.equal(noisy, again)
-    # every other class is drawn about equally often
-    counts = torch.bincount(((noisy - pseudo) % 5)[changed], minlength=5)
-    assert counts[0] == 0 and counts[1:].min() > 0.2 * int(changed.sum())
+class LabelerStub(HeadStub):
+    """`test_method_rules.HeadStub` (eval mode: class i % 3 on image i) taking UniMatch V2's switch too."""
+
+    def forward(self, x, heads=True, feature_dropout=0.0, complementary_dropout=False):
+        return super().forward(x, heads, feature_dropout)
 
 
-def test_runner_up_noise_flips_the_same_pixels_to_the_labelers_second_choice():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 32, 32, generator=g) * 3
-    padding = torch.zeros(3, 32, 32, dtype=torch.bool)
-    padding[:, :, :2] = True
-    labels = argmax_pseudo_labels(logits, padding)
-    second = logits.argsort(1, descending=True)[:, 1]  # independent of topk
-    assert torch.equal(labels.runner_up[~padding], second[~padding]) and (labels.runner_up[padding] == IGNORE_INDEX).all()
-    uniform = corrupt_pseudo_labels(labels.pseudo, labels.confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3))
-    runner = corrupt_pseudo_labels(labels.pseudo, labels.confidence, 0.4, 0.7, 5, torch.Generator().manual_seed(3),
-                                   labels.runner_up)
-    changed = runner != labels.pseudo
-    assert torch.equal(changed, uniform != labels.pseudo) and changed.sum() > 100  # the same pixels
-    assert torch.equal(runner[changed], second[changed])  # each to its second choice
-
-
-def test_pseudo_label_noise_reaches_the_losses(make_config):
-    clean, _ = _run(make_config, "name=clean")
-    for kind in ("uniform", "runner_up"):
-        noisy, _ = _run(make_config, f"name={kind}", "method.pseudo_label_noise=0.4",
-                        f"method.pseudo_label_noise_kind={kind}")
-        assert clean[0]["unsup"] != noisy[0]["unsup"] and clean[0]["contrastive"] != noisy[0]["contrastive"], kind
+@pytest.mark.parametrize("name", ["prcl", "unimatch_prcl", "unimatch_v2_prcl"])
+def test_the_truth_is_mixed_along_with_the_pseudo_labels(name):
+    """With each image's truth the class its labeler gives it, the probe's truth equals its pseudo-labels on every
+    pixel the contrast takes after mixing, the pixels pasted from a partner included (wrong fraction 0); a truth
+    one class off is wrong on all of them (1). With the method's own mix (ClassMix, UniMatch's CutMix box)."""
+    method = build_method(load_config(None, [f"method.name={name}", "model.rep_dim=4", "method.contrastive.num_anchors=4",
+                                             "method.contrastive.num_negatives=8"]), 3)
+    labeled, unlabeled = rule_batches()
+    own = torch.arange(4) % 3  # image i's class, from the teacher and from the student in eval mode
+    for offset, wrong in ((0, 0.0), (1, 1.0)):
+        truth = ((own + offset) % 3)[:, None, None].expand(4, 16, 16).clone()
+        truth[unlabeled["padding"]] = IGNORE_INDEX
+        torch.manual_seed(0)
+        step = method.losses(LabelerStub().train(), rule_teacher, labeled, {**unlabeled, "truth": truth}, 0.3)
+        probe = step.probe
+        taken = probe.confident
+        assert (probe.pseudo[taken] != own[:, None, None].expand_as(taken)[taken]).any(), "a partner's pixels are taken"
+        assert ((probe.pseudo != probe.truth)[taken] == bool(wrong)).all(), f"truth offset {offset}: misaligned"
+        stats = reliability_stats(probe, step.terms["contrastive"])
+        assert stats["reliability/confident/wrong_fraction"] == wrong
 
 
 def test_gdp_empirical_var_is_the_spread_of_every_pixel_seen():

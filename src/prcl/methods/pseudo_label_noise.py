@@ -11,8 +11,8 @@ these are confidently wrong labels, the kind a thresholded pipeline cannot filte
 which an average over many pixels mostly cancels); `runner_up` takes the labeler's second choice at
 that pixel (class-dependent noise: the confusions a real teacher makes, which pull a class's pixels
 consistently towards one neighbour). Each iteration draws from its own generator, seeded by
-(seed, iteration), so the noise is the same on a resumed run and consumes none of the training's
-random streams.
+(seed, iteration, process rank) (`noise_seed`), so the noise is the same on a resumed run, consumes none
+of the training's random streams, and under DDP each process flips its own pixels.
 """
 
 from __future__ import annotations
@@ -24,7 +24,20 @@ from torch import nn
 
 from prcl import IGNORE_INDEX
 from prcl.config import Config
+from prcl.engine.distributed import rank
 from prcl.methods.pseudo_labels import PseudoLabels
+
+RANK_STRIDE = 0x9E3779B9
+"""⌊2³²/φ⌋, odd and below 2³²: rank r's seeds are r·RANK_STRIDE from rank 0's (`noise_seed`)."""
+
+
+def noise_seed(seed: int, iteration: int, process_rank: int = 0) -> int:
+    """The seed of one iteration's noise generator on one process. Rank 0 keeps the seed single-process runs
+    had before the rank was added (seed·1000003 + iteration), so their noise, and the results that depend on
+    it, are unchanged; rank r adds r·RANK_STRIDE, so the processes of a DDP run flip different pixels. torch's
+    CPU generator reads only the seed's low 32 bits, so the offset must change those: with an odd stride below
+    2³², the ranks of one iteration never share them."""
+    return seed * 1_000_003 + iteration + process_rank * RANK_STRIDE
 
 
 def corrupt_pseudo_labels(pseudo: torch.Tensor, confidence: torch.Tensor, fraction: float, threshold: float,
@@ -56,6 +69,6 @@ class PseudoLabelNoise(nn.Module):
         if self.fraction == 0:
             return labels.pseudo
         iteration = round(progress * self.iterations)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        generator = torch.Generator().manual_seed(noise_seed(self.seed, iteration, rank()))
         return corrupt_pseudo_labels(labels.pseudo, labels.confidence, self.fraction, self.threshold,
                                      self.num_classes, generator, labels.runner_up if self.runner_up else None)
