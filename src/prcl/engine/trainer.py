@@ -100,8 +100,7 @@ class Trainer:
         if self.device.type == "cuda" and dist.world_size() > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method = build_method(cfg, self.info.num_classes).to(self.device)
-        self.teacher = (EMATeacher(self.model, teacher_decay(cfg))
-                        if self.method.uses_teacher else None)
+        self.teacher = EMATeacher(self.model, teacher_decay(cfg)) if self.method.uses_teacher else None
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = poly_scheduler(self.optimizer, cfg.train.iterations, cfg.optim.poly_power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp == "fp16" and self.device.type == "cuda")
