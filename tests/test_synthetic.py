@@ -15,9 +15,9 @@ from prcl.data import synthetic
 from prcl.data.dataset import DataError, SegmentationDataset, load_mask
 from prcl.data.palette import voc_palette
 from prcl.data.sources import load_split
+from prcl.data.generated import LABELED_FRACTIONS
 from prcl.data.synthetic import (
     CLASS_NAMES,
-    LABELED_FRACTIONS,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
     render_sample,

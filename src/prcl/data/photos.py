@@ -29,7 +29,7 @@ The photographs are read from the installed packages' files (scikit-image only n
 installed: `pip install prcl[photos]`); nothing is downloaded. Layout: a folder dataset
 (`prcl.data.folder`) with `images/`, `masks/` (every image has a mask, the unlabeled ones too, for
 the reliability diagnostics only), `classes.yaml`, the nested splits of
-`prcl.data.synthetic.write_nested_splits` and `meta.json`, written last.
+`prcl.data.generated.write_nested_splits` and `meta.json`, written last.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 
 from prcl.data.dataset import DataError
 from prcl.data.palette import voc_colormap, voc_palette
-from prcl.data.synthetic import generated_dataset_dir, write_nested_splits
+from prcl.data.generated import generated_dataset_dir, write_nested_splits
 
 GENERATOR_VERSION = 1  # bump whenever the files change
 VAL_FRACTION = 0.3

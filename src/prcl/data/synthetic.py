@@ -29,7 +29,7 @@ a colour cast, optional blur, pixel noise and JPEG compression (quality 90). Pix
 
 Layout under `root`: `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette PNG, VOC colours),
 `ImageSets/Segmentation/{train,val}.txt`, `splits/<fraction>/{labeled,unlabeled}.txt` for each of
-`LABELED_FRACTIONS` (nested: every labeled subset contains the smaller ones), `splits/val.txt`,
+`prcl.data.generated.LABELED_FRACTIONS` (nested: every labeled subset contains the smaller ones), `splits/val.txt`,
 and `meta.json` (written last: without it the directory counts as incomplete). `full` has
 `labeled.txt` = all of train and **no** `unlabeled.txt` (supervised only).
 """
@@ -40,22 +40,18 @@ import colorsys
 import inspect
 import json
 import multiprocessing
-import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from prcl import IGNORE_INDEX
+from prcl.data.generated import SPLIT_CODES, data_error, generated_dataset_dir, write_nested_splits
 from prcl.data.palette import voc_colormap, voc_palette
 
 GENERATOR_VERSION = 3  # bump whenever the files change: older datasets are then refused (3: + 1_64, 1_32)
-LABELED_FRACTIONS: tuple[str, ...] = ("1_64", "1_32", "1_16", "1_8", "1_4", "1_2", "full")
-SPLIT_CODES = {"train": 0, "val": 1, "splits": 2}  # second entry of every RNG seed sequence
 _OWN_ENTRIES = {"JPEGImages", "SegmentationClass", "ImageSets", "splits", "meta.json"}
 _PALETTE = voc_palette()
 _SUPERSAMPLE = 4  # polygons are drawn at 4x and box-filtered down: anti-aliased alpha
@@ -296,12 +292,6 @@ def render_sample(seed: int, split: str, index: int, image_size: int = 128,
 
 
 # --------------------------------------------------------------------------- writing
-def _data_error(message: str) -> Exception:
-    from prcl.data.dataset import DataError  # late: spawned render workers then skip torch
-
-    return DataError(message)
-
-
 def _write_sample(job: tuple) -> np.ndarray:
     """Render and write one sample; returns its pixel counts per class, then of ignore `[C + 1]`."""
     out, seed, split, index, image_size, ignore_boundary = job
@@ -320,28 +310,6 @@ def _write_lists(out: Path, seed: int, train: list[str], val: list[str]) -> dict
         (out / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
         (out / f"ImageSets/Segmentation/{name}.txt").write_text("".join(f"{sid}\n" for sid in ids))
     return write_nested_splits(out, seed, train, val)
-
-
-def write_nested_splits(out: Path, seed: int, train: list[str], val: list[str]) -> dict:
-    """`splits/val.txt` and `splits/<fraction>/{labeled,unlabeled}.txt` for each of `LABELED_FRACTIONS`:
-    the labeled sets are prefixes of one seeded permutation of `train`, so each contains the smaller ones.
-    Returns the sizes per fraction."""
-    lists = {"splits/val.txt": val}
-    order = np.random.default_rng([seed, SPLIT_CODES["splits"]]).permutation(len(train))
-    counts = {}
-    for frac in LABELED_FRACTIONS:
-        size = max(1, len(train) // (1 if frac == "full" else int(frac.split("_")[1])))
-        chosen = set(order[:size].tolist())
-        labeled = [sid for j, sid in enumerate(train) if j in chosen]
-        unlabeled = [sid for j, sid in enumerate(train) if j not in chosen]
-        lists[f"splits/{frac}/labeled.txt"] = labeled
-        if unlabeled:  # `full` has none: an absent list means "supervised only"
-            lists[f"splits/{frac}/unlabeled.txt"] = unlabeled
-        counts[frac] = {"labeled": len(labeled), "unlabeled": len(unlabeled)}
-    for rel, ids in lists.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text("".join(f"{sid}\n" for sid in ids))
-    return counts
 
 
 def generate_synthetic_dataset(
@@ -379,30 +347,6 @@ def generate_synthetic_dataset(
     return Path(root).absolute()
 
 
-@contextmanager
-def generated_dataset_dir(root: Union[str, Path], own_entries: set, what: str) -> Iterator[Path]:
-    """A fresh sibling temporary directory to write a generated dataset into; on success it replaces
-    `root`, so an interrupted generation never leaves something that looks complete. Refuses a `root`
-    that is a file or holds entries outside `own_entries` (the user's files), naming them."""
-    root = Path(root).absolute()
-    if root.is_file():
-        raise _data_error(f"dataset root {root} is a file; pick a directory path")
-    foreign = sorted(p.name for p in root.glob("*") if p.name not in own_entries)
-    if foreign:
-        raise _data_error(f"{root} holds files that are not part of {what} "
-                          f"({', '.join(foreign[:3])}); pick an empty or new directory as its root")
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        yield tmp
-        if root.exists():
-            shutil.rmtree(root)
-        os.rename(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> np.ndarray:
     """`_write_sample` over `jobs`, in `workers` spawned processes if > 1; summed pixel counts."""
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
@@ -433,14 +377,14 @@ def ensure_synthetic_dataset(root: Union[str, Path], **kwargs) -> Path:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise _data_error(f"{path} is not valid JSON ({err}); delete {root} to regenerate") from err
+        raise data_error(f"{path} is not valid JSON ({err}); delete {root} to regenerate") from err
     expected = {k: v for k, v in call.arguments.items() if k not in ("root", "workers", "progress")}
     expected["version"] = GENERATOR_VERSION
     found = {"version": meta.get("version"), **meta.get("params", {})}
     if found != expected:
         diff = ", ".join(f"{k}={found.get(k)!r} (wanted {v!r})"
                          for k, v in expected.items() if found.get(k) != v)
-        raise _data_error(
+        raise data_error(
             f"the synthetic dataset in {root} was generated with different settings: {diff}. "
             f"Delete {root} to regenerate it, or pick another root directory."
         )
@@ -457,9 +401,9 @@ def require_current_version(root: Union[str, Path]) -> None:
     try:
         version = json.loads(path.read_text()).get("version")
     except (OSError, json.JSONDecodeError) as err:
-        raise _data_error(f"cannot read {path} ({err}); delete {root} to regenerate it") from err
+        raise data_error(f"cannot read {path} ({err}); delete {root} to regenerate it") from err
     if version != GENERATOR_VERSION:
-        raise _data_error(
+        raise data_error(
             f"the synthetic dataset in {root} was written by generator version {version}, this prcl "
             f"writes version {GENERATOR_VERSION}; delete {root} to regenerate it (about a minute)")
 
