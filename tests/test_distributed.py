@@ -22,10 +22,9 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, overrides: li
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from prcl.engine import distributed as dist
-    from prcl.engine.trainer import Trainer
-
+    from prcl import distributed as dist
     from prcl.engine.evaluate import evaluate
+    from prcl.engine.trainer import Trainer
 
     cfg = tiny_config(Path(root), Path(out), *overrides)
     trainer = Trainer(cfg)
@@ -66,7 +65,7 @@ def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
     """Each kind at each batch size, for each view's partner shift (`partner_shifts` of the global batch)."""
     _init(rank, world, port)
     from prcl.data.mixing import mix_masks, mix_strong_view, partner_shifts
-    from prcl.engine.distributed import world_size
+    from prcl.distributed import world_size
 
     result = {}
     for batch in MIX_BATCHES:
@@ -144,7 +143,7 @@ def _step_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     torch.set_num_threads(1)
     from pathlib import Path
 
-    from prcl.engine import distributed as dist
+    from prcl import distributed as dist
     from prcl.engine.trainer import Trainer
 
     trainer = Trainer(tiny_config(Path(root), Path(out), *STEP_OVERRIDES, "name=ddp_step"))

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from conftest import TINY_MODEL
 from spawn import free_port, spawn_with_deadline
 
@@ -20,8 +19,8 @@ def _train_worker(rank: int, world: int, port: int, root: str, out: str) -> None
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    from prcl import distributed as dist
     from prcl.config import load_config
-    from prcl.engine import distributed as dist
     from prcl.engine.trainer import Trainer
 
     cfg = load_config(None, [f"data.root={root}", f"output_dir={out}", "name=fresh", "data.crop_size=48",

@@ -12,9 +12,10 @@ import math
 from typing import NamedTuple, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from prcl.distributed import all_reduce_sum
 
 VAR_EPS = 1e-8
 """Lower clamp for a variance (or a sum of two variances) before it is inverted or logged, so a
@@ -76,13 +77,6 @@ def local_prototype(mu: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
     return var_hat * (precision * mu).sum(0), var_hat
 
 
-def _all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """In-place sum over the processes of a running torch.distributed group (no-op otherwise)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 class ClassSums(NamedTuple):
     """Per-class sufficient statistics (float64): counts [C], sum 1/var [C, D], sum mu/var [C, D],
     sum var [C, D] (the arithmetic mean of the σ² seen is var_sum / count; zeros without var), and the
@@ -121,7 +115,7 @@ def class_natural_sums(
             precision, weighted, var_sum = onehot_t @ inv, onehot_t @ (mu * inv), onehot_t @ var
         stats = torch.cat([onehot_t.sum(1, keepdim=True), precision, weighted, var_sum, mu_sum, mu_sq_sum], 1).double()
         if sync:
-            _all_reduce_sum_(stats)
+            all_reduce_sum(stats)
     counts, rest = stats[:, 0], stats[:, 1:].view(stats.shape[0], 5, mu.shape[1]).unbind(1)
     return ClassSums(counts, *rest)
 

@@ -19,11 +19,11 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from prcl import distributed as dist
 from prcl.config import Config, ConfigError
 from prcl.data.dataset import DataError, SegmentationDataset
 from prcl.data.sources import DatasetInfo, dataset_info, load_split
 from prcl.data.transforms import EvalTransform, TrainTransform
-from prcl.engine import distributed as dist
 
 
 class ResumableSampler(Sampler):

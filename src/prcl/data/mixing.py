@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from prcl import IGNORE_INDEX
-from prcl.engine.distributed import all_gather_rows, rank, world_size
+from prcl.distributed import all_gather_rows, rank, world_size
 
 
 class PartnerError(ValueError):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prcl import IGNORE_INDEX
-from prcl.engine.distributed import rank, world_size
+from prcl.distributed import rank, world_size
 from prcl.engine.metrics import ConfusionMatrix
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from prcl import IGNORE_INDEX
-from prcl.engine.distributed import all_reduce_sum
+from prcl.distributed import all_reduce_sum
 
 
 class ConfusionMatrix:

@@ -16,9 +16,9 @@ try:
 except ImportError:  # not POSIX (Windows): runs are not locked
     fcntl = None  # type: ignore[assignment]
 
+from prcl import distributed as dist
 from prcl.config import Config, ConfigError, save_config
 from prcl.data.sources import copy_split
-from prcl.engine import distributed as dist
 
 # Keys that may change when a run is resumed without --force: they do not alter the experiment.
 RESUME_SAFE_KEYS = (

@@ -22,17 +22,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from prcl import distributed as dist
 from prcl.config import Config, ConfigError, to_dict
 from prcl.data.loaders import build_train_data
-from prcl.engine import distributed as dist
-from prcl.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_all,
-                                    set_rng_state)
+from prcl.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, seed_all, set_rng_state
 from prcl.engine.diagnostics import InertTermMonitor, gradient_norms
-from prcl.engine.reliability import reliability_stats
 from prcl.engine.ema import EMATeacher, teacher_decay
-from prcl.engine.prototype_log import PrototypeTrajectory
 from prcl.engine.evaluate import evaluate
 from prcl.engine.optimizer import build_optimizer
+from prcl.engine.prototype_log import PrototypeTrajectory
+from prcl.engine.reliability import reliability_stats
 from prcl.engine.run_dir import RunLock, check_resumable, create_run_dir, drop_records_after
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
@@ -42,16 +41,6 @@ from prcl.models import build_model
 
 class NonFiniteLossError(RuntimeError):
     """The loss or a gradient became NaN/Inf; the message names the iteration and the last checkpoint."""
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu")
-    if name == "cuda" and dist.is_distributed():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
 
 
 class Trainer:
@@ -68,9 +57,9 @@ class Trainer:
         self.reported = evaluated_model(cfg)  # "student" or "teacher": its mIoU is the run's, best.pt follows it
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = select_device(cfg.train.device)
+        self.device = dist.select_device(cfg.train.device)
         dist.init_distributed(self.device)
-        self.device = select_device(cfg.train.device)
+        self.device = dist.select_device(cfg.train.device)
         if cfg.train.amp == "fp16" and self.device.type != "cuda":  # before anything is written
             raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {self.device.type}); "
                               "use train.amp=bf16 or train.amp=none")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from prcl import IGNORE_INDEX
 from prcl.data.mixing import MixedView, mix_strong_view, partner_shifts
 from prcl.data.transforms import strong_view_keys
-from prcl.engine.distributed import world_size
+from prcl.distributed import world_size
 from prcl.methods.base import Method, StepLosses, register
 from prcl.methods.contrastive import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise

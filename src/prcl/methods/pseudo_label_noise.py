@@ -24,7 +24,7 @@ from torch import nn
 
 from prcl import IGNORE_INDEX
 from prcl.config import Config
-from prcl.engine.distributed import rank
+from prcl.distributed import rank
 from prcl.methods.pseudo_labels import PseudoLabels
 
 RANK_STRIDE = 0x9E3779B9

@@ -1,5 +1,7 @@
 """One process or many, same code: `torchrun` sets RANK/WORLD_SIZE and we join a process group
-(NCCL on CUDA, gloo on CPU); without them everything below is a no-op."""
+(NCCL on CUDA, gloo on CPU); without them everything below is a no-op.
+
+The ground floor: it imports only torch and the config's error, so every layer (data, models, losses, methods, engine) may use it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from prcl.config import ConfigError
 
 T = TypeVar("T")
 
@@ -28,6 +32,17 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def select_device(name: str) -> torch.device:
+    """`train.device` as a device: auto = CUDA when available; under torchrun on CUDA, this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+    if name == "cuda" and is_distributed():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
 
 
 def init_distributed(device: torch.device) -> None:
