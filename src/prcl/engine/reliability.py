@@ -22,7 +22,6 @@ threshold (a test checks that the losses and weights are bit-identical with the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -30,23 +29,7 @@ import torch
 from torch import Tensor
 
 from prcl import IGNORE_INDEX
-
-
-@dataclass
-class ReliabilityProbe:
-    """What one step's contrast saw of the unlabeled rows, at feature resolution.
-
-    var: the student's σ² `[B, D, h, w]` for all rows (labeled first), still in the autograd graph;
-    rows: the slice of the unlabeled rows in it; pseudo, truth `[B_u, h, w]` (truth 255 = unknown);
-    confident, anchors `[B_u, h, w]` bool; weight: λc(t) (divided out of the gradient)."""
-
-    var: Tensor
-    rows: slice
-    pseudo: Tensor
-    truth: Tensor
-    confident: Tensor
-    anchors: Tensor
-    weight: float
+from prcl.methods.base import ReliabilityProbe
 
 
 def within_class_auroc(scores: np.ndarray, wrong: np.ndarray, classes: np.ndarray) -> Optional[float]:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from prcl.config import Config, ConfigError
-from prcl.engine.reliability import ReliabilityProbe
 from prcl.losses.segmentation import supervised_loss
 
 METHODS: dict[str, type["Method"]] = {}
@@ -34,6 +33,23 @@ def register(*names: str) -> Callable[[type["Method"]], type["Method"]]:
         return cls
 
     return add
+
+
+@dataclass
+class ReliabilityProbe:
+    """What one step's contrast saw of the unlabeled rows, at feature resolution.
+
+    var: the student's σ² `[B, D, h, w]` for all rows (labeled first), still in the autograd graph;
+    rows: the slice of the unlabeled rows in it; pseudo, truth `[B_u, h, w]` (truth 255 = unknown);
+    confident, anchors `[B_u, h, w]` bool; weight: λc(t) (divided out of the gradient)."""
+
+    var: Tensor
+    rows: slice
+    pseudo: Tensor
+    truth: Tensor
+    confident: Tensor
+    anchors: Tensor
+    weight: float
 
 
 @dataclass

@@ -17,9 +17,8 @@ from torch import nn
 
 from prcl import IGNORE_INDEX
 from prcl.config import Config
-from prcl.engine.reliability import ReliabilityProbe
 from prcl.losses import PixelContrastiveLoss
-from prcl.methods.base import StepLosses
+from prcl.methods.base import ReliabilityProbe, StepLosses
 from prcl.probabilistic import contrastive_weight
 
 
