@@ -95,7 +95,7 @@ def test_demo_yaml_equals_the_defaults():
 def test_yaml_base_diamond_applies_each_file_once_and_only_a_real_cycle_is_an_error(tmp_path):
     """top -> [a, b], a -> common, b -> common: layers common, a, b, top (depth first, each file once at
     its first place), so b's inclusion of common does not undo a's change and b wins over a."""
-    from prcl.config import _yaml_chain
+    from prcl.config.loading import _yaml_chain
 
     def write(name: str, data: dict) -> None:
         (tmp_path / name).write_text(yaml.safe_dump(data))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prcl.models import DeepLabV3Plus
-from prcl.models import backbone as backbone_mod
+from prcl.models import weights as weights_mod
 from prcl.models.backbone import WeightsError, create_backbone
 
 
@@ -56,7 +56,7 @@ def test_missing_local_weights_file_names_it(tmp_path):
 
 
 def test_offline_pretrained_fails_fast_with_download_hint(monkeypatch, tmp_path):
-    monkeypatch.setattr(backbone_mod, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights_mod, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HOME", str(tmp_path))

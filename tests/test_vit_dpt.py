@@ -17,7 +17,7 @@ from prcl.config import ConfigError, load_config
 from prcl.engine.ema import EMATeacher
 from prcl.engine.evaluate import predict_logits
 from prcl.models import DPT, DeepLabV3Plus, build_model
-from prcl.models import backbone as backbone_mod
+from prcl.models import weights as weights_mod
 from prcl.models.state_dicts import WeightsError
 from prcl.models.vit import ViTEncoder, create_vit_encoder
 
@@ -129,9 +129,9 @@ def test_missing_weights_file_names_it(tmp_path):
 
 
 def test_pretrained_offline_fails_fast_naming_the_file_and_place(monkeypatch, tmp_path):
-    monkeypatch.setattr(backbone_mod, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setattr(backbone_mod, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(backbone_mod, "cached_weights", lambda name: None)  # whatever this machine has cached
+    monkeypatch.setattr(weights_mod, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights_mod, "cached_weights", lambda name: None)  # whatever this machine has cached
     with pytest.raises(WeightsError) as err:
         tiny_vit(pretrained=True)
     msg = str(err.value)
@@ -139,8 +139,8 @@ def test_pretrained_offline_fails_fast_naming_the_file_and_place(monkeypatch, tm
 
 
 def test_pretrained_picks_up_a_file_in_the_weights_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(backbone_mod, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(backbone_mod, "_hub_reachable", lambda timeout=3.0: pytest.fail("no hub without need"))
+    monkeypatch.setattr(weights_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights_mod, "hub_reachable", lambda timeout=3.0: pytest.fail("no hub without need"))
     source = meta_state_dict(seed=3)
     torch.save(source, tmp_path / f"{VIT}.pth")
     enc = tiny_vit(pretrained=True)

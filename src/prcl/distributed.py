@@ -1,7 +1,8 @@
 """One process or many, same code: `torchrun` sets RANK/WORLD_SIZE and we join a process group
 (NCCL on CUDA, gloo on CPU); without them everything below is a no-op.
 
-The ground floor: it imports only torch and the config's error, so every layer (data, models, losses, methods, engine) may use it."""
+The ground floor: it imports only torch and the config's error, so every layer (data, models, losses,
+methods, engine) may use it."""
 
 from __future__ import annotations
 

@@ -18,10 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from prcl import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from prcl import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_normalized_tensor(image: Image.Image) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Training methods. A method is a small module that turns a batch into loss terms; the trainer
-does everything else. Add one with `@register("name")` on a `Method` subclass and a preset for the
-name in `prcl.config.METHOD_PRESETS`."""
+does everything else. Add one with a row for its name in `prcl.config.presets.METHOD_PRESETS` and
+`@register("name")` on a `Method` subclass."""
 
 from __future__ import annotations
 

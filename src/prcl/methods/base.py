@@ -18,16 +18,25 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from prcl.config import Config, ConfigError
+from prcl.config import METHOD_PRESETS, Config, ConfigError
 from prcl.losses.segmentation import supervised_loss
 
 METHODS: dict[str, type["Method"]] = {}
 
 
 def register(*names: str) -> Callable[[type["Method"]], type["Method"]]:
-    """Register a `Method` class under one or more `method.name`s (the presets of `prcl.config`
-    say how the names that share a class differ)."""
+    """Register a `Method` class under one or more `method.name`s. Each name needs its row in
+    `prcl.config.presets.METHOD_PRESETS` (what the names sharing a class differ in), and the class's
+    `uses_unlabeled` is read from those rows (`pseudo_labels`), so the fact is stated once."""
     def add(cls: type["Method"]) -> type["Method"]:
+        missing = [name for name in names if name not in METHOD_PRESETS]
+        if missing:
+            raise ValueError(f"@register{names}: add a row for {missing} to prcl.config.presets.METHOD_PRESETS")
+        uses = {METHOD_PRESETS[name].pseudo_labels for name in names}
+        if len(uses) != 1:
+            raise ValueError(f"@register{names}: the names' presets disagree on pseudo_labels; one class serves "
+                             "methods that all use unlabeled images or none that do")
+        cls.uses_unlabeled = uses.pop()
         for name in names:
             METHODS[name] = cls
         return cls
@@ -85,7 +94,7 @@ class Method(nn.Module):
     banks) lives in registered buffers, so it is checkpointed with `state_dict()`."""
 
     uses_teacher = False  # needs an EMA teacher (the trainer builds, updates and evaluates it)
-    uses_unlabeled = False  # needs the unlabeled stream
+    uses_unlabeled = False  # needs the unlabeled stream: set by `register` from the preset's `pseudo_labels`
     strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
     loss_scale = 1.0  # every loss term, the contrast included, is multiplied by it (the module docstring)
     reported_model = "teacher"  # with a teacher: the model its authors report and keep the best checkpoint of

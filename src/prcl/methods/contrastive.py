@@ -4,7 +4,7 @@
 `prcl.losses.PixelContrastiveLoss`: labels and pseudo-labels at feature resolution, the δw mask on
 unlabeled pixels, λc(t). Which contrast (Baseline, Baseline+, PRCL, the ablations) is the config's
 `method.contrastive` section; `method.contrastive.enabled` switches the term on (the presets of
-`prcl.config.METHOD_PRESETS` do it for baseline, baseline_plus and prcl).
+`prcl.config.presets.METHOD_PRESETS` do it for baseline, baseline_plus and prcl).
 """
 
 from __future__ import annotations

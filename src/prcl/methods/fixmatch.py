@@ -90,7 +90,6 @@ def contrast_rows(n: int, enabled: bool) -> slice | bool:
 
 @register("fixmatch")
 class FixMatch(Method):
-    uses_unlabeled = True
     strong_views = 1
     loss_scale = 0.5  # UniMatch's code: (Ls + Lu) / 2
 

@@ -2,7 +2,7 @@
 `baseline`, `baseline_plus` and `prcl` (Table 1). The EMA teacher labels the weak view; the student
 learns the strong view, mixed with a partner image by `method.mix` (ClassMix, CutMix or none), with
 the confidence-weighted cross-entropy of Eq. 14, plus λc(t)·Lc when `method.contrastive.enabled`.
-The names differ only in their presets (`prcl.config.METHOD_PRESETS`)."""
+The names differ only in their presets (`prcl.config.presets.METHOD_PRESETS`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ def weighted_pseudo_label_loss(
 @register("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 class MeanTeacher(Method):
     uses_teacher = True
-    uses_unlabeled = True
 
     def __init__(self, cfg, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -11,63 +11,17 @@ Two families, one factory (`create_backbone`):
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
 import timm
-import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl import IMAGENET_MEAN, IMAGENET_STD
+from prcl.models import weights as weight_sources  # a module alias: `weights` is a parameter below
 from prcl.models.state_dicts import WeightsError
 from prcl.models.wheel_weights import WHEEL_BACKBONES, load_wheel_weights
-
-HUB_HOST = ("huggingface.co", 443)
-WEIGHTS_DIR = Path("~/.cache/prcl/weights").expanduser()
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _weights_help(name: str) -> str:
-    cfg = get_pretrained_cfg(name)
-    source = (cfg.url or f"https://huggingface.co/{cfg.hf_hub_id}") if cfg else "(no ImageNet weights known to timm)"
-    target = WEIGHTS_DIR / f"{name}.pth"
-    return (
-        f"ImageNet weights for backbone '{name}' are not available offline. Download {source} "
-        f"and save it as {target} (picked up automatically), or anywhere and set model.weights=PATH; "
-        "or train from scratch with model.pretrained=false."
-    )
-
-
-def cached_weights(name: str) -> Optional[Path]:
-    """A local copy of `name`'s ImageNet weights: ours, the Hugging Face cache, or torch.hub's."""
-    ours = WEIGHTS_DIR / f"{name}.pth"
-    if ours.is_file():
-        return ours
-    cfg = get_pretrained_cfg(name)
-    if cfg is None:
-        return None
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
-            if isinstance(hit, str):
-                return Path(hit)
-    if cfg.url:
-        hit = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
-        if hit.is_file():
-            return hit
-    return None
-
 
 def create_backbone(
     name: str,
@@ -99,18 +53,18 @@ def create_backbone(
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsError(f"model.weights={weights} does not exist; {_weights_help(name)}")
+            raise WeightsError(f"model.weights={weights} does not exist; {weight_sources.weights_help(name)}")
     elif pretrained:
-        path = cached_weights(name)
-        if path is None and not _hub_reachable():
-            raise WeightsError(_weights_help(name))
+        path = weight_sources.cached_weights(name)
+        if path is None and not weight_sources.hub_reachable():
+            raise WeightsError(weight_sources.weights_help(name))
     else:
         return timm.create_model(name, pretrained=False, **kwargs)
     overlay = dict(file=str(path)) if path is not None else None
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as err:  # unreadable file, wrong architecture, failed download
-        raise WeightsError(f"loading ImageNet weights for '{name}' failed ({err}); {_weights_help(name)}") from err
+        raise WeightsError(f"loading ImageNet weights for '{name}' failed ({err}); {weight_sources.weights_help(name)}") from err
 
 
 def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl import IMAGENET_MEAN, IMAGENET_STD
 from prcl.models.backbone import input_normalization
 from prcl.models.feature_perturbation import apply_channel_mask, complementary_channel_masks
 

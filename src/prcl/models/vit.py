@@ -29,7 +29,7 @@ import torch
 from timm.models._features import FeatureInfo
 from torch import nn
 
-from prcl.models import backbone as cnn  # the weight-finding rules are the CNNs' (one place to patch in tests)
+from prcl.models import weights as weight_sources  # a module alias: `weights` is a parameter below
 from prcl.models.state_dicts import WeightsError, check_mapping, read_state_dict
 from prcl.sizes import nearest_multiples
 
@@ -107,17 +107,17 @@ def create_vit_encoder(
                          f"the tag .{WEIGHT_TAGS[0]})")
     kwargs = dict(pretrained=False, dynamic_img_size=True, num_classes=0, **timm_kwargs)
     layers = VIT_LAYERS[arch] if layers is None else layers
-    path = Path(weights).expanduser() if weights is not None else cnn.cached_weights(name) if pretrained else None
+    path = Path(weights).expanduser() if weights is not None else weight_sources.cached_weights(name) if pretrained else None
     if weights is not None and not path.is_file():
-        raise WeightsError(f"model.weights={weights} does not exist; {cnn._weights_help(name)}")
+        raise WeightsError(f"model.weights={weights} does not exist; {weight_sources.weights_help(name)}")
     if path is None and pretrained:
-        if not cnn._hub_reachable():
-            raise WeightsError(cnn._weights_help(name))
+        if not weight_sources.hub_reachable():
+            raise WeightsError(weight_sources.weights_help(name))
         kwargs["pretrained"] = True  # timm downloads and converts
     try:
         vit = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError) as err:  # a failed download
-        raise WeightsError(f"loading weights for '{name}' failed ({err}); {cnn._weights_help(name)}") from err
+        raise WeightsError(f"loading weights for '{name}' failed ({err}); {weight_sources.weights_help(name)}") from err
     if path is not None:
         try:
             load_vit_weights(vit, path)
