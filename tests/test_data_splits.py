@@ -9,7 +9,8 @@ import pytest
 
 from fixtures_data import make_folder, make_voc, voc_id
 from prcl.data.dataset import DataError
-from prcl.data.sources import copy_split, generate_split, load_split, write_generated_split
+from prcl.data.sources import (copy_split, generate_split, load_split, open_source, resolve_split,
+                               write_generated_split)
 from prcl.data.splits import choose_labeled, class_balanced_choice, class_presence, read_split_file
 
 TRAIN = [voc_id(i) for i in range(8)]
@@ -154,7 +155,8 @@ def test_copy_split_to_run_dir(voc, tmp_path):
     listed = tmp_path / "labeled.txt"
     listed.write_text(f"# mine\n{TRAIN[0]}\n{TRAIN[1]}\n")
     dest = tmp_path / "runs" / "x" / "split"
-    out = copy_split("voc", voc, {"labeled": listed, "unlabeled": None, "val": "val"}, dest)
+    src = open_source("voc", voc)
+    out = copy_split(src, {"labeled": resolve_split(src, listed), "val": resolve_split(src, "val")}, dest)
     assert sorted(out) == ["labeled", "val"]
     assert (dest / "labeled.txt").read_bytes() == listed.read_bytes()
     assert (dest / "val.txt").read_text().split() == VAL

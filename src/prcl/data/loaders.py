@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from prcl import distributed as dist
 from prcl.config import Config, ConfigError
 from prcl.data.dataset import DataError, SegmentationDataset
-from prcl.data.sources import DatasetInfo, dataset_info, load_split
+from prcl.data.sources import (DatasetInfo, DatasetSource, ResolvedSplit, open_source, resolve_split,
+                               source_info, split_samples)
 from prcl.data.transforms import EvalTransform, TrainTransform
 
 
@@ -77,6 +78,8 @@ class TrainData:
     labeled: DataLoader
     unlabeled: Optional[DataLoader]
     val: SegmentationDataset
+    source: DatasetSource  # the dataset the splits were resolved in
+    splits: dict[str, ResolvedSplit]  # labeled / unlabeled / val, resolved once: the run directory copies these
 
 
 def prepare_root(cfg: Config) -> Path:
@@ -103,12 +106,16 @@ def prepare_root(cfg: Config) -> Path:
 
 
 def build_val_dataset(cfg: Config) -> tuple[DatasetInfo, SegmentationDataset]:
-    root = prepare_root(cfg)
-    info = dataset_info(cfg.data.dataset, root)
-    samples = load_split(cfg.data.dataset, root, cfg.data.val_split)
+    src = open_source(cfg.data.dataset, prepare_root(cfg))
+    info = source_info(src)
+    return info, _val_dataset(cfg, src, info, resolve_split(src, cfg.data.val_split))
+
+
+def _val_dataset(cfg: Config, src: DatasetSource, info: DatasetInfo, split: ResolvedSplit) -> SegmentationDataset:
+    samples = split_samples(src, split)
     if cfg.data.max_val_images:
         samples = samples[: cfg.data.max_val_images]
-    return info, SegmentationDataset(samples, EvalTransform(), info.label_lut, info.num_classes)
+    return SegmentationDataset(samples, EvalTransform(), info.label_lut, info.num_classes)
 
 
 STOP_GRACE_SECONDS = 10.0
@@ -145,42 +152,45 @@ def per_process_batch(global_batch: int, world: int, what: str) -> int:
     return global_batch // world
 
 
-def unlabeled_samples(cfg: Config, root: Path) -> list:
+def unlabeled_samples(cfg: Config, src: DatasetSource, split: ResolvedSplit) -> list:
     """The unlabeled split's samples, with their masks where every image has one and the reliability
     diagnostics are on (`train.reliability_diagnostics` and `train.diagnostics_every`): the masks become the
     batch's `truth`, which no loss reads. Without masks the diagnostics are simply absent."""
-    d, t = cfg.data, cfg.train
-    if t.reliability_diagnostics and t.diagnostics_every:
+    if cfg.train.reliability_diagnostics and cfg.train.diagnostics_every:
         try:
-            return load_split(d.dataset, root, d.unlabeled_split, labeled=True)
+            return split_samples(src, split, labeled=True)
         except DataError:  # some unlabeled image has no mask: no diagnostics
             pass
-    return load_split(d.dataset, root, d.unlabeled_split, labeled=False)
+    return split_samples(src, split, labeled=False)
 
 
 def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int = 0, rank: int = 0, world: int = 1,
                      strong_views: int = 1) -> TrainData:
     """Loaders positioned at `start_iteration` (for resume) and the val dataset; unlabeled samples carry
-    `strong_views` independently augmented strong views (`Method.strong_views`)."""
-    info, val = build_val_dataset(cfg)
-    root = Path(cfg.data.root)
+    `strong_views` independently augmented strong views (`Method.strong_views`). Each split is resolved
+    once, here; `TrainData.splits` hands them on."""
     d = cfg.data
+    if with_unlabeled and not d.unlabeled_split:
+        raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data: set data.unlabeled_split")
+    src = open_source(d.dataset, prepare_root(cfg))
+    info = source_info(src)
+    specs = {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split, "val": d.val_split}
+    splits = {role: resolve_split(src, spec) for role, spec in specs.items() if spec is not None}
+    val = _val_dataset(cfg, src, info, splits["val"])
     bl = per_process_batch(d.batch_size, world, "data.batch_size")
     labeled = SegmentationDataset(
-        load_split(d.dataset, root, d.labeled_split), TrainTransform(d.crop_size, d.scale_range), info.label_lut,
+        split_samples(src, splits["labeled"]), TrainTransform(d.crop_size, d.scale_range), info.label_lut,
         info.num_classes,
     )
     lab_loader = _loader(labeled, bl, cfg, cfg.seed, rank, world, start_iteration * bl)
     unl_loader = None
     if with_unlabeled:
-        if not d.unlabeled_split:
-            raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data: set data.unlabeled_split")
         bu = per_process_batch(d.unlabeled_batch_size or d.batch_size, world, "data.unlabeled_batch_size")
         unlabeled = SegmentationDataset(
-            unlabeled_samples(cfg, root),
+            unlabeled_samples(cfg, src, splits["unlabeled"]),
             TrainTransform(d.crop_size, d.scale_range, strong=True, color_jitter=d.color_jitter, blur=d.blur,
                            strong_views=strong_views),
             info.label_lut, info.num_classes,
         )
         unl_loader = _loader(unlabeled, bu, cfg, cfg.seed + 1, rank, world, start_iteration * bu)
-    return TrainData(info, lab_loader, unl_loader, val)
+    return TrainData(info, lab_loader, unl_loader, val, src, splits)

@@ -27,7 +27,7 @@ from prcl.data.voc import VOC_CLASSES, VocSource
 
 __all__ = [
     "VOC_CLASSES", "DatasetInfo", "DatasetSource", "ResolvedSplit", "GeneratedSplit", "SOURCES",
-    "open_source", "dataset_info", "resolve_split", "load_split", "copy_split", "generate_split",
+    "open_source", "dataset_info", "resolve_split", "split_samples", "load_split", "copy_split", "generate_split",
     "write_generated_split", "parallel_map", "read_list_file", "voc_samples",
 ]
 
@@ -127,10 +127,11 @@ def open_source(name: str, root: PathLike) -> DatasetSource:
 
 
 def dataset_info(name: str, root: PathLike) -> DatasetInfo:
-    src = open_source(name, root)
-    return DatasetInfo(
-        src.name, tuple(src.class_names), src.label_lut, src.colors, src.raw_label_values
-    )
+    return source_info(open_source(name, root))
+
+
+def source_info(src: DatasetSource) -> DatasetInfo:
+    return DatasetInfo(src.name, tuple(src.class_names), src.label_lut, src.colors, src.raw_label_values)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class ResolvedSplit:
     entries: tuple[SplitEntry, ...]
     path: Optional[Path] = None  # the list file, None for a standard split
     format: str = "ids"
+    standard: Optional[str] = None  # the standard split's name, None for a list file
 
 
 def resolve_split(src: DatasetSource, spec: PathLike) -> ResolvedSplit:
@@ -156,7 +158,7 @@ def resolve_split(src: DatasetSource, spec: PathLike) -> ResolvedSplit:
         entries = src.standard_entries(str(spec))
         if not entries:
             raise DataError(f"standard split {spec!r} of {src.name} under {src.root} is empty")
-        return ResolvedSplit(f"{spec!r} of {src.name} under {src.root}", tuple(entries))
+        return ResolvedSplit(f"{spec!r} of {src.name} under {src.root}", tuple(entries), standard=str(spec))
     looked = " and ".join(str(c.absolute()) for c in candidates)
     raise DataError(
         f"split {str(spec)!r} is neither a list file (looked for {looked}) nor a standard split "
@@ -173,6 +175,13 @@ def entry_samples(src: DatasetSource, split: ResolvedSplit, labeled: bool) -> li
         raise DataError(f"split {split.name}, {err}") from err
 
 
+def split_samples(src: DatasetSource, split: ResolvedSplit, labeled: bool = True) -> list[Sample]:
+    """The samples of a resolved split; every listed image (and mask, if `labeled`) must exist."""
+    samples = entry_samples(src, split, labeled)
+    raise_if_missing(samples, split.name, src.root)
+    return samples
+
+
 def load_split(name: str, root: PathLike, split_file: PathLike, *,
                labeled: bool = True) -> list[Sample]:
     """The samples of a split; every listed image (and mask, if `labeled`) must exist.
@@ -180,27 +189,20 @@ def load_split(name: str, root: PathLike, split_file: PathLike, *,
     Masks keep their raw encoding: read them with `dataset_info(name, root).label_lut`.
     """
     src = open_source(name, root)
-    split = resolve_split(src, split_file)
-    samples = entry_samples(src, split, labeled)
-    raise_if_missing(samples, split.name, src.root)
-    return samples
+    return split_samples(src, resolve_split(src, split_file), labeled)
 
 
-def copy_split(name: str, root: PathLike, splits: Mapping[str, Optional[PathLike]],
-               dest_dir: PathLike) -> dict[str, Path]:
-    """Save the splits a run used to `dest_dir` (e.g. `runs/<name>/split/`) as `<role>.txt`.
+def copy_split(src: DatasetSource, splits: Mapping[str, ResolvedSplit], dest_dir: PathLike) -> dict[str, Path]:
+    """Save the splits a run used (resolved once, when its data was built) to `dest_dir` (e.g.
+    `runs/<name>/split/`) as `<role>.txt`.
 
     List files are copied byte for byte; standard splits are written one entry per line. A
-    `manifest.json` records where each came from, its size and SHA-256. `None` specs are skipped.
+    `manifest.json` records where each came from, its size and SHA-256.
     """
-    src = open_source(name, root)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     written, manifest = {}, {}
-    for role, spec in splits.items():
-        if spec is None:
-            continue
-        split = resolve_split(src, spec)
+    for role, split in splits.items():
         out = dest / f"{role}.txt"
         if split.path is not None:
             out.write_bytes(split.path.read_bytes())
@@ -208,10 +210,10 @@ def copy_split(name: str, root: PathLike, splits: Mapping[str, Optional[PathLike
             write_split_file(out, [src.line(e) for e in split.entries])
         written[role] = out
         manifest[role] = {
-            "source": str(split.path.absolute()) if split.path else f"standard split {spec}",
+            "source": str(split.path.absolute()) if split.path else f"standard split {split.standard}",
             "format": split.format, "entries": len(split.entries), "sha256": file_sha256(out),
         }
-    manifest_doc = {"dataset": name, "root": str(src.root.absolute()), "splits": manifest}
+    manifest_doc = {"dataset": src.name, "root": str(src.root.absolute()), "splits": manifest}
     (dest / "manifest.json").write_text(json.dumps(manifest_doc, indent=2) + "\n")
     return written
 

@@ -9,7 +9,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Mapping, Optional
 
 try:
     import fcntl
@@ -18,7 +18,7 @@ except ImportError:  # not POSIX (Windows): runs are not locked
 
 from prcl import distributed as dist
 from prcl.config import Config, ConfigError, save_config
-from prcl.data.sources import copy_split
+from prcl.data.sources import DatasetSource, ResolvedSplit, copy_split
 
 # Keys that may change when a run is resumed without --force: they do not alter the experiment.
 RESUME_SAFE_KEYS = (
@@ -140,8 +140,9 @@ def check_resumable(saved: dict, cfg_dict: dict, run_dir: Path, force: bool) -> 
         )
 
 
-def create_run_dir(cfg: Config, overwrite: bool) -> None:
-    """Make `cfg.run_dir` with `checkpoints/`, the resolved `config.yaml` and a copy of the splits.
+def create_run_dir(cfg: Config, overwrite: bool, source: DatasetSource, splits: Mapping[str, ResolvedSplit]) -> None:
+    """Make `cfg.run_dir` with `checkpoints/`, the resolved `config.yaml` and a copy of the run's `splits`
+    (resolved once in `source`, when the data was built).
 
     Rank 0 does the work (holding the run's `RunLock`) while every rank waits; its errors reach them all.
     """
@@ -166,9 +167,7 @@ def create_run_dir(cfg: Config, overwrite: bool) -> None:
             raise ConfigError(f"cannot create run directory {run_dir} ({err.strerror}); "
                               "set output_dir=... to a writable place") from err
         save_config(cfg, run_dir / "config.yaml")
-        d = cfg.data
-        copy_split(d.dataset, Path(d.root), {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split,
-                                             "val": d.val_split}, run_dir / "split")
+        copy_split(source, splits, run_dir / "split")
 
     dist.run_on_main(write)
 

@@ -108,7 +108,7 @@ class Trainer:
                       "skipped; train without compile to get them", file=sys.stderr)
             self.student = torch.compile(self.student)
         if not resume:
-            create_run_dir(cfg, overwrite)
+            create_run_dir(cfg, overwrite, data.source, data.splits)
         elif self.main:
             drop_records_after(self.run_dir, self.start_iteration)
         self.log = RunLog(self.run_dir, main=self.main, start_iteration=self.start_iteration)
