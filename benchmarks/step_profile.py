@@ -29,7 +29,7 @@ PARTS = {  # label: (file suffix, function name) as pstats records them
     "model forward (all)": ("models/deeplab.py", "forward"),
     "σ² head forward": ("models/deeplab.py", "forward@ProbabilityHead"),
     "contrast (ContrastiveTerm)": ("methods/contrastive.py", "forward"),
-    "backward": ("trainer.py", "_backward"),
+    "backward": ("engine/nonfinite.py", "guarded_backward"),
     "optimiser step": ("torch/optim/sgd.py", "step"),
     "teacher EMA": ("engine/ema.py", "update"),
     "gradient diagnostics": ("engine/trainer.py", "_diagnose"),

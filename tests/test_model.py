@@ -81,7 +81,6 @@ def test_local_weights_file_is_loaded(tmp_path):
 import importlib
 import random
 
-import numpy as np
 import timm
 
 from prcl.models.wheel_weights import (CLASSIFIER_ONLY, WHEEL_BACKBONES, efficientnet_pytorch_to_timm,

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from prcl import cli
-from prcl.config import load_config
 from prcl.engine.checkpoint import load_checkpoint
-from prcl.engine.trainer import NonFiniteLossError, Trainer
+from prcl.engine.nonfinite import NonFiniteLossError
+from prcl.engine.trainer import Trainer
 from prcl.probabilistic import VAR_EPS, mutual_likelihood_score
 from test_reliability_inputs import error_line, run_cli, tiny_args
 

@@ -16,8 +16,8 @@ from prcl.data.cli import add_data_commands
 from prcl.experiments import add_configs_commands
 from prcl.data.dataset import DataError
 from prcl.engine.checkpoint import CheckpointError
-from prcl.engine.run_dir import RunLockedError
-from prcl.engine.trainer import NonFiniteLossError
+from prcl.engine.run_dir import CONFIG_FILE, RunLockedError
+from prcl.engine.nonfinite import NonFiniteLossError
 from prcl.models.backbone import WeightsError
 
 # Errors caused by the user's input or environment: printed as one line (PRCL_DEBUG=1 shows the traceback).
@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path = args.config
     if args.resume:
         run = Path(args.resume)
-        config_path = run / "config.yaml"
+        config_path = run / CONFIG_FILE
         overrides += [f"output_dir={run.parent}", f"name={run.name}"]
     cfg = load_config(config_path, overrides)
     if not args.resume and not args.overwrite and args.config is None and not any(o.startswith("name=") for o in overrides):

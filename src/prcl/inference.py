@@ -16,6 +16,7 @@ from prcl.data.palette import voc_colormap, voc_palette
 from prcl.data.transforms import to_normalized_tensor
 from prcl.engine.checkpoint import CheckpointError, load_checkpoint
 from prcl.engine.evaluate import evaluate, predict_logits
+from prcl.engine.run_dir import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT
 from prcl.methods import evaluated_model
 from prcl.models import SegmentationModel, build_model
 
@@ -24,8 +25,8 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
     """A checkpoint file, or `<run>/checkpoints/{best,last}.pt` for a run directory."""
     if path.is_file():
         return path
-    for name in (f"{which}.pt", "last.pt"):
-        candidate = path / "checkpoints" / name
+    for name in ({"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}[which], LAST_CHECKPOINT):
+        candidate = path / CHECKPOINT_DIR / name
         if candidate.is_file():
             return candidate
     raise CheckpointError(f"no checkpoint at {path} (expected a .pt file or a run directory with checkpoints/)")

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from prcl import IGNORE_INDEX
 from prcl.analysis.embedding import ClassReservoir
 from prcl.analysis.errors import AnalysisError
-from prcl.analysis.prototypes import TRAJECTORY_FILE, Prototypes, load_prototype_trajectory, method_prototypes
+from prcl.analysis.prototypes import Prototypes, load_prototype_trajectory, method_prototypes
+from prcl.engine.prototype_log import TRAJECTORY_FILE
+from prcl.engine.run_dir import CHECKPOINT_DIR, METRICS_LOG, TRAIN_LOG
 from prcl.config import Config, apply_overrides
 from prcl.data.transforms import denormalize
 from prcl.engine.evaluate import pad_to_multiple, predict_logits
@@ -99,13 +101,13 @@ def load_run(path: Path, *, checkpoint: str = "last", device: torch.device | str
     evaluated, cfg, state = model_from_checkpoint(ckpt, device)
     student = model_from_checkpoint(ckpt, device, which="student")[0] if state.get("teacher") is not None else evaluated
     apply_overrides(cfg, overrides)
-    run_dir = path if path.is_dir() else (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None)
+    run_dir = path if path.is_dir() else (ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else None)
     slim = {k: state.get(k) for k in ("iteration", "num_classes", "class_names")}  # drop weights, optimiser
     run = RunData(label or (run_dir or ckpt).name, run_dir, ckpt, cfg, slim, evaluated, student,
                   prototypes=method_prototypes(state.get("method") or {}))
     if run_dir is not None:
-        run.train_log = read_jsonl(run_dir / "train_log.jsonl")
-        run.metrics = read_jsonl(run_dir / "metrics.jsonl")
+        run.train_log = read_jsonl(run_dir / TRAIN_LOG)
+        run.metrics = read_jsonl(run_dir / METRICS_LOG)
         if (run_dir / TRAJECTORY_FILE).is_file():
             run.trajectory = load_prototype_trajectory(run_dir / TRAJECTORY_FILE)
             classes = next(v for k, v in run.trajectory.items() if k != "iterations").shape[1]

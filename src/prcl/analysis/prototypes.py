@@ -17,7 +17,6 @@ import torch
 from prcl.analysis.errors import AnalysisError
 from prcl.probabilistic import VN_SOURCES, EMAPrototypes, GlobalDistributionPrototypes, vn_draw_variance
 
-TRAJECTORY_FILE = "prototype_trajectory.pt"
 TRAJECTORY_KINDS = ("local", "ema", "gdp")  # the order of Fig. 8's panels
 
 

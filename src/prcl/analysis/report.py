@@ -26,8 +26,10 @@ from prcl.analysis.errors import AnalysisError
 from prcl.analysis.figures import (Cell, EmbeddingPanel, Markers, RunLogs, plot_curves,
                                    plot_embedding_panels, plot_image_grid, plot_trajectories)
 from prcl.analysis.markdown import write_report
-from prcl.analysis.prototypes import TRAJECTORY_FILE, TRAJECTORY_KINDS, trajectory_drift
+from prcl.analysis.prototypes import TRAJECTORY_KINDS, trajectory_drift
 from prcl.data.loaders import build_val_dataset
+from prcl.engine.prototype_log import TRAJECTORY_FILE
+from prcl.engine.run_dir import CHECKPOINT_DIR
 from prcl.probabilistic import virtual_negatives
 
 
@@ -35,7 +37,7 @@ def _name(path: Path) -> str:
     path = path.resolve()
     if path.is_dir():
         return path.name
-    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+    return path.parent.parent.name if path.parent.name == CHECKPOINT_DIR else path.stem
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:

@@ -7,9 +7,12 @@ Saved as `run_dir/prototype_trajectory.pt` = {"iterations": [T], "local"/"gdp"/"
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 
 from prcl.engine.checkpoint import save_checkpoint
+
+TRAJECTORY_FILE = "prototype_trajectory.pt"  # in the run directory
 
 
 class PrototypeTrajectory:

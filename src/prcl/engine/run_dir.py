@@ -1,4 +1,5 @@
-"""The run directory: its lock, creating it, checking a resumed config, and trimming logs on resume."""
+"""The run directory: its layout (every file name, defined once here), its lock, creating it, checking a
+resumed config, and trimming logs on resume."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ RESUME_SAFE_KEYS = (
     "train.eval_every", "train.checkpoint_every", "train.log_every", "train.device", "train.threads",
     "data.num_workers", "output_dir", "train.skip_nonfinite", "train.compile",
 )
-LOG_FILES = ("metrics.jsonl", "train_log.jsonl")
+CONFIG_FILE = "config.yaml"  # the resolved config
+SPLIT_DIR = "split"  # the split lists the run used, and their manifest
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT, BEST_CHECKPOINT = "last.pt", "best.pt"  # in CHECKPOINT_DIR: the latest, and the best by mIoU
+TRAIN_LOG, METRICS_LOG = "train_log.jsonl", "metrics.jsonl"  # losses and statistics; evaluations
+SUMMARY_FILE = "summary.json"  # written when training ends
+LOG_FILES = (METRICS_LOG, TRAIN_LOG)
 LOCK_FILE = ".lock"
 
 
@@ -162,12 +169,12 @@ def create_run_dir(cfg: Config, overwrite: bool, source: DatasetSource, splits: 
             else:
                 path.unlink()
         try:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"cannot create run directory {run_dir} ({err.strerror}); "
                               "set output_dir=... to a writable place") from err
-        save_config(cfg, run_dir / "config.yaml")
-        copy_split(source, splits, run_dir / "split")
+        save_config(cfg, run_dir / CONFIG_FILE)
+        copy_split(source, splits, run_dir / SPLIT_DIR)
 
     dist.run_on_main(write)
 

@@ -29,18 +29,16 @@ from prcl.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, 
 from prcl.engine.diagnostics import InertTermMonitor, gradient_norms
 from prcl.engine.ema import EMATeacher, teacher_decay
 from prcl.engine.evaluate import evaluate
+from prcl.engine.nonfinite import NonFiniteLossError, StepUndo, guarded_backward
 from prcl.engine.optimizer import build_optimizer
-from prcl.engine.prototype_log import PrototypeTrajectory
+from prcl.engine.prototype_log import TRAJECTORY_FILE, PrototypeTrajectory
 from prcl.engine.reliability import reliability_stats
-from prcl.engine.run_dir import RunLock, check_resumable, create_run_dir, drop_records_after
+from prcl.engine.run_dir import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_LOG, SUMMARY_FILE, TRAIN_LOG,
+                                 RunLock, check_resumable, create_run_dir, drop_records_after)
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
 from prcl.methods import METHODS, StepLosses, build_method, evaluated_model
 from prcl.models import build_model
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or a gradient became NaN/Inf; the message names the iteration and the last checkpoint."""
 
 
 class Trainer:
@@ -64,7 +62,7 @@ class Trainer:
             raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {self.device.type}); "
                               "use train.amp=bf16 or train.amp=none")
         self.run_dir = cfg.run_dir
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
         self.main = dist.is_main_process()
         dist.run_on_main(self.lock.acquire)  # before the run directory is read, created or overwritten
         state = self._resume_state(force) if resume else None
@@ -113,7 +111,7 @@ class Trainer:
             drop_records_after(self.run_dir, self.start_iteration)
         self.log = RunLog(self.run_dir, main=self.main, start_iteration=self.start_iteration)
         self.monitor = InertTermMonitor()
-        self.trajectory = PrototypeTrajectory(self.run_dir / "prototype_trajectory.pt")
+        self.trajectory = PrototypeTrajectory(self.run_dir / TRAJECTORY_FILE)
         self._stop_signal: Optional[int] = None
         with torch.random.fork_rng(devices=[]):  # last, so a failure above starts no DataLoader workers
             self.labeled = iter(data.labeled)
@@ -121,7 +119,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- run directory and state
     def _resume_state(self, force: bool) -> dict:
-        state = load_checkpoint(self.ckpt_dir / "last.pt")
+        state = load_checkpoint(self.ckpt_dir / LAST_CHECKPOINT)
         check_resumable(state["config"], to_dict(self.cfg), self.run_dir, force)
         return state
 
@@ -144,7 +142,7 @@ class Trainer:
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        last = self.ckpt_dir / "last.pt"
+        last = self.ckpt_dir / LAST_CHECKPOINT
         if state["num_classes"] != self.info.num_classes:
             raise CheckpointError(f"{last} has {state['num_classes']} classes but {self.cfg.data.dataset} has "
                                   f"{self.info.num_classes}; resume it with its own dataset, or train under a new name")
@@ -163,7 +161,7 @@ class Trainer:
         if dist.world_size() == 1:  # RNG streams are per process; a new world size starts new ones
             set_rng_state(state["rng"])
 
-    def save(self, iteration: int, name: str = "last.pt") -> Path:
+    def save(self, iteration: int, name: str = LAST_CHECKPOINT) -> Path:
         """Write `checkpoints/<name>` atomically (rank 0; a failure there stops every rank)."""
         path = self.ckpt_dir / name
 
@@ -174,11 +172,11 @@ class Trainer:
                 kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
                 raise CheckpointError(f"cannot write checkpoint {path} ({err.strerror or err}); {kept}. Free disk "
                                       f"space, then resume with `prcl train --resume {self.run_dir}`") from err
-            if name == "last.pt":
+            if name == LAST_CHECKPOINT:
                 self.trajectory.save()
 
         dist.run_on_main(write)
-        if name == "last.pt":
+        if name == LAST_CHECKPOINT:
             self.saved_iteration = iteration
         return path
 
@@ -203,7 +201,7 @@ class Trainer:
         labeled = self._next(self.labeled)
         unlabeled = self._next(self.unlabeled) if self.unlabeled is not None else None
         progress = iteration / self.cfg.train.iterations
-        undo = self._snapshot() if self.cfg.train.skip_nonfinite else None
+        undo = StepUndo(self.model, self.method) if self.cfg.train.skip_nonfinite else None
         with self._autocast():
             step = self.method.losses(self.student, self.teacher, labeled, unlabeled, progress)
         loss = sum(step.terms.values())
@@ -214,7 +212,7 @@ class Trainer:
         if every and (iteration == 0 or (iteration + 1) % every == 0):
             stats.update(self._diagnose(step, iteration + 1))
         self.optimizer.zero_grad(set_to_none=True)
-        problem = self._backward(loss)
+        problem = guarded_backward(loss, self.model, self.scaler)  # the same answer on every rank
         if problem is None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -239,29 +237,11 @@ class Trainer:
             norms.update(reliability_stats(step.probe, step.terms["contrastive"]))
         return norms
 
-    # ----------------------------------------------------------------- numerical guards
-    def _backward(self, loss: torch.Tensor) -> Optional[str]:
-        """Backpropagate a finite loss. Returns what is non-finite ("loss" or "gradient") or None,
-        the same answer on every process, so all ranks stop or skip together."""
-        if not _finite_everywhere(loss):
-            return "loss"
-        self.scaler.scale(loss).backward()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if self.scaler.is_enabled() or not grads:  # fp16: the scaler skips overflowing steps itself
-            return None
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))  # torch < 2.6
-        return None if _finite_everywhere(norm) else "gradient"
-
-    def _snapshot(self) -> dict[str, Any]:
-        """Copies of what a forward pass changes (BatchNorm statistics, prototypes, memory bank)."""
-        return {"model": [b.detach().clone() for b in self.model.buffers()],
-                "method": {k: v.detach().clone() for k, v in self.method.state_dict().items()}}
-
-    def _skip_step(self, iteration: int, problem: str, values: dict[str, float], undo: Optional[dict]) -> None:
+    def _skip_step(self, iteration: int, problem: str, values: dict[str, float], undo: Optional[StepUndo]) -> None:
         """Stop with a message naming the iteration, the loss terms and the last good checkpoint, or (with
         train.skip_nonfinite) undo the forward pass's state changes and count the skipped step."""
         if undo is None:
-            last = self.ckpt_dir / "last.pt"
+            last = self.ckpt_dir / LAST_CHECKPOINT
             saved = (f"the last good checkpoint is {last} (iteration {self.saved_iteration})"
                      if self.saved_iteration is not None else "no checkpoint was written yet")
             raise NonFiniteLossError(
@@ -269,10 +249,7 @@ class Trainer:
                 f"resume with `prcl train --resume {self.run_dir}`, or add train.skip_nonfinite=true to skip such steps"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for buffer, saved_buffer in zip(self.model.buffers(), undo["model"]):
-                buffer.copy_(saved_buffer)
-        self.method.load_state_dict(undo["method"])
+        undo.restore()
         self.skipped_steps += 1
         if self.main:
             tqdm.write(f"skipped iteration {iteration + 1}: non-finite {problem}, loss terms {values} "
@@ -335,7 +312,7 @@ class Trainer:
         if done % c.log_every == 0 or done == T or any(k.startswith("grad/") for k in stats):
             lr = self.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
-            self.log.write("train_log.jsonl", {"iteration": done, "lr": lr, **values, **stats}, "train")
+            self.log.write(TRAIN_LOG, {"iteration": done, "lr": lr, **values, **stats}, "train")
         if done % c.eval_every == 0 or done == T:
             self._evaluate_and_keep_best(done, bar)
         if done % c.checkpoint_every == 0 or done == T:
@@ -361,10 +338,10 @@ class Trainer:
                 record.update({f"miou/{name}": miou, f"per_class_iou/{name}": iou})
             other = next(name for name in results if name != self.reported)
             line += f" of the {self.reported}; {other} {100 * results[other][0]:.2f}"
-        self.log.write("metrics.jsonl", record, "val")
+        self.log.write(METRICS_LOG, record, "val")
         bar.write(line)
         if improved:
-            self.save(done, "best.pt")
+            self.save(done, BEST_CHECKPOINT)
 
     def _stop_if_signalled(self, done: int, bar: tqdm) -> None:
         stop = torch.tensor([float(self._stop_signal is not None)], device=self.device)
@@ -403,14 +380,8 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if self.main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         return summary
-
-
-def _finite_everywhere(x: torch.Tensor) -> bool:
-    """Whether `x` is finite on every process (one tiny all-reduce under DDP)."""
-    bad = (~torch.isfinite(x.detach())).any().float().reshape(1)
-    return dist.all_reduce_sum(bad).item() == 0
 
 
 def train(cfg: Config, **kwargs: Any) -> dict[str, Any]:
