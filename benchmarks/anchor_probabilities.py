@@ -1,5 +1,5 @@
 """Do the anchors change if the student's probabilities are read at feature resolution (the PRCL
-release) instead of from the image-size logits resized back down (`methods/contrastive.py` today)?
+release) instead of from the image-size logits resized back down (`methods/contrastive_term.py` today)?
 
 Trains a short PRCL run (the demo config unless overridden), then over the val images compares, at the
 feature map (stride 4), the softmax of
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from prcl import IGNORE_INDEX
 from prcl.config import load_config
 from prcl.engine.trainer import Trainer
-from prcl.methods.contrastive import to_feature_resolution
+from prcl.methods.contrastive_term import to_feature_resolution
 
 
 @torch.no_grad()

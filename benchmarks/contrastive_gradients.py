@@ -25,7 +25,7 @@ from prcl.config import contrastive_preset, from_dict, parse_override
 from prcl.data.loaders import build_val_dataset
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.diagnostics import gradient_norms
-from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.models import build_model
 
 VARIANTS = {

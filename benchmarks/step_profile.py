@@ -28,7 +28,7 @@ PARTS = {  # label: (file suffix, function name) as pstats records them
     "mixing": ("data/mixing.py", "mix_strong_view"),
     "model forward (all)": ("models/deeplab.py", "forward"),
     "σ² head forward": ("models/deeplab.py", "forward@ProbabilityHead"),
-    "contrast (ContrastiveTerm)": ("methods/contrastive.py", "forward"),
+    "contrast (ContrastiveTerm)": ("methods/contrastive_term.py", "forward"),
     "backward": ("engine/nonfinite.py", "guarded_backward"),
     "optimiser step": ("torch/optim/sgd.py", "step"),
     "teacher EMA": ("engine/ema.py", "update"),

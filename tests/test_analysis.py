@@ -254,7 +254,7 @@ def test_compare_two_runs_through_the_cli(runs, tmp_path, capsys):
     assert "*sup*" in (tmp_path / "report.md").read_text()
 
 
-def test_student_and_evaluated_networks_of_a_checkpoint(runs):
+def test_student_and_reported_networks_of_a_checkpoint(runs):
     cfg, _ = runs
     ckpt = cfg.run_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt)
@@ -264,7 +264,7 @@ def test_student_and_evaluated_networks_of_a_checkpoint(runs):
         assert torch.equal(student.state_dict()[key], state["model"][key])
     assert torch.equal(teacher.state_dict()["seg_head.1.weight"], state["teacher"]["seg_head.1.weight"])
     assert not torch.equal(teacher.state_dict()["seg_head.1.weight"], state["model"]["seg_head.1.weight"])
-    with pytest.raises(ValueError, match="which must be 'evaluated' or 'student'"):
+    with pytest.raises(ValueError, match="which must be 'reported' or 'student'"):
         model_from_checkpoint(ckpt, which="teacher")
 
 

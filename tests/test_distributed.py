@@ -31,7 +31,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, overrides: li
     trainer.fit()
     state = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
     state.update({f"method.{k}": v for k, v in trainer.method.state_dict().items()})
-    evaluated = trainer.teacher.model if trainer.reported == "teacher" else trainer.model
+    evaluated = trainer.teacher.model if trainer.reported_model_name == "teacher" else trainer.model
     cm = evaluate(evaluated, trainer.val_dataset, trainer.info.num_classes, device=torch.device("cpu"),
                   batch_size=cfg.eval.batch_size)  # the trainer's evaluation, sharded over the 2 ranks
     torch.save({"state": state, "confusion": cm.mat}, Path(out) / f"rank{rank}.pt")

@@ -37,8 +37,8 @@ def test_the_evaluated_teacher_has_exactly_the_saved_weights(checkpoint):
     assert student.state_dict().keys() == state["model"].keys() and student.prob_head is not None
 
 
-@pytest.mark.parametrize("part, which, key", [("teacher", "evaluated", "seg_head.1.weight"),
-                                              ("teacher", "evaluated", "aspp.project.0.1.running_var"),
+@pytest.mark.parametrize("part, which, key", [("teacher", "reported", "seg_head.1.weight"),
+                                              ("teacher", "reported", "aspp.project.0.1.running_var"),
                                               ("model", "student", "prob_head.net.0.weight")])
 def test_a_checkpoint_missing_a_weight_is_an_error_naming_it(checkpoint, tmp_path, part, which, key):
     state = load_checkpoint(checkpoint)

@@ -14,7 +14,7 @@ from prcl.config import METHOD_PRESETS, ConfigError, load_config
 from prcl.engine.diagnostics import InertTermMonitor, gradient_norms
 from prcl.engine.trainer import train
 from prcl.methods import METHODS, build_method
-from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.models import build_model
 
 

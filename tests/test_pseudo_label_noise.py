@@ -10,7 +10,7 @@ import torch
 from prcl import IGNORE_INDEX
 from prcl.config import WITHOUT_PSEUDO_LABELS, load_config
 from prcl.methods import METHODS, build_method, pseudo_label_noise
-from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise, corrupt_pseudo_labels
 from prcl.methods.pseudo_labels import PseudoLabels, argmax_pseudo_labels
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from prcl import IGNORE_INDEX
 from prcl.config import load_config
-from prcl.losses.segmentation import ohem_cross_entropy, supervised_loss
+from prcl.losses.cross_entropy import ohem_cross_entropy, supervised_loss
 from prcl.methods import build_method
 from prcl.models.feature_perturbation import complementary_channel_masks
 

@@ -17,7 +17,7 @@ from prcl.data.transforms import to_normalized_tensor
 from prcl.engine.checkpoint import CheckpointError, load_checkpoint
 from prcl.engine.evaluate import evaluate, predict_logits
 from prcl.engine.run_dir import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT
-from prcl.methods import evaluated_model
+from prcl.methods import reported_model_name
 from prcl.models import SegmentationModel, build_model
 
 
@@ -33,22 +33,22 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
 
 
 def model_from_checkpoint(
-    path: Path, device: torch.device | str = "cpu", which: str = "evaluated"
+    path: Path, device: torch.device | str = "cpu", which: str = "reported"
 ) -> tuple[SegmentationModel, Config, dict]:
-    """A network of a checkpoint in eval mode: `which="evaluated"` is the model the run reports (`eval.model`:
+    """A network of a checkpoint in eval mode: `which="reported"` is the model the run reports (`eval.model`:
     for methods with a teacher, its authors' choice by default; the teacher comes without representation/
     probability heads), `"student"` the student with all its heads.
 
     Loaded strictly: the network is built with exactly the modules the saved one had (the teacher's
     heads are removed, as `EMATeacher` does), and a checkpoint lacking any of its weights is a
     `CheckpointError` naming them, never a network with some weights left at random."""
-    if which not in ("evaluated", "student"):
-        raise ValueError(f"which must be 'evaluated' or 'student', got {which!r}")
+    if which not in ("reported", "student"):
+        raise ValueError(f"which must be 'reported' or 'student', got {which!r}")
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
     cfg.model.pretrained, cfg.model.weights = False, None  # weights come from the checkpoint
     model = build_model(cfg, state["num_classes"])
-    part = "teacher" if which == "evaluated" and evaluated_model(cfg) == "teacher" else "model"
+    part = "teacher" if which == "reported" and reported_model_name(cfg) == "teacher" else "model"
     if part == "teacher":
         model.rep_head = model.prob_head = None
     load_weights(model, state[part], path, part)

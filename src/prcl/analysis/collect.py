@@ -27,7 +27,7 @@ from prcl.config import Config, apply_overrides
 from prcl.data.transforms import denormalize
 from prcl.engine.evaluate import pad_to_multiple, predict_logits
 from prcl.inference import model_from_checkpoint, resolve_checkpoint
-from prcl.methods.contrastive import to_feature_resolution
+from prcl.methods.contrastive_term import to_feature_resolution
 
 UNCERTAINTY_PIXELS_PER_IMAGE = 4096  # pixels per image kept to compute the AUROC of σ²
 # the AUROCs of σ² as a detector of wrong pseudo-labels, by the pixels they are taken over (short names for tables)

@@ -37,7 +37,7 @@ from prcl.engine.run_dir import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOIN
                                  RunLock, check_resumable, create_run_dir, drop_records_after)
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
-from prcl.methods import METHODS, StepLosses, build_method, evaluated_model
+from prcl.methods import METHODS, StepLosses, build_method, reported_model_name
 from prcl.models import build_model
 
 
@@ -52,7 +52,7 @@ class Trainer:
 
     def _setup(self, cfg: Config, resume: bool, force: bool, overwrite: bool) -> None:
         self.cfg = cfg
-        self.reported = evaluated_model(cfg)  # "student" or "teacher": its mIoU is the run's, best.pt follows it
+        self.reported_model_name = reported_model_name(cfg)  # its mIoU is the run's; best.pt follows it
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = dist.select_device(cfg.train.device)
@@ -323,10 +323,10 @@ class Trainer:
         """Evaluate (`evaluate`), log `metrics.jsonl` (the reported model's `miou`/`per_class_iou`, and with a
         teacher each model's under `miou/<model>`), and save `best.pt` when the reported model improved."""
         results = self.evaluate()
-        self.miou, per_class = results[self.reported]
+        self.miou, per_class = results[self.reported_model_name]
         improved = not (self.best_miou >= self.miou)  # also true while best is NaN
         self.best_miou = self.miou if improved else self.best_miou
-        record: dict[str, Any] = {"iteration": done, "model": self.reported, "miou": self.miou,
+        record: dict[str, Any] = {"iteration": done, "model": self.reported_model_name, "miou": self.miou,
                                   "per_class_iou": per_class}
         line = f"iteration {done}: mIoU {100 * self.miou:.2f} (best {100 * self.best_miou:.2f})"
         self.miou_by_model = {name: miou for name, (miou, _) in results.items()}
@@ -336,8 +336,8 @@ class Trainer:
         if len(results) > 1:
             for name, (miou, iou) in results.items():
                 record.update({f"miou/{name}": miou, f"per_class_iou/{name}": iou})
-            other = next(name for name in results if name != self.reported)
-            line += f" of the {self.reported}; {other} {100 * results[other][0]:.2f}"
+            other = next(name for name in results if name != self.reported_model_name)
+            line += f" of the {self.reported_model_name}; {other} {100 * results[other][0]:.2f}"
         self.log.write(METRICS_LOG, record, "val")
         bar.write(line)
         if improved:
@@ -367,7 +367,7 @@ class Trainer:
         images_per_it = d.batch_size + ((d.unlabeled_batch_size or d.batch_size) if self.method.uses_unlabeled else 0)
         summary = {
             "method": cfg.method.name,
-            "evaluated_model": self.reported,
+            "evaluated_model": self.reported_model_name,  # the reported model (the key predates the name)
             "miou": self.miou,
             "best_miou": self.best_miou,
             "miou_by_model": self.miou_by_model,

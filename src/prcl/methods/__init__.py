@@ -4,7 +4,7 @@ does everything else. Add one with a row for its name in `prcl.config.presets.ME
 
 from __future__ import annotations
 
-from prcl.methods.base import METHODS, Method, StepLosses, build_method, evaluated_model, register
+from prcl.methods.base import METHODS, Method, StepLosses, build_method, register, reported_model_name
 from prcl.methods import supervised, mean_teacher, fixmatch, unimatch, unimatch_v2  # noqa: F401  (register the methods)
 
-__all__ = ["METHODS", "Method", "StepLosses", "build_method", "evaluated_model", "register"]
+__all__ = ["METHODS", "Method", "StepLosses", "build_method", "register", "reported_model_name"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from prcl.config import METHOD_PRESETS, Config, ConfigError
-from prcl.losses.segmentation import supervised_loss
+from prcl.losses.cross_entropy import supervised_loss
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -97,7 +97,7 @@ class Method(nn.Module):
     uses_unlabeled = False  # needs the unlabeled stream: set by `register` from the preset's `pseudo_labels`
     strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
     loss_scale = 1.0  # every loss term, the contrast included, is multiplied by it (the module docstring)
-    reported_model = "teacher"  # with a teacher: the model its authors report and keep the best checkpoint of
+    authors_choice = "teacher"  # with a teacher: the model its authors report and keep the best checkpoint of
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
@@ -128,16 +128,16 @@ class Method(nn.Module):
         return {}
 
 
-def evaluated_model(cfg: Config) -> str:
+def reported_model_name(cfg: Config) -> str:
     """"student" or "teacher": the model whose mIoU a run reports and `best.pt` follows (`eval.model`; `auto`
-    = the method's authors' choice, `Method.reported_model`). Methods without a teacher: the student."""
+    = the method's authors' choice, `Method.authors_choice`). Methods without a teacher: the student."""
     method = METHODS[cfg.method.name]
     if not method.uses_teacher:
         if cfg.eval.model == "teacher":
             raise ConfigError(f"eval.model=teacher, but method.name={cfg.method.name} trains no teacher; "
                               "use eval.model=auto or student")
         return "student"
-    return method.reported_model if cfg.eval.model == "auto" else cfg.eval.model
+    return method.authors_choice if cfg.eval.model == "auto" else cfg.eval.model
 
 
 def build_method(cfg: Config, num_classes: int) -> Method:

@@ -37,7 +37,7 @@ from prcl.data.mixing import MixedView, mix_strong_view, partner_shifts
 from prcl.data.transforms import strong_view_keys
 from prcl.distributed import world_size
 from prcl.methods.base import Method, StepLosses, register
-from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise
 from prcl.methods.pseudo_labels import confident_fraction, student_pseudo_labels, teacher_pseudo_labels
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from prcl import IGNORE_INDEX
 from prcl.data.mixing import mix_strong_view
 from prcl.methods.base import Method, StepLosses, register
-from prcl.methods.contrastive import ContrastiveTerm
+from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise
 from prcl.methods.pseudo_labels import confident_fraction, teacher_pseudo_labels
 

@@ -14,7 +14,7 @@ computes it:
     L  = (Ls + Lu) / 2
 
 The trainer evaluates the student and the EMA teacher, as UniMatch V2's code does every epoch, and like it
-keeps `best.pt` by the student's mIoU (`reported_model`; `eval.model` chooses otherwise).
+keeps `best.pt` by the student's mIoU (`authors_choice`; `eval.model` chooses otherwise).
 
 `unimatch_v2_prcl` adds PRCL's contrast on [labeled; strong view 1] at the weight every method gives it
 (L = (Ls + Lu + λc·Lc)/2, the rule of `prcl.methods.base`), as `unimatch_prcl` does; strong view 1 carries
@@ -37,7 +37,7 @@ WEIGHT_S1, WEIGHT_S2 = 0.5, 0.5  # Lu = (L_s1 + L_s2) / 2
 class UniMatchV2(FixMatch):
     uses_teacher = True
     strong_views = 2
-    reported_model = "student"  # its code keeps best.pth by the student's mIoU (the teacher's is logged beside)
+    authors_choice = "student"  # its code keeps best.pth by the student's mIoU (the teacher's is logged beside)
 
     def forward_streams(self, student, labeled: torch.Tensor, weak: torch.Tensor,
                         strong: list[torch.Tensor]) -> StudentStreams:

@@ -32,7 +32,7 @@ class ContrastiveTerm(nn.Module):
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
-        self.cfg = cfg.method.contrastive
+        self.settings = cfg.method.contrastive  # the `method.contrastive` section
         self.loss = PixelContrastiveLoss.from_config(cfg, num_classes)
         self.loss.record_sample = True  # the anchors of the step, for the reliability diagnostics
 
@@ -42,17 +42,17 @@ class ContrastiveTerm(nn.Module):
         and teacher confidences `[B_u, H, W]` at image resolution (aligned with the student's view).
         `truth` `[B_u, H, W]`, the unlabeled images' true labels where known, only feeds `StepLosses.probe`
         (`prcl.engine.reliability`): it is read after the loss and never changes it."""
-        c = self.cfg
+        settings = self.settings
         mu = out["mu"].float()
         size = mu.shape[-2:]
         target = torch.cat([labels, pseudo])  # [B_l + B_u, H, W]
         conf = torch.cat([torch.ones_like(labels, dtype=confidence.dtype), confidence])
         target, conf = to_feature_resolution(target, size), to_feature_resolution(conf, size)
-        valid = (target != IGNORE_INDEX) & (conf >= c.weak_threshold)
+        valid = (target != IGNORE_INDEX) & (conf >= settings.weak_threshold)
         probs = F.interpolate(out["logits"].detach().float(), size=size, mode="bilinear", align_corners=False).softmax(1)
         var = out["var"].float() if "var" in out else None
         loss, stats = self.loss(mu, var, target, valid, probs)
-        weight = contrastive_weight(progress, c.lambda0, c.lambda_alpha)
+        weight = contrastive_weight(progress, settings.lambda0, settings.lambda_alpha)
         stats = {f"contrastive/{k}": v for k, v in stats.items()}
         stats["contrastive/lambda"] = weight
         paths = {"mu": out["mu"]} if var is None else {"mu": out["mu"], "var": out["var"]}

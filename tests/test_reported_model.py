@@ -14,7 +14,7 @@ from prcl.engine import trainer as trainer_module
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.evaluate import evaluate
 from prcl.engine.trainer import Trainer
-from prcl.methods import evaluated_model
+from prcl.methods import reported_model_name
 
 AUTHORS_CHOICE = {  # what each method's authors evaluate and keep their best checkpoint by, read from their code
     "supervised": "student", "fixmatch": "student", "unimatch": "student", "unimatch_prcl": "student",  # no teacher
@@ -30,10 +30,10 @@ def test_every_method_has_its_authors_choice():
 
 @pytest.mark.parametrize("method", sorted(AUTHORS_CHOICE))
 def test_the_reported_model_is_the_authors_choice_unless_eval_model_says_otherwise(make_config, method):
-    assert evaluated_model(make_config(f"method.name={method}")) == AUTHORS_CHOICE[method]
-    assert evaluated_model(make_config(f"method.name={method}", "eval.model=student")) == "student"
+    assert reported_model_name(make_config(f"method.name={method}")) == AUTHORS_CHOICE[method]
+    assert reported_model_name(make_config(f"method.name={method}", "eval.model=student")) == "student"
     if AUTHORS_CHOICE[method] == "teacher" or method.startswith("unimatch_v2"):
-        assert evaluated_model(make_config(f"method.name={method}", "eval.model=teacher")) == "teacher"
+        assert reported_model_name(make_config(f"method.name={method}", "eval.model=teacher")) == "teacher"
 
 
 def test_a_teacher_that_does_not_exist_cannot_be_reported(make_config):
