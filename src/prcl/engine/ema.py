@@ -26,10 +26,10 @@ def rescaled_ema_decay(decay: float, reference_iterations: int, iterations: int)
 
 def teacher_decay(cfg: Config) -> float:
     """`method.ema_decay`, rescaled to `train.iterations` when `method.ema_reference_iterations` is set."""
-    m = cfg.method
-    if m.ema_reference_iterations is None:
-        return m.ema_decay
-    return rescaled_ema_decay(m.ema_decay, m.ema_reference_iterations, cfg.train.iterations)
+    method = cfg.method
+    if method.ema_reference_iterations is None:
+        return method.ema_decay
+    return rescaled_ema_decay(method.ema_decay, method.ema_reference_iterations, cfg.train.iterations)
 
 
 class EMATeacher(nn.Module):

@@ -306,16 +306,16 @@ class Trainer:
 
     def _after_step(self, done: int, values: dict[str, float], stats: dict[str, float], bar: tqdm) -> None:
         """Prototype trajectory, logs, evaluation, checkpoints and a requested stop, as scheduled."""
-        c, T = self.cfg.train, self.cfg.train.iterations
-        if c.log_prototypes_every and done % c.log_prototypes_every == 0:
+        schedule, T = self.cfg.train, self.cfg.train.iterations
+        if schedule.log_prototypes_every and done % schedule.log_prototypes_every == 0:
             self.trajectory.record(done, self.method.prototypes())
-        if done % c.log_every == 0 or done == T or any(k.startswith("grad/") for k in stats):
+        if done % schedule.log_every == 0 or done == T or any(k.startswith("grad/") for k in stats):
             lr = self.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
             self.log.write(TRAIN_LOG, {"iteration": done, "lr": lr, **values, **stats}, "train")
-        if done % c.eval_every == 0 or done == T:
+        if done % schedule.eval_every == 0 or done == T:
             self._evaluate_and_keep_best(done, bar)
-        if done % c.checkpoint_every == 0 or done == T:
+        if done % schedule.checkpoint_every == 0 or done == T:
             self.save(done)
         self._stop_if_signalled(done, bar)
 

@@ -78,30 +78,31 @@ class PixelContrastiveLoss(nn.Module):
     def __init__(self, num_classes: int, dim: int, config: Optional[ContrastiveConfig] = None, *,
                  chunk_elements: Optional[int] = None) -> None:
         super().__init__()
-        c = config if config is not None else contrastive_preset("prcl")
-        check_section(c, "method.contrastive.")  # the config's own rules, stated once
+        settings = config if config is not None else contrastive_preset("prcl")
+        check_section(settings, "method.contrastive.")  # the config's own rules, stated once
         _require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
         _require(chunk_elements is None or chunk_elements >= 1,
                  f"chunk_elements must be None (per device default) or >= 1, got {chunk_elements}")
-        self.config = copy.deepcopy(c)
-        self.num_classes, self.dim, self.temperature = num_classes, dim, float(c.temperature)
-        self.num_anchors, self.num_negatives = c.num_anchors, c.num_negatives
-        self.strong_threshold, self.probabilistic, self.prototype = c.strong_threshold, c.pr, c.prototype
-        self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = c.vn.enabled, c.vn.num, c.vn.beta, c.vn.scale
-        self.vn_source, self.anchor_pixels = c.vn.source, c.anchor_pixels
-        self.memory_bank_enqueue, self.memory_bank_negatives = c.memory_bank.enqueue, c.memory_bank.negatives
-        self.prototype_var, self.vn_var = c.prototype_var, c.vn.var
-        self.normalize = c.mls.normalize or not c.pr
-        self.mls_reduction, self.mls_include_const, self.mls_log_det = c.mls.reduction, c.mls.include_const, c.mls.log_det
+        self.config = copy.deepcopy(settings)
+        self.num_classes, self.dim, self.temperature = num_classes, dim, float(settings.temperature)
+        self.num_anchors, self.num_negatives = settings.num_anchors, settings.num_negatives
+        self.strong_threshold, self.probabilistic = settings.strong_threshold, settings.pr
+        self.prototype, self.prototype_var = settings.prototype, settings.prototype_var
+        self.anchor_pixels = settings.anchor_pixels
+        vn, bank, mls = settings.vn, settings.memory_bank, settings.mls
+        self.vn_enabled, self.vn_num, self.vn_beta, self.vn_scale = vn.enabled, vn.num, vn.beta, vn.scale
+        self.vn_source, self.vn_var = vn.source, vn.var
+        self.memory_bank_enqueue, self.memory_bank_negatives = bank.enqueue, bank.negatives
+        self.normalize = mls.normalize or not settings.pr
+        self.mls_reduction, self.mls_include_const, self.mls_log_det = mls.reduction, mls.include_const, mls.log_det
         self.chunk_elements = chunk_elements
         # The GDP is kept whenever it is the positive or the source of VNs (Table 8 "+PR+VN" uses
         # local prototypes as positives and GDP-drawn VNs).
-        self.gdp = (GlobalDistributionPrototypes(num_classes, dim, forgetting=c.gdp_forgetting)
-                    if c.prototype == "gdp" or c.vn.enabled else None)
-        self.ema = (EMAPrototypes(num_classes, dim, momentum=c.ema_momentum, with_var=c.pr)
-                    if c.prototype == "ema" else None)
-        self.bank = (ClassMemoryBank(num_classes, dim, c.memory_bank.size, with_var=c.pr)
-                     if c.memory_bank.enabled else None)
+        self.gdp = (GlobalDistributionPrototypes(num_classes, dim, forgetting=settings.gdp_forgetting)
+                    if settings.prototype == "gdp" or vn.enabled else None)
+        self.ema = (EMAPrototypes(num_classes, dim, momentum=settings.ema_momentum, with_var=settings.pr)
+                    if settings.prototype == "ema" else None)
+        self.bank = ClassMemoryBank(num_classes, dim, bank.size, with_var=settings.pr) if bank.enabled else None
         self.record_sample = False
         self.last_sample: Optional[ContrastSample] = None
         self.last_local_mean: Optional[Tensor] = None
@@ -110,9 +111,9 @@ class PixelContrastiveLoss(nn.Module):
     def from_config(cls, cfg: Config, num_classes: int, **kwargs: object) -> "PixelContrastiveLoss":
         """The loss of a run: `cfg.method.contrastive` on representations of `cfg.model.rep_dim` dims
         (`PRCLContrastiveLoss` or `CosineContrastiveLoss` by `method.contrastive.pr`)."""
-        c = cfg.method.contrastive
-        kind = cls if cls is not PixelContrastiveLoss else PRCLContrastiveLoss if c.pr else CosineContrastiveLoss
-        return kind(num_classes, cfg.model.rep_dim, c, **kwargs)
+        settings = cfg.method.contrastive
+        kind = cls if cls is not PixelContrastiveLoss else PRCLContrastiveLoss if settings.pr else CosineContrastiveLoss
+        return kind(num_classes, cfg.model.rep_dim, settings, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, temperature={self.temperature}, "

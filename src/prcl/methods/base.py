@@ -118,9 +118,9 @@ class Method(nn.Module):
 
     def supervised_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Ls on the labeled images: cross-entropy, or OHEM with `method.supervised_loss=ohem`."""
-        m = self.cfg.method
-        return supervised_loss(logits, mask, m.supervised_loss, ohem_threshold=m.ohem_threshold,
-                               ohem_min_kept=m.ohem_min_kept)
+        method = self.cfg.method
+        return supervised_loss(logits, mask, method.supervised_loss, ohem_threshold=method.ohem_threshold,
+                               ohem_min_kept=method.ohem_min_kept)
 
     def prototypes(self) -> dict[str, torch.Tensor]:
         """Class prototypes the method keeps, `{kind: [C, D]}` with NaN rows for classes it has none of

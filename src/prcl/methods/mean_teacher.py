@@ -44,7 +44,7 @@ class MeanTeacher(Method):
         self.noise = PseudoLabelNoise(cfg, num_classes)
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
-        m = self.cfg.method
+        method = self.cfg.method
         weak = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
         weak_pseudo, weak_confidence = self.noise(weak, progress), weak.confidence
         truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
@@ -55,8 +55,9 @@ class MeanTeacher(Method):
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
         step = StepLosses(
             {"sup": self.supervised_loss(logits_l, labeled["mask"]),
-             "unsup": m.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence, m.unsup_threshold)},
-            {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, m.unsup_threshold), **view.stats},
+             "unsup": method.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence,
+                                                                       method.unsup_threshold)},
+            {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, method.unsup_threshold), **view.stats},
         )
         if self.contrast is not None:
             step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress, *view.aligned))

@@ -23,24 +23,24 @@ def build_model(cfg: Config, num_classes: int) -> SegmentationModel:
     """The student network for `cfg` (`model.decoder` picks the class): a representation head when the
     method adds the pixel contrast (`method.contrastive.enabled`), a probability head when its
     representations are probabilistic."""
-    m, c = cfg.model, cfg.method.contrastive
-    contrastive = c.enabled
+    arch, contrastive_settings = cfg.model, cfg.method.contrastive
+    contrastive = contrastive_settings.enabled
     heads = dict(
-        head_channels=m.head_channels,
-        rep_dim=m.rep_dim if contrastive else None,
-        prob_dim=m.rep_dim if contrastive and c.pr else None,
-        prob_activation=m.prob_activation,
-        prob_final_norm=m.prob_final_norm,
-        rep_trunk_grad=c.trunk_grad,
-        prob_trunk_grad=c.trunk_grad if c.var_grad == "trunk" else 0.0,
+        head_channels=arch.head_channels,
+        rep_dim=arch.rep_dim if contrastive else None,
+        prob_dim=arch.rep_dim if contrastive and contrastive_settings.pr else None,
+        prob_activation=arch.prob_activation,
+        prob_final_norm=arch.prob_final_norm,
+        rep_trunk_grad=contrastive_settings.trunk_grad,
+        prob_trunk_grad=contrastive_settings.trunk_grad if contrastive_settings.var_grad == "trunk" else 0.0,
     )
-    encoder = dict(pretrained=m.pretrained, weights=m.weights, backbone_widths=m.backbone_channels)
-    if m.decoder == "dpt":
-        model: SegmentationModel = DPT(num_classes, m.backbone, features=m.dpt_features, **encoder, **heads)
+    encoder = dict(pretrained=arch.pretrained, weights=arch.weights, backbone_widths=arch.backbone_channels)
+    if arch.decoder == "dpt":
+        model: SegmentationModel = DPT(num_classes, arch.backbone, features=arch.dpt_features, **encoder, **heads)
     else:
-        model = DeepLabV3Plus(num_classes, m.backbone, output_stride=m.output_stride, aspp_channels=m.aspp_channels,
-                              low_level_channels=m.low_level_channels, **encoder, **heads)
-    model.shared_channel_mask = m.complementary_mask == "shared"
+        model = DeepLabV3Plus(num_classes, arch.backbone, output_stride=arch.output_stride, aspp_channels=arch.aspp_channels,
+                              low_level_channels=arch.low_level_channels, **encoder, **heads)
+    model.shared_channel_mask = arch.complementary_mask == "shared"
     return model
 
 
