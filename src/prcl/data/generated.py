@@ -4,11 +4,12 @@ root only when complete. No renderer lives here, so a benchmark does not depend 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 
@@ -67,3 +68,20 @@ def generated_dataset_dir(root: Union[str, Path], own_entries: set, what: str) -
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+def summed_over_jobs(write: Callable[[tuple], np.ndarray], jobs: list[tuple], workers: int, progress: bool,
+                     desc: str = "synthetic dataset") -> np.ndarray:
+    """`write` (a module-level function: it is pickled) over `jobs`, in `workers` spawned processes if > 1;
+    its returned arrays (pixel counts) summed. The output does not depend on `workers`."""
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap(write, jobs, chunksize=16) if pool else map(write, jobs)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc=desc, unit="img")
+        return np.sum(list(results), axis=0)
+    finally:
+        if pool is not None:
+            pool.terminate()

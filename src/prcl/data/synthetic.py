@@ -39,7 +39,6 @@ from __future__ import annotations
 import colorsys
 import inspect
 import json
-import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -48,7 +47,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from prcl import IGNORE_INDEX
-from prcl.data.generated import SPLIT_CODES, data_error, generated_dataset_dir, write_nested_splits
+from prcl.data.generated import (SPLIT_CODES, data_error, generated_dataset_dir, summed_over_jobs,
+                                 write_nested_splits)
 from prcl.data.palette import voc_colormap, voc_palette
 
 GENERATOR_VERSION = 3  # bump whenever the files change: older datasets are then refused (3: + 1_64, 1_32)
@@ -330,8 +330,8 @@ def generate_synthetic_dataset(
         for sub in ("JPEGImages", "SegmentationClass"):
             (tmp / sub).mkdir(parents=True)
         sizes = {"train": num_train, "val": num_val}
-        pixels = _run_jobs([(tmp, seed, split, i, image_size, ignore_boundary)
-                            for split, n in sizes.items() for i in range(n)], workers, progress)
+        jobs = [(tmp, seed, split, i, image_size, ignore_boundary) for split, n in sizes.items() for i in range(n)]
+        pixels = summed_over_jobs(_write_sample, jobs, workers, progress)
         ids = {split: [f"{split}_{i:05d}" for i in range(n)] for split, n in sizes.items()}
         meta = {
             "generator": "prcl.data.synthetic", "version": GENERATOR_VERSION,
@@ -345,21 +345,6 @@ def generate_synthetic_dataset(
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return Path(root).absolute()
-
-
-def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> np.ndarray:
-    """`_write_sample` over `jobs`, in `workers` spawned processes if > 1; summed pixel counts."""
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    try:
-        results = pool.imap(_write_sample, jobs, chunksize=16) if pool else map(_write_sample, jobs)
-        if progress:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(jobs), desc="synthetic dataset", unit="img")
-        return np.sum(list(results), axis=0)
-    finally:
-        if pool is not None:
-            pool.terminate()
 
 
 def ensure_synthetic_dataset(root: Union[str, Path], **kwargs) -> Path:
