@@ -61,7 +61,7 @@ def test_pseudo_labels_ignore_padding():
 
     x = torch.tensor([[[[2.0, -1.0], [0.5, 3.0]]]]).expand(1, 3, 2, 2)
     padding = torch.tensor([[[False, False], [False, True]]])
-    pseudo, conf, runner_up = teacher_pseudo_labels(Fixed(), x, padding)
+    pseudo, conf, runner_up, _ = teacher_pseudo_labels(Fixed(), x, padding)
     assert pseudo.tolist() == [[[0, 1], [0, IGNORE_INDEX]]]
     assert runner_up.tolist() == [[[1, 0], [1, IGNORE_INDEX]]]
     torch.testing.assert_close(conf[0, 0, 0], torch.sigmoid(torch.tensor(4.0)))

@@ -114,14 +114,11 @@ def batches():
 
 def record_loss_targets(monkeypatch) -> list[tuple[str, torch.Tensor]]:
     """(loss, the pseudo-labels it was given) for every call of a loss that reads pseudo-labels."""
-    import prcl.methods.fixmatch as fixmatch
+    import prcl.methods.fixmatch as fixmatch  # UniMatch and V2 call its loss too (`FixMatch.pseudo_label_ce`)
     import prcl.methods.mean_teacher as mean_teacher
-    import prcl.methods.unimatch as unimatch
-    import prcl.methods.unimatch_v2 as unimatch_v2
 
     seen: list[tuple[str, torch.Tensor]] = []
-    for module, name in ((fixmatch, "thresholded_pseudo_label_loss"), (unimatch, "thresholded_pseudo_label_loss"),
-                         (unimatch_v2, "thresholded_pseudo_label_loss"), (mean_teacher, "weighted_pseudo_label_loss")):
+    for module, name in ((fixmatch, "thresholded_pseudo_label_loss"), (mean_teacher, "weighted_pseudo_label_loss")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda logits, pseudo, *rest, real=real: (
             seen.append(("unsup", pseudo.clone())) or real(logits, pseudo, *rest)))

@@ -88,12 +88,12 @@ def batches(n_l: int = 1, n_u: int = 2, size: int = 8):
 
 
 def test_pseudo_labels_come_from_the_ema_teacher_and_the_loss_is_v2s(monkeypatch):
-    import prcl.methods.unimatch_v2 as v2
+    import prcl.methods.fixmatch as frame  # every unlabeled term of the FixMatch family goes through its loss
 
     targets: list[torch.Tensor] = []
-    real = v2.thresholded_pseudo_label_loss
-    monkeypatch.setattr(v2, "thresholded_pseudo_label_loss",
-                        lambda logits, pseudo, conf, tau: targets.append(pseudo) or real(logits, pseudo, conf, tau))
+    real = frame.thresholded_pseudo_label_loss
+    monkeypatch.setattr(frame, "thresholded_pseudo_label_loss", lambda logits, pseudo, conf, tau, weight=None:
+                        targets.append(pseudo) or real(logits, pseudo, conf, tau, weight))
     method = build_method(load_config(None, ["method.name=unimatch_v2", "method.mix=cutmix"]), 3)
     assert method.uses_teacher and method.cfg.method.ema_decay == 0.996 and method.loss_scale == 0.5
     student, teacher = LabelStub(label=1).train(), LabelStub(label=2).eval()

@@ -51,6 +51,12 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, values) of `key` in the log records that have it."""
+    rows = [(r["iteration"], r[key]) for r in records if key in r]
+    return (np.array([i for i, _ in rows]), np.array([v for _, v in rows])) if rows else (np.zeros(0), np.zeros(0))
+
+
 def _no_data(ax, text: str = "not logged") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
@@ -142,6 +148,40 @@ def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path)
     ax[3, 0].axhline(0.5, color="grey", lw=0.8, ls=":")
     _plot_keys(ax[3, 1], runs, RELIABILITY_VAR_KEYS, "train_log", "σ² on wrong / right pseudo-labels (confident)")
     _plot_keys(ax[3, 2], runs, RELIABILITY_GRAD_KEYS, "train_log", "∂Lc/∂σ² on wrong / right anchors (< 0 raises σ²)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_class_balance(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path,
+                       warn_ratio: float = 0.5) -> Path:
+    """Three panels, one colour per class, one line style per run: the ratio of confident to labeled share
+    (with the warning line), both shares, and the pseudo-labels' recall (solid) and precision (dashed)."""
+    fig, ax = _figure(1, 3, (4.8, 3.6))
+    colours = class_colours(len(class_names))
+    for k, run in enumerate(runs):
+        style = RUN_STYLES[k % len(RUN_STYLES)]
+        for c, name in enumerate(class_names):
+            label = name if k == 0 else None
+            x, ratio = series(run.train_log, f"class_balance/ratio/{name}")
+            ax[0, 0].plot(x, ratio, style, color=colours[c], label=label)
+            x, confident = series(run.train_log, f"class_balance/confident_share/{name}")
+            ax[0, 1].plot(x, 100 * confident, style, color=colours[c], label=label)
+            x, labeled = series(run.train_log, f"class_balance/labeled_share/{name}")
+            ax[0, 1].plot(x, 100 * labeled, style, color=colours[c], alpha=0.4, lw=3)
+            for kind, dash in (("recall", style), ("precision", ":")):
+                x, values = series(run.train_log, f"reliability/pseudo_{kind}/{name}")
+                ax[0, 2].plot(x, values, dash, color=colours[c], label=f"{name} {kind}" if k == 0 else None)
+    ax[0, 0].axhline(warn_ratio, color="grey", lw=0.8, ls=":")
+    ax[0, 0].set_yscale("symlog", linthresh=0.1)
+    ax[0, 0].set_title("confident share / labeled share (warning below the line)")
+    ax[0, 1].set_title("share of confident pseudo-labels (%); labeled share: wide, faded")
+    ax[0, 2].set_title("pseudo-label recall (solid) and precision (dotted)")
+    for a in ax[0]:
+        a.set_xlabel("iteration")
+        if a.lines:
+            a.legend(fontsize=6)
+        else:
+            _no_data(a)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -11,6 +11,10 @@ SECTIONS = (
     ("curves", "Training curves",
      "Losses, learning rate, λc(t) (Eq. 12), val mIoU, contrastive statistics (log scale) and the per-class "
      "IoU of the last evaluation, from `train_log.jsonl` and `metrics.jsonl`."),
+    ("class_balance", "Class balance of the pseudo-labels",
+     "Per class: the share of confident pseudo-labels against the labeled share (their ratio; a class below the "
+     "dotted line is starved and the run warned), and, where the unlabeled images have masks, the recall and "
+     "precision of the confident pseudo-labels. See docs/class-balance.md for what to do about a starved class."),
     ("predictions", "Predictions (Figs. 4-5)",
      "Image | ground truth | prediction of the evaluated network (the teacher when the method has one)."),
     ("tsne", "Representations, t-SNE (Fig. 6)",
@@ -86,12 +90,31 @@ def _details(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _class_balance_table(runs: list[dict]) -> list[str]:
+    """Per run and class: labeled and confident shares (%), ratio, recall and precision; then the warnings."""
+    lines = []
+    for m in runs:
+        balance = m.get("class_balance")
+        if not balance:
+            continue
+        lines += [f"**{m['label']}**, class balance of the pseudo-labels at iteration {balance['iteration']}:", "",
+                  "| class | labeled share (%) | confident share (%) | ratio | starved | recall | precision |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in balance["classes"].items():
+            lines.append(f"| {name} | {_pct(row['labeled_share'])} | {_pct(row['confident_share'])} | "
+                         f"{_fmt(row['ratio'], '.2f')} | {'yes' if row['starved'] else 'no'} | "
+                         f"{_fmt(row['recall'], '.2f')} | {_fmt(row['precision'], '.2f')} |")
+        lines += [""] + [f"- warning: {w}" for w in balance["warnings"]] + ([""] if balance["warnings"] else [])
+    return lines
+
+
 def write_report(result: dict, path: Path) -> Path:
     """Write the markdown report of an `analyze_run` result; figures are linked by file name."""
     runs = result["runs"]
     lines = [f"# Analysis: {' vs '.join(m['label'] for m in runs)}", "",
              f"Written by `prcl analyze` (seed {result['seed']}). Numbers are also in `metrics.json`.", "",
-             "## Summary (Table 4 and Fig. 7 numbers)", "", *_summary_table(runs), "", *_details(runs), ""]
+             "## Summary (Table 4 and Fig. 7 numbers)", "", *_summary_table(runs), "", *_details(runs), "",
+             *_class_balance_table(runs)]
     figures = {name: Path(p).name for name, p in result["figures"].items()}
     for key, title, caption in SECTIONS:
         names = sorted(n for n in figures if n == key or n.startswith(key + "_"))

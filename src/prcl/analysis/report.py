@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prcl.analysis.class_balance import class_balance_summary, has_class_balance
 from prcl.analysis.collect import RunData, ValPass, collect_val, load_run
 from prcl.analysis.embedding import pca_2d, representation_quality, sample_per_class, tsne_2d
 from prcl.analysis.errors import AnalysisError
-from prcl.analysis.figures import (Cell, EmbeddingPanel, Markers, RunLogs, plot_curves,
+from prcl.analysis.figures import (Cell, EmbeddingPanel, Markers, RunLogs, plot_class_balance, plot_curves,
                                    plot_embedding_panels, plot_image_grid, plot_trajectories)
 from prcl.analysis.markdown import write_report
 from prcl.analysis.prototypes import TRAJECTORY_KINDS, trajectory_drift
@@ -258,6 +259,11 @@ def analyze_run(
         figures.update(figs)
     logs = [RunLogs(r.label, r.train_log, r.metrics) for r in runs]
     figures["curves"] = plot_curves(logs, runs[0].class_names, out / "curves.png")
+    for metrics, r in zip(results, runs):
+        metrics["class_balance"] = class_balance_summary(r.train_log, r.class_names)
+    if has_class_balance(logs):
+        figures["class_balance"] = plot_class_balance(logs, runs[0].class_names, out / "class_balance.png",
+                                                      runs[0].cfg.method.class_balance.warn_ratio)
     figures["predictions"] = _predictions_figure(runs, passes, out / "predictions.png")
     result = {"out": str(out), "seed": seed, "runs": results, "notes": notes,
               "figures": {k: str(v) for k, v in figures.items()}, "report": str(out / "report.md")}

@@ -20,6 +20,9 @@ CHOICES = {
     "method.mix": ("classmix", "cutmix", "cutmix_unimatch", "none"),
     "method.pseudo_label_noise_kind": ("uniform", "runner_up"),
     "method.supervised_loss": ("ce", "ohem"),
+    "method.class_balance.threshold": ("fixed", "adaptive"),
+    "method.class_balance.alignment": ("none", "distribution"),
+    "method.class_balance.weighting": ("none", "class_balanced"),
     "method.contrastive.prototype": ("gdp", "local", "ema"),
     "method.contrastive.form": tuple(CONTRASTIVE_FORMS),
     "method.contrastive.vn.scale": ("variance", "std"),
@@ -41,7 +44,7 @@ POSITIVE = (
     "method.contrastive.num_anchors", "method.contrastive.num_negatives", "optim.lr",
     "train.iterations", "train.eval_every", "train.checkpoint_every", "train.log_every",
     "eval.crop_size", "eval.stride", "eval.batch_size", "method.contrastive.memory_bank.size",
-    "method.ema_reference_iterations",
+    "method.ema_reference_iterations", "method.class_balance.max_weight",
     "method.contrastive.memory_bank.enqueue", "method.contrastive.memory_bank.negatives",
     "method.contrastive.vn.num",
 )
@@ -49,12 +52,13 @@ UNIT_INTERVAL = (
     "method.contrastive.trunk_grad", "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
     "data.blur", "optim.momentum", "method.pseudo_label_noise", "method.ohem_threshold",
+    "method.class_balance.warn_ratio", "method.class_balance.momentum",
 )
 POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
 NON_NEGATIVE = ("method.ohem_min_kept", "train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr",
                 "optim.prob_head_lr_scale", "optim.weight_decay", "data.num_workers",
                 "method.contrastive.vn.beta")
-BELOW_ONE = ("method.contrastive.ema_momentum",)  # [0, 1): a momentum of 1 never moves
+BELOW_ONE = ("method.contrastive.ema_momentum", "method.class_balance.momentum")  # [0, 1): a momentum of 1 never moves
 
 def get_value(cfg: Any, key: str) -> Any:
     obj: Any = cfg
@@ -137,3 +141,9 @@ def validate(cfg: Config) -> None:
         if method.contrastive.enabled:
             raise ConfigError(f"method.contrastive.enabled=true needs pseudo-labels, which method.name={method.name} "
                               "does not make; use classmix or another semi-supervised method")
+        balance = method.class_balance
+        for key, value, default in (("threshold", balance.threshold, "fixed"), ("alignment", balance.alignment, "none"),
+                                    ("weighting", balance.weighting, "none")):
+            if value != default:
+                raise ConfigError(f"method.class_balance.{key}={value} acts on pseudo-labels, which method.name="
+                                  f"{method.name} does not make; remove the key or pick a semi-supervised method")

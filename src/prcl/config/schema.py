@@ -119,6 +119,24 @@ class ContrastiveConfig:
 
 
 @dataclass
+class ClassBalanceConfig:
+    """The pseudo-labels' classes against the labeled set's (issue #35). The statistics and the warning are
+    always on; each remedy from the literature is off by default (not in the paper)."""
+
+    threshold: str = "fixed"  # fixed: one confidence threshold for all classes (δu, or τ) | adaptive: a class whose
+    # share of confident pseudo-labels r is below its labeled share gets threshold·M(r), M(x) = x/(2 − x) (FlexMatch's
+    # class-wise thresholds, its learning effect normalised by the labeled class prior)
+    alignment: str = "none"  # none | distribution: the labeler's probabilities × labeled prior / running mean
+    # prediction, renormalised, before the arg-max (ReMixMatch's distribution alignment)
+    weighting: str = "none"  # none | class_balanced: a pseudo-labeled pixel's unlabeled loss × its class's labeled
+    # share / confident share (at most max_weight)
+    max_weight: float = 10.0  # the largest class weight of weighting=class_balanced
+    momentum: float = 0.99  # EMA of the per-class pseudo-label statistics (shares, mean prediction)
+    warn_ratio: float = 0.5  # warn when a class's share of confident pseudo-labels falls below this × its
+    # labeled share (checked once the EMA has seen 1/(1 − momentum) steps)
+
+
+@dataclass
 class MethodConfig:
     name: str = "prcl"  # one of METHOD_PRESETS (below); the name sets the defaults of `mix` and `contrastive`
     ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay) (methods with a teacher)
@@ -138,6 +156,7 @@ class MethodConfig:
     # (≥ δw) unlabeled pseudo-labels is replaced by another class, in every term that uses them
     pseudo_label_noise_kind: str = "uniform"  # uniform: any other class, equally likely | runner_up: the
     # labeler's second choice at that pixel, the class a real error most likely picks
+    class_balance: ClassBalanceConfig = field(default_factory=ClassBalanceConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 

@@ -18,7 +18,7 @@ except ImportError:  # not POSIX (Windows): runs are not locked
     fcntl = None  # type: ignore[assignment]
 
 from prcl import distributed as dist
-from prcl.config import Config, ConfigError, save_config
+from prcl.config import Config, ConfigError, from_dict, save_config, to_dict
 from prcl.data.sources import DatasetSource, ResolvedSplit, copy_split
 
 # Keys that may change when a run is resumed without --force: they do not alter the experiment.
@@ -138,8 +138,9 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def check_resumable(saved: dict, cfg_dict: dict, run_dir: Path, force: bool) -> None:
-    """Refuse to resume with a config that changes the experiment, unless `force`."""
-    changed = [k for k in config_differences(saved, cfg_dict) if k not in RESUME_SAFE_KEYS]
+    """Refuse to resume with a config that changes the experiment, unless `force`. The saved config is read
+    through `from_dict` first, so a key the run predates, at its default, is no change."""
+    changed = [k for k in config_differences(to_dict(from_dict(saved)), cfg_dict) if k not in RESUME_SAFE_KEYS]
     if changed and not force:
         raise ConfigError(
             f"resuming {run_dir} with a config that changes the experiment ({', '.join(changed)}); "

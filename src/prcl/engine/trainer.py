@@ -37,6 +37,7 @@ from prcl.engine.run_dir import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOIN
                                  RunLock, check_resumable, create_run_dir, drop_records_after)
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
+from prcl.engine.starved_classes import by_class_name, starved_class_warnings
 from prcl.methods import METHODS, StepLosses, build_method, reported_model_name
 from prcl.models import build_model
 
@@ -305,14 +306,19 @@ class Trainer:
         return self._summary(time.time() - t0)
 
     def _after_step(self, done: int, values: dict[str, float], stats: dict[str, float], bar: tqdm) -> None:
-        """Prototype trajectory, logs, evaluation, checkpoints and a requested stop, as scheduled."""
+        """Prototype trajectory, logs (and a warning when a class turns starved of pseudo-labels), evaluation,
+        checkpoints and a requested stop, as scheduled."""
         schedule, T = self.cfg.train, self.cfg.train.iterations
         if schedule.log_prototypes_every and done % schedule.log_prototypes_every == 0:
             self.trajectory.record(done, self.method.prototypes())
-        if done % schedule.log_every == 0 or done == T or any(k.startswith("grad/") for k in stats):
+        warnings = starved_class_warnings(stats, self.info.class_names, done)
+        for message in warnings if self.main else ():
+            tqdm.write(f"warning: {message}")
+        if done % schedule.log_every == 0 or done == T or warnings or any(k.startswith("grad/") for k in stats):
             lr = self.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
-            self.log.write(TRAIN_LOG, {"iteration": done, "lr": lr, **values, **stats}, "train")
+            record = {"iteration": done, "lr": lr, **values, **by_class_name(stats, self.info.class_names)}
+            self.log.write(TRAIN_LOG, {**record, "warnings": warnings} if warnings else record, "train")
         if done % schedule.eval_every == 0 or done == T:
             self._evaluate_and_keep_best(done, bar)
         if done % schedule.checkpoint_every == 0 or done == T:

@@ -37,6 +37,7 @@ from prcl.data.mixing import MixedView, mix_strong_view, partner_shifts
 from prcl.data.transforms import strong_view_keys
 from prcl.distributed import world_size
 from prcl.methods.base import Method, StepLosses, register
+from prcl.methods.class_balance import ClassBalance, Threshold
 from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise
 from prcl.methods.pseudo_labels import confident_fraction, student_pseudo_labels, teacher_pseudo_labels
@@ -46,13 +47,17 @@ Outputs = dict[str, torch.Tensor]
 
 
 def thresholded_pseudo_label_loss(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                                  threshold: float) -> torch.Tensor:
+                                  threshold: Threshold, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """FixMatch's / UniMatch's unlabeled loss: Σ CE(logits, ŷ)·1[conf ≥ τ] over the batch's pixels,
     divided by the number of non-ignored pixels (all of them, confident or not: UniMatch's code divides
     by the count of pixels outside the crop padding, `ignore_mask != 255`). Ignored pixels (`pseudo` = 255:
-    padding, also inside a pasted box) count in neither sum. logits `[B, C, H, W]`, pseudo/confidence `[B, H, W]`."""
+    padding, also inside a pasted box) count in neither sum. τ is one threshold or one per pixel `[B, H, W]`
+    (class-wise thresholds); `weight` `[B, H, W]` scales each pixel's CE (class-balanced weighting).
+    logits `[B, C, H, W]`, pseudo/confidence `[B, H, W]`."""
     valid = pseudo != IGNORE_INDEX
     ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none")  # [B, H, W], 0 where ignored
+    if weight is not None:
+        ce = ce * weight
     kept = valid & (confidence >= threshold)
     return (ce * kept).sum() / valid.sum().clamp(min=1)
 
@@ -63,6 +68,7 @@ class WeakPseudoLabels:
 
     pseudo: torch.Tensor  # [B_u, H, W], 255 on crop padding
     confidence: torch.Tensor  # [B_u, H, W]
+    probs: Optional[torch.Tensor] = None  # [B_u, C, H, W], the labeler's softmax before alignment
 
 
 @dataclass
@@ -102,6 +108,7 @@ class FixMatch(Method):
         self.contrast: Optional[ContrastiveTerm] = (ContrastiveTerm(cfg, num_classes)
                                                     if method.contrastive.enabled else None)
         self.noise = PseudoLabelNoise(cfg, num_classes)  # `method.pseudo_label_noise` (0: identity)
+        self.balance = ClassBalance(cfg, num_classes)  # `method.class_balance`: statistics, remedies
 
     def forward_streams(self, student, labeled: torch.Tensor, weak: torch.Tensor,
                         strong: list[torch.Tensor]) -> StudentStreams:
@@ -116,22 +123,27 @@ class FixMatch(Method):
                           weak: WeakPseudoLabels) -> StepLosses:
         """FixMatch: Lu = L_s, the strong view learning its mixed pseudo-labels."""
         (strong,), (view,) = streams.strong, views
-        return StepLosses({"unsup": thresholded_pseudo_label_loss(strong["logits"], view.pseudo, view.confidence,
-                                                                  self.threshold)})
+        return StepLosses({"unsup": self.pseudo_label_ce(strong["logits"], view.pseudo, view.confidence)})
+
+    def pseudo_label_ce(self, logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """`thresholded_pseudo_label_loss` at τ, with the class-wise thresholds and weights of
+        `method.class_balance` for these pseudo-labels (one τ and no weights by default)."""
+        return thresholded_pseudo_label_loss(logits, pseudo, confidence, self.balance.thresholds(pseudo, self.threshold),
+                                             self.balance.weights(pseudo))
 
     def weak_pseudo_labels(self, student, teacher, unlabeled: dict[str, torch.Tensor],
                            progress: float) -> WeakPseudoLabels:
         """ŷ and its confidence on the weak view: the student's own (FixMatch, UniMatch; `teacher` is None)
         or the EMA teacher's (methods with `uses_teacher`: UniMatch V2); then `method.pseudo_label_noise`."""
-        if self.uses_teacher:
-            labels = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
-        else:
-            labels = student_pseudo_labels(student, unlabeled["image"], unlabeled["padding"])
-        return WeakPseudoLabels(self.noise(labels, progress), labels.confidence)
+        label = teacher_pseudo_labels if self.uses_teacher else student_pseudo_labels
+        labels = label(teacher if self.uses_teacher else student, unlabeled["image"], unlabeled["padding"],
+                       self.balance.align)
+        return WeakPseudoLabels(self.noise(labels, progress), labels.confidence, labels.probs)
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         """One step (the loss of the module docstring)."""
         weak = self.weak_pseudo_labels(student, teacher, unlabeled, progress)
+        self.balance.observe(labeled["mask"], weak.probs, weak.pseudo, weak.confidence, self.threshold)
         shifts = partner_shifts(weak.pseudo.shape[0] * world_size(), self.strong_views)
         truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
         views = [mix_strong_view(self.mix, unlabeled[key], weak.pseudo, weak.confidence, *truth, shift=shift)
@@ -142,7 +154,8 @@ class FixMatch(Method):
         unsupervised = self.unsupervised_loss(streams, views, weak)
         step = StepLosses({"sup": supervised, **{k: self.unsup_weight * v for k, v in unsupervised.terms.items()}},
                           {"pseudo_confident": confident_fraction(weak.pseudo, weak.confidence, self.threshold),
-                           **unsupervised.stats, **mean_stats([v.stats for v in views])})
+                           **unsupervised.stats, **mean_stats([v.stats for v in views]),
+                           **self.balance.stats(weak.pseudo, weak.confidence, self.threshold, unlabeled.get("truth"))})
         if self.contrast is not None:  # on [labeled; strong view 1], with view 1's mixed pseudo-labels
             first = views[0]
             both = {k: torch.cat([streams.labeled[k], streams.strong[0][k]]) for k in streams.labeled}

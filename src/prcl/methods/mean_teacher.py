@@ -14,18 +14,24 @@ import torch.nn.functional as F
 from prcl import IGNORE_INDEX
 from prcl.data.mixing import mix_strong_view
 from prcl.methods.base import Method, StepLosses, register
+from prcl.methods.class_balance import ClassBalance, Threshold
 from prcl.methods.contrastive_term import ContrastiveTerm
 from prcl.methods.pseudo_label_noise import PseudoLabelNoise
 from prcl.methods.pseudo_labels import confident_fraction, teacher_pseudo_labels
 
 
 def weighted_pseudo_label_loss(
-    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: float
+    logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: Threshold,
+    weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Eq. 14: mean over images of ω·CE, with ω = the fraction of the image's (non-ignored) pixels
-    whose teacher confidence is ≥ δu. logits `[B, C, H, W]`, pseudo/confidence `[B, H, W]`."""
+    whose teacher confidence is ≥ δu (one δu, or one per pixel `[B, H, W]`: class-wise thresholds).
+    `weight` `[B, H, W]` scales each pixel's CE (class-balanced weighting). logits `[B, C, H, W]`,
+    pseudo/confidence `[B, H, W]`."""
     valid = pseudo != IGNORE_INDEX
     ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none")  # [B, H, W]
+    if weight is not None:
+        ce = ce * weight
     n_valid = valid.flatten(1).sum(1).clamp(min=1)
     omega = ((confidence >= threshold) & valid).flatten(1).sum(1) / n_valid
     ce_per_image = ce.flatten(1).sum(1) / n_valid
@@ -42,22 +48,26 @@ class MeanTeacher(Method):
         self.contrast: Optional[ContrastiveTerm] = (ContrastiveTerm(cfg, num_classes)
                                                     if cfg.method.contrastive.enabled else None)
         self.noise = PseudoLabelNoise(cfg, num_classes)
+        self.balance = ClassBalance(cfg, num_classes)
 
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         method = self.cfg.method
-        weak = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"])
+        weak = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"], self.balance.align)
         weak_pseudo, weak_confidence = self.noise(weak, progress), weak.confidence
+        self.balance.observe(labeled["mask"], weak.probs, weak_pseudo, weak_confidence, method.unsup_threshold)
         truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
         view = mix_strong_view(self.mix, unlabeled["image_strong"], weak_pseudo, weak_confidence, *truth)
         image_u, pseudo, confidence = view.image, view.pseudo, view.confidence
         n_l = labeled["image"].shape[0]
         out = student(torch.cat([labeled["image"], image_u]), heads=self.contrast is not None)
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
+        tau = method.unsup_threshold
+        unsup = weighted_pseudo_label_loss(logits_u, pseudo, confidence, self.balance.thresholds(pseudo, tau),
+                                           self.balance.weights(pseudo))
         step = StepLosses(
-            {"sup": self.supervised_loss(logits_l, labeled["mask"]),
-             "unsup": method.unsup_weight * weighted_pseudo_label_loss(logits_u, pseudo, confidence,
-                                                                       method.unsup_threshold)},
-            {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, method.unsup_threshold), **view.stats},
+            {"sup": self.supervised_loss(logits_l, labeled["mask"]), "unsup": method.unsup_weight * unsup},
+            {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, tau), **view.stats,
+             **self.balance.stats(weak_pseudo, weak_confidence, tau, unlabeled.get("truth"))},
         )
         if self.contrast is not None:
             step.update(self.contrast(out, labeled["mask"], pseudo, confidence, progress, *view.aligned))

@@ -29,8 +29,7 @@ import torch
 
 from prcl.data.mixing import MixedView
 from prcl.methods.base import StepLosses, register
-from prcl.methods.fixmatch import (FixMatch, StudentStreams, WeakPseudoLabels, contrast_rows, take_rows,
-                                   thresholded_pseudo_label_loss)
+from prcl.methods.fixmatch import FixMatch, StudentStreams, WeakPseudoLabels, contrast_rows, take_rows
 
 FEATURE_DROPOUT = 0.5  # p of the Dropout2d of the feature-perturbed stream
 WEIGHT_FP, WEIGHT_S1, WEIGHT_S2 = 0.5, 0.25, 0.25  # Lu's weights (UniMatch's λ = 0.5)
@@ -59,12 +58,11 @@ class UniMatch(FixMatch):
                           weak: WeakPseudoLabels) -> StepLosses:
         """Lu = 0.5·L_fp + 0.25·L_s1 + 0.25·L_s2: the perturbed weak view learns the weak view's own
         pseudo-labels, each strong view its mixed ones."""
-        tau = self.threshold
         strong_1, strong_2 = streams.strong
         view_1, view_2 = views
-        loss_s1 = thresholded_pseudo_label_loss(strong_1["logits"], view_1.pseudo, view_1.confidence, tau)
-        loss_s2 = thresholded_pseudo_label_loss(strong_2["logits"], view_2.pseudo, view_2.confidence, tau)
-        loss_fp = thresholded_pseudo_label_loss(streams.weak_perturbed_logits, weak.pseudo, weak.confidence, tau)
+        loss_s1 = self.pseudo_label_ce(strong_1["logits"], view_1.pseudo, view_1.confidence)
+        loss_s2 = self.pseudo_label_ce(strong_2["logits"], view_2.pseudo, view_2.confidence)
+        loss_fp = self.pseudo_label_ce(streams.weak_perturbed_logits, weak.pseudo, weak.confidence)
         return StepLosses({"unsup": WEIGHT_S1 * loss_s1 + WEIGHT_S2 * loss_s2, "unsup_fp": WEIGHT_FP * loss_fp},
                           {"unsup/s1": float(loss_s1.detach()), "unsup/s2": float(loss_s2.detach()),
                            "unsup/fp": float(loss_fp.detach())})

@@ -27,8 +27,7 @@ import torch
 
 from prcl.data.mixing import MixedView
 from prcl.methods.base import StepLosses, register
-from prcl.methods.fixmatch import (FixMatch, StudentStreams, WeakPseudoLabels, contrast_rows, take_rows,
-                                   thresholded_pseudo_label_loss)
+from prcl.methods.fixmatch import FixMatch, StudentStreams, WeakPseudoLabels, contrast_rows, take_rows
 
 WEIGHT_S1, WEIGHT_S2 = 0.5, 0.5  # Lu = (L_s1 + L_s2) / 2
 
@@ -56,7 +55,7 @@ class UniMatchV2(FixMatch):
                           weak: WeakPseudoLabels) -> StepLosses:
         """Lu = (L_s1 + L_s2) / 2: each strong view learns its own mixed pseudo-labels."""
         (strong_1, strong_2), (view_1, view_2) = streams.strong, views
-        loss_s1 = thresholded_pseudo_label_loss(strong_1["logits"], view_1.pseudo, view_1.confidence, self.threshold)
-        loss_s2 = thresholded_pseudo_label_loss(strong_2["logits"], view_2.pseudo, view_2.confidence, self.threshold)
+        loss_s1 = self.pseudo_label_ce(strong_1["logits"], view_1.pseudo, view_1.confidence)
+        loss_s2 = self.pseudo_label_ce(strong_2["logits"], view_2.pseudo, view_2.confidence)
         return StepLosses({"unsup": WEIGHT_S1 * loss_s1 + WEIGHT_S2 * loss_s2},
                           {"unsup/s1": float(loss_s1.detach()), "unsup/s2": float(loss_s2.detach())})

@@ -1,0 +1,196 @@
+"""The class balance of the pseudo-labels (issue #35): the statistics against a numpy recomputation, the
+remedies against their formulas, the warning through a real training run (a planted imbalance warns, a
+balanced labeler does not), and the config rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from prcl import IGNORE_INDEX
+from prcl.config import ConfigError, load_config
+from prcl.engine.starved_classes import by_class_name
+from prcl.engine.trainer import Trainer
+from prcl.methods import mean_teacher
+from prcl.methods.class_balance import ClassBalance, flexmatch_map, pseudo_label_recall_precision
+from prcl.methods.fixmatch import thresholded_pseudo_label_loss
+from prcl.methods.mean_teacher import weighted_pseudo_label_loss
+from prcl.methods.pseudo_labels import PseudoLabels
+
+C = 3
+
+
+def _balance(*overrides: str) -> ClassBalance:
+    return ClassBalance(load_config(None, ["method.name=classmix", *overrides]), C)
+
+
+def _step(rng: np.random.Generator, shares: list[float], labeled_shares: list[float], size=(2, 8, 8)):
+    """A labeled mask with `labeled_shares`, pseudo-labels drawn with `shares`, confidences in [0, 1)."""
+    labeled = torch.from_numpy(rng.choice(C, size=size, p=labeled_shares))
+    pseudo = torch.from_numpy(rng.choice(C, size=size, p=shares))
+    confidence = torch.from_numpy(rng.random(size)).float()
+    probs = torch.from_numpy(rng.dirichlet(np.ones(C), size=size)).float().movedim(-1, 1)
+    pseudo[0, 0, :3] = IGNORE_INDEX  # crop padding
+    return labeled, probs, pseudo, confidence
+
+
+def test_statistics_equal_a_numpy_recomputation():
+    balance, rng, m = _balance("method.class_balance.momentum=0.5"), np.random.default_rng(0), 0.5
+    labeled_total, share, mean_pred = np.zeros(C), None, None
+    for _ in range(4):
+        labeled, probs, pseudo, confidence = _step(rng, [0.9, 0.08, 0.02], [0.6, 0.3, 0.1])
+        balance.observe(labeled, probs, pseudo, confidence, threshold=0.5)
+        lab, p, conf = labeled.numpy(), pseudo.numpy(), confidence.numpy()
+        labeled_total += np.bincount(lab.ravel(), minlength=C)
+        valid = p != IGNORE_INDEX
+        counts = np.bincount(p[valid & (conf >= 0.5)], minlength=C)
+        step_share = counts / counts.sum()
+        step_pred = probs.numpy().transpose(0, 2, 3, 1)[valid].mean(0)
+        share = step_share if share is None else m * share + (1 - m) * step_share
+        mean_pred = step_pred if mean_pred is None else m * mean_pred + (1 - m) * step_pred
+    np.testing.assert_allclose(balance.labeled_share().numpy(), labeled_total / labeled_total.sum(), rtol=1e-12)
+    np.testing.assert_allclose(balance.confident_share.numpy(), share, rtol=1e-12)
+    np.testing.assert_allclose(balance.mean_prediction.numpy(), mean_pred, rtol=1e-6)
+    ratio = share / (labeled_total / labeled_total.sum())
+    np.testing.assert_allclose(balance.share_ratio().numpy(), ratio, rtol=1e-12)
+    assert balance.starved.tolist() == (ratio < 0.5).tolist() == [False, True, True]
+
+
+def test_a_class_turns_starved_once_and_only_after_the_ema_horizon():
+    balance, rng = _balance("method.class_balance.momentum=0.75"), np.random.default_rng(1)  # horizon: 4 steps
+    turned = []
+    for step in range(7):
+        balance.observe(*_step(rng, [0.97, 0.02, 0.01], [0.5, 0.3, 0.2]), threshold=0.0)
+        turned.append(balance.newly_starved.tolist())
+        stats = balance.stats(*_step(rng, [1, 0, 0], [1, 0, 0])[2:], threshold=0.0)
+        assert stats.get("class_balance/newly_starved/1", 0.0) == float(turned[-1][1])
+    assert turned[:3] == [[False] * 3] * 3  # within the horizon nothing is judged
+    assert turned[3] == [False, True, True] and turned[4:] == [[False] * 3] * 3
+
+
+def test_no_step_without_confident_pixels_moves_the_shares():
+    balance, rng = _balance(), np.random.default_rng(2)
+    labeled, probs, pseudo, confidence = _step(rng, [0.5, 0.3, 0.2], [0.4, 0.3, 0.3])
+    balance.observe(labeled, probs, pseudo, confidence, threshold=1.1)  # nothing is confident
+    assert int(balance.confident_steps) == 0 and balance.share_ratio().tolist() == [1.0] * C
+    assert balance.thresholds(pseudo, 0.9) == 0.9  # adaptive or not, no evidence: the fixed threshold
+
+
+def test_adaptive_thresholds_lower_only_the_starved_classes_by_flexmatch_map():
+    balance = _balance("method.class_balance.threshold=adaptive")
+    balance.labeled_pixels.copy_(torch.tensor([50.0, 30.0, 20.0], dtype=torch.float64))
+    balance.confident_share.copy_(torch.tensor([0.7, 0.27, 0.03], dtype=torch.float64))
+    balance.confident_steps.fill_(5)
+    pseudo = torch.tensor([[[0, 1, 2, IGNORE_INDEX]]])
+    per_pixel = balance.thresholds(pseudo, 0.95)
+    r2 = 0.03 / 0.2
+    expected = [0.95, 0.95 * (0.9 / (2 - 0.9)), 0.95 * r2 / (2 - r2)]
+    np.testing.assert_allclose(per_pixel[0, 0, :3].numpy(), expected, rtol=1e-6)
+    assert float(flexmatch_map(torch.tensor(0.0))) == 0 and float(flexmatch_map(torch.tensor(1.0))) == 1
+    assert _balance().thresholds(pseudo, 0.95) == 0.95  # fixed: the scalar itself
+
+
+def test_distribution_alignment_is_remixmatch_and_off_by_default():
+    balance = _balance("method.class_balance.alignment=distribution")
+    balance.labeled_pixels.copy_(torch.tensor([80.0, 15.0, 5.0], dtype=torch.float64))
+    balance.mean_prediction.copy_(torch.tensor([0.9, 0.08, 0.02], dtype=torch.float64))
+    balance.steps.fill_(3)
+    probs = torch.tensor([0.6, 0.3, 0.1]).view(1, 3, 1, 1)
+    raw = np.array([0.6, 0.3, 0.1]) * np.array([0.8, 0.15, 0.05]) / np.array([0.9, 0.08, 0.02])
+    np.testing.assert_allclose(balance.align(probs).flatten().numpy(), raw / raw.sum(), rtol=1e-6)
+    assert _balance().align(probs) is probs
+
+
+def test_class_balanced_weights_make_the_confident_classes_weigh_as_the_labeled_ones():
+    balance = _balance("method.class_balance.weighting=class_balanced", "method.class_balance.max_weight=5")
+    balance.labeled_pixels.copy_(torch.tensor([60.0, 30.0, 10.0], dtype=torch.float64))
+    balance.confident_share.copy_(torch.tensor([0.9, 0.09, 0.01], dtype=torch.float64))
+    balance.confident_steps.fill_(1)
+    weights = balance.weights(torch.tensor([[[0, 1, 2]]]))[0, 0]
+    np.testing.assert_allclose(weights.numpy(), [0.6 / 0.9, 0.3 / 0.09, 5.0], rtol=1e-6)  # the last one capped
+    assert _balance().weights(torch.tensor([[[0]]])) is None
+
+
+@pytest.mark.parametrize("loss", [thresholded_pseudo_label_loss, weighted_pseudo_label_loss])
+def test_per_pixel_thresholds_and_weights_reach_the_unlabeled_loss(loss):
+    g = torch.Generator().manual_seed(0)
+    logits, pseudo = torch.randn(2, C, 4, 4, generator=g), torch.randint(0, C, (2, 4, 4), generator=g)
+    confidence = torch.rand(2, 4, 4, generator=g)
+    assert torch.equal(loss(logits, pseudo, confidence, torch.full((2, 4, 4), 0.5)), loss(logits, pseudo, confidence, 0.5))
+    per_pixel = torch.where(pseudo == 1, 0.0, 2.0)  # only class 1 passes
+    assert torch.allclose(loss(logits, pseudo, confidence, per_pixel),
+                          loss(logits, pseudo, torch.where(pseudo == 1, 1.0, 0.0), 0.5))
+    assert torch.allclose(loss(logits, pseudo, confidence, 0.5, torch.full((2, 4, 4), 3.0)),
+                          3 * loss(logits, pseudo, confidence, 0.5))
+
+
+def test_pseudo_label_recall_and_precision_per_class():
+    truth = torch.tensor([[0, 0, 1, 1, 2, IGNORE_INDEX]])
+    pseudo = torch.tensor([[0, 1, 1, 0, 0, 2]])
+    confidence = torch.tensor([[0.9, 0.9, 0.9, 0.2, 0.9, 0.9]])
+    out = pseudo_label_recall_precision(pseudo, confidence, 0.5, truth, C)
+    assert out == {"reliability/pseudo_recall/0": 0.5, "reliability/pseudo_recall/1": 0.5,
+                   "reliability/pseudo_recall/2": 0.0, "reliability/pseudo_precision/0": 0.5,
+                   "reliability/pseudo_precision/1": 0.5}
+
+
+def test_per_class_keys_are_logged_under_class_names():
+    stats = {"class_balance/ratio/1": 0.2, "reliability/pseudo_recall/0": 0.9, "reliability/auroc/x": 1.0, "sup": 1}
+    assert by_class_name(stats, ["ground", "crack"]) == {"class_balance/ratio/crack": 0.2,
+                                                        "reliability/pseudo_recall/ground": 0.9,
+                                                        "reliability/auroc/x": 1.0, "sup": 1}
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_labeler_does_not(
+        planted, synth_root, tmp_path, monkeypatch, capsys):
+    """The teacher is replaced by a labeler that returns every unlabeled pixel's true class (balanced), or
+    background everywhere (planted), with confidence 1; only the planted run warns, naming the classes."""
+    def labeler(teacher, image, padding, align=None):
+        truth = monkeypatch_truth["now"]
+        pseudo = torch.where(truth == IGNORE_INDEX, IGNORE_INDEX, truth * (0 if planted else 1))  # 255: left out
+        return PseudoLabels(pseudo, torch.ones(pseudo.shape), pseudo, torch.ones(pseudo.shape[0], 8, *pseudo.shape[1:]) / 8)
+
+    monkeypatch_truth = {}
+    real_losses = mean_teacher.MeanTeacher.losses
+
+    def losses(self, student, teacher, labeled, unlabeled, progress):
+        monkeypatch_truth["now"] = unlabeled["truth"]
+        return real_losses(self, student, teacher, labeled, unlabeled, progress)
+
+    monkeypatch.setattr(mean_teacher, "teacher_pseudo_labels", labeler)
+    monkeypatch.setattr(mean_teacher.MeanTeacher, "losses", losses)
+    cfg = tiny_config(synth_root, tmp_path, "method.name=classmix", "train.iterations=8", "train.log_every=100",
+                      "data.batch_size=8", "method.class_balance.momentum=0.8")  # judged from step 5 on
+    Trainer(cfg).fit()
+    records = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    warnings = [w for r in records for w in r.get("warnings", [])]
+    captured = capsys.readouterr()
+    printed = captured.err + captured.out
+    if planted:
+        warned = [(r, w.split("'")[1]) for r in records for w in r.get("warnings", [])]
+        assert warned and all("starved of pseudo-labels" in w for w in warnings)
+        assert {name for _, name in warned} <= {"disc", "ring", "tile", "crate", "wedge", "star", "cross"}
+        assert len(warned) == len({name for _, name in warned})  # once per class: it stays starved
+        assert all(r[f"class_balance/starved/{name}"] == 1.0 and r["iteration"] >= 5 for r, name in warned)
+        assert f"class '{warned[0][1]}' is starved" in printed
+    else:
+        assert not warnings and "starved" not in printed
+        assert records[-1]["class_balance/starved/disc"] == 0.0
+
+
+def test_supervised_refuses_the_remedies():
+    with pytest.raises(ConfigError, match="method.class_balance.threshold=adaptive acts on pseudo-labels"):
+        load_config(None, ["method.name=supervised", "method.class_balance.threshold=adaptive"])
+    with pytest.raises(ConfigError, match="method.class_balance.momentum"):
+        load_config(None, ["method.class_balance.momentum=1.0"])
+
+
+def test_a_checkpoint_without_the_statistics_still_loads():
+    method = mean_teacher.MeanTeacher(load_config(None, ["method.name=classmix"]), C)
+    older = {k: v for k, v in method.state_dict().items() if not k.startswith("balance.")}
+    assert not method.load_state_dict(older).missing_keys
