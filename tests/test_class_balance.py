@@ -145,6 +145,7 @@ def test_per_class_keys_are_logged_under_class_names():
                                                         "reliability/auroc/x": 1.0, "sup": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("planted", [True, False])
 def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_labeler_does_not(
         planted, synth_root, tmp_path, monkeypatch, capsys):

@@ -153,6 +153,7 @@ def _step_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     dist.cleanup()
 
 
+@pytest.mark.slow
 def test_two_process_step_equals_the_single_process_step_on_the_global_batch(synth_root, tmp_path):
     """Gradient averaging makes the 2-process step the 1-process step of the global batch: same SGD
     update, so the same weights to float tolerance, and the mean of the ranks' losses is the global loss.
@@ -182,6 +183,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_global_batch(syn
     assert changed > 10, "the steps should have moved the weights"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prcl", "unimatch_prcl", "unimatch_v2_prcl"])
 def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, method):
     """One labeled and one unlabeled image per process (a global batch of 2 + 2, as 16 + 16 on 16 GPUs)."""

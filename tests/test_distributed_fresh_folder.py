@@ -7,9 +7,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY_MODEL
 from spawn import free_port, spawn_with_deadline
+
+pytestmark = pytest.mark.slow  # end-to-end trainings or spawned processes: `-m "not slow"` skips them
 
 DEADLINE_SECONDS = 300
 

@@ -160,6 +160,7 @@ def reference_logits(model: torch.nn.Module, image: np.ndarray, crop: int = 0, s
     return total / count
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_predict_writes_the_checkpoint_models_own_argmax(checkpoint, tmp_path):
     """The masks `prcl predict` writes are the argmax of the checkpoint's evaluated network (the teacher) run

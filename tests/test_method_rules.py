@@ -111,6 +111,7 @@ def head_batches(model: DeepLabV3Plus) -> dict[str, list[int]]:
     return seen
 
 
+@pytest.mark.slow
 def test_unimatch_prcl_runs_the_heads_on_the_labeled_rows_and_strong_view_1_only():
     """The weak view's and the second strong view's rows never reach the heads (nor their BatchNorm)."""
     cfg = load_config(None, ["method.name=unimatch_prcl", "model.rep_dim=4", "method.contrastive.num_anchors=4",

@@ -149,6 +149,7 @@ def test_inert_and_saturated_terms_are_reported_once():
     assert InertTermMonitor().check(faded, {"contrastive/lambda": math.exp(-5.0)}, 400) == []
 
 
+@pytest.mark.slow
 def test_trainer_logs_gradient_diagnostics(make_config, capsys):
     cfg = make_config("method.name=prcl", "train.iterations=4", "train.eval_every=100", "train.log_every=4",
                       "train.diagnostics_every=2", "data.max_val_images=2")

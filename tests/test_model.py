@@ -8,6 +8,7 @@ from prcl.models import weights as weights_mod
 from prcl.models.backbone import WeightsError, create_backbone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, widths", [("resnet18", (8, 16, 32, 64)), ("resnet101", None), ("resnet101s", None)])
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_output_shapes_for_each_backbone(name, widths, output_stride):
@@ -137,6 +138,7 @@ def _sample_photo(name: str) -> torch.Tensor:
     return to_normalized_tensor(image.crop((left, top, left + 224, top + 224)))[None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("photo, imagenet_class", [("flower.jpg", 985), ("china.jpg", 698)])  # daisy, palace
 def test_wheel_weights_classify_a_real_photo(photo, imagenet_class):
     """The loaded ImageNet classifier recognises a real photo, fed through the input conversion that
@@ -202,6 +204,7 @@ def test_local_efficientnet_weights_file_in_either_naming(tmp_path):
         create_backbone("efficientnet_lite0", weights=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rep, prob", [(1.0, 1.0), (0.25, 0.0), (0.0, 0.5)])
 def test_head_gradients_reach_the_trunk_scaled(rep, prob):
     """`rep_trunk_grad` / `prob_trunk_grad` scale what the μ / σ² heads send into the shared trunk

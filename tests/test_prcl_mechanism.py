@@ -36,6 +36,7 @@ def _loss_and_grads(method: str, mu, var, labels, valid, probs, **overrides):
     return float(loss.detach()), stats, mu.grad.norm().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clustered", [0.0, 0.3])
 def test_mu_gradient_is_comparable_to_the_baselines(clustered):
     batch = _inputs(clustered)
@@ -57,6 +58,7 @@ def test_loss_at_initialisation_is_neither_saturated_nor_flat():
     assert grad > 1e-3
 
 
+@pytest.mark.slow
 def test_sigma_rises_on_deliberately_wrong_labels():
     """A toy with 10% of the pixels labeled as the wrong class: a few steps on σ² alone (μ fixed)
     raise the wrong pixels' σ² above the correct ones' (the paper's Sec. 3.2 claim, in miniature)."""

@@ -75,6 +75,7 @@ def _run(make_config, method: str, *overrides):
     return log, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prcl", "unimatch_prcl", "unimatch_v2_prcl"])
 def test_diagnostics_read_the_truth_but_never_change_the_run(make_config, method):
     """The truth (mixed along with the pseudo-labels) feeds the reliability statistics only: with them on and
@@ -215,6 +216,7 @@ def _train_sigma(final_norm: bool, steps: int = 15):
     return history[0], history[-1], small(wrong).bool()
 
 
+@pytest.mark.slow
 def test_sigma_head_learns_to_flag_wrong_labels_and_can_move_its_level():
     """40 steps at the σ² lr of `optim.prob_head_lr_scale=0.2`. The head without the final BatchNorm widens σ²'s
     lead on the wrong pixels and moves the batch's mean σ². At this lr the paper's head (BatchNorm before the

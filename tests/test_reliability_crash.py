@@ -149,6 +149,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_killed_then_terminated_then_resumed_equals_the_uninterrupted_run(synth_root, tmp_path, request):
     out, rng = tmp_path / "runs", random.Random(6)
     run = out / "chain"
@@ -210,6 +211,7 @@ def _assert_group_gone(pgid: int) -> None:
     pytest.fail(f"processes outlived the stopped training process: {left}")
 
 
+@pytest.mark.slow
 def test_same_seed_and_config_give_identical_runs(synth_root, tmp_path):
     """Determinism: the same run twice gives identical metrics.jsonl (3 evaluations) and weights."""
     args = ["method.name=supervised", "train.iterations=3", "train.eval_every=1"]
@@ -219,6 +221,7 @@ def test_same_seed_and_config_give_identical_runs(synth_root, tmp_path):
     assert_same_run(tmp_path / "second", tmp_path / "first", iterations=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signals", [1, 2])
 def test_sigint_saves_at_the_step_boundary_and_a_second_one_stops_at_once(make_config, capsys, signals):
     trainer = Trainer(make_config("method.name=supervised", "train.iterations=5", "train.checkpoint_every=100",

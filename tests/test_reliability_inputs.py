@@ -118,6 +118,7 @@ def test_corrupt_image_in_the_training_split(capsys, data, tmp_path, workers):
     assert "DataLoader worker" not in err
 
 
+@pytest.mark.slow
 def test_mask_size_mismatch(capsys, data, tmp_path):
     image, mask = first_labeled(data)
     rewrite_mask(mask, lambda m: m[:40, :50])
@@ -126,6 +127,7 @@ def test_mask_size_mismatch(capsys, data, tmp_path):
     assert code == 2 and f"mask {mask} is 50x40 but image {image} is 64x64" in line, line
 
 
+@pytest.mark.slow
 def test_label_out_of_range(capsys, data, tmp_path):
     """Formerly silent: an out-of-range class id in a mask trained without complaint."""
     _, mask = first_labeled(data)
@@ -172,6 +174,7 @@ def run_with_checkpoint(data, tmp_path) -> Path:
     return trainer.run_dir
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_experiment_needs_force(capsys, run_with_checkpoint):
     run = str(run_with_checkpoint)
     code, err = run_cli(capsys, "train", "--resume", run, "optim.lr=0.5", "data.num_workers=2")
@@ -224,6 +227,7 @@ def test_checkpoint_of_another_architecture(capsys, run_with_checkpoint):
 
 
 # ----------------------------------------------------------------------------- disk full
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(capsys, data, tmp_path, monkeypatch):
     real_fsync, writes = os.fsync, []
 

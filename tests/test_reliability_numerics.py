@@ -50,6 +50,7 @@ def test_nan_in_a_batch_stops_naming_iteration_terms_and_checkpoint(capsys, synt
     assert state["iteration"] == 2 and all_finite(state["model"])
 
 
+@pytest.mark.slow
 def test_inf_in_a_batch_is_skipped_counted_and_logged(capsys, synth_root, tmp_path, monkeypatch):
     poison_batches(monkeypatch, float("inf"), at=2)
     args = tiny_args(synth_root, tmp_path / "runs", "x", "train.iterations=3", "train.skip_nonfinite=true")
@@ -74,6 +75,7 @@ def _full_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_skipped_step_leaves_weights_statistics_prototypes_and_optimizer_untouched(make_config, monkeypatch):
     """PRCL: the forward pass of a poisoned batch already updated BN statistics and the GDPs; a skip undoes it."""
     poison_batches(monkeypatch, float("nan"), at=3)
@@ -92,6 +94,7 @@ def test_skipped_step_leaves_weights_statistics_prototypes_and_optimizer_untouch
     assert all_finite(_full_state(trainer)) and trainer.state_dict(4)["skipped_steps"] == 1
 
 
+@pytest.mark.slow
 def test_non_finite_gradient_behind_a_finite_loss(make_config):
     trainer = Trainer(make_config("method.name=supervised", "train.iterations=2", "data.crop_size=32"))
     real = trainer.method.losses

@@ -41,6 +41,7 @@ def test_a_teacher_that_does_not_exist_cannot_be_reported(make_config):
         Trainer(make_config("method.name=fixmatch", "eval.model=teacher"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reported, best_iteration", [("teacher", 1), ("student", 2)])
 def test_best_checkpoint_follows_the_reported_model(make_config, monkeypatch, reported, best_iteration):
     """Teacher best at iteration 1, student best at iteration 2: `best.pt`, `miou`, `best_miou` and the
@@ -63,6 +64,7 @@ def test_best_checkpoint_follows_the_reported_model(make_config, monkeypatch, re
     assert [(r["miou/teacher"], r["miou/student"]) for r in records] == [(0.5, 0.3), (0.4, 0.6)]
 
 
+@pytest.mark.slow
 def test_a_method_without_teacher_logs_the_student_alone(make_config):
     cfg = make_config("method.name=fixmatch", "train.iterations=1", "data.max_val_images=2",
                       "train.diagnostics_every=0")
@@ -72,6 +74,7 @@ def test_a_method_without_teacher_logs_the_student_alone(make_config):
     assert set(summary["miou_by_model"]) == {"student"} and summary["miou_by_model"]["student"] == summary["miou"]
 
 
+@pytest.mark.slow
 def test_evaluating_the_student_beside_the_teacher_draws_what_the_teacher_alone_draws(make_config):
     """The trainer's evaluation of both models consumes the global RNG exactly as evaluating the teacher alone
     (one DataLoader base seed), so adding the student's evaluation changed no run's training; and it reports

@@ -17,6 +17,8 @@ from prcl.config import METHOD_PRESETS
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # end-to-end trainings or spawned processes: `-m "not slow"` skips them
+
 T = 4
 COMMON = [f"train.iterations={T}", f"train.eval_every={T // 2}", f"train.checkpoint_every={T // 2}",
           "train.log_every=1", "data.max_val_images=2"]

@@ -35,6 +35,7 @@ def trained_run(synth_root, tmp_path) -> tuple[list[str], Path]:
     return args, tmp_path / "runs" / "r"
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_a_locked_run_fails_at_once_naming_the_pid(trained_run, capsys, monkeypatch):
     args, run = trained_run
     last = run / "checkpoints" / "last.pt"
@@ -55,6 +56,7 @@ def test_a_second_trainer_on_a_locked_run_fails_at_once_naming_the_pid(trained_r
     assert cli.main(["train", "--overwrite", *args]) == 0  # released: the run can be trained again
 
 
+@pytest.mark.slow
 def test_the_trainer_holds_the_lock_until_fit_ends(synth_root, tmp_path):
     args = run_args(synth_root, tmp_path / "runs")
     trainer = Trainer(load_config(None, args))

@@ -16,6 +16,8 @@ from prcl.config import load_config
 from prcl.data.synthetic import ensure_synthetic_dataset
 from prcl.engine.trainer import train
 
+pytestmark = pytest.mark.slow  # end-to-end trainings or spawned processes: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def full_dataset(tmp_path_factory):

@@ -12,6 +12,7 @@ from prcl.config import ConfigError
 from prcl.engine.trainer import Trainer, train
 
 
+@pytest.mark.slow
 def test_short_supervised_training_beats_chance(make_config):
     cfg = make_config("method.name=supervised", "train.iterations=100", "train.eval_every=100", "data.crop_size=64",
                       "data.batch_size=8", "data.labeled_split=splits/full/labeled.txt", "optim.name=sgd",
@@ -37,6 +38,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["classmix", "prcl", "fixmatch", "unimatch_prcl", "unimatch_v2_prcl"])
 def test_resume_equals_uninterrupted_run(make_config, method):
     common = [f"method.name={method}", "train.iterations=6", "train.eval_every=100", "data.max_val_images=2"]
@@ -72,6 +74,7 @@ def test_existing_run_dir_and_changed_resume_are_refused(make_config):
     Trainer(cfg, overwrite=True)
 
 
+@pytest.mark.slow
 def test_prototype_trajectory_is_logged(make_config):
     cfg = make_config("method.name=prcl", "train.iterations=6", "train.eval_every=6", "data.max_val_images=2",
                       "train.log_prototypes_every=2")
@@ -83,6 +86,7 @@ def test_prototype_trajectory_is_logged(make_config):
     assert seen[0].any() and (seen[1:] >= seen[:-1]).all()  # a class once seen keeps its GDP
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", [
     "channels_last",
     pytest.param("compile", marks=pytest.mark.skipif(

@@ -110,6 +110,7 @@ def test_pseudo_labels_come_from_the_ema_teacher_and_the_loss_is_v2s(monkeypatch
     assert set(step.terms) == {"sup", "unsup"} and step.stats["pseudo_confident"] == 1.0
 
 
+@pytest.mark.slow
 def test_unimatch_v2_prcl_runs_the_heads_on_the_labeled_rows_and_strong_view_1(make_config):
     from prcl.engine.trainer import Trainer
 

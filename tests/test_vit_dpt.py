@@ -148,6 +148,7 @@ def test_pretrained_picks_up_a_file_in_the_weights_folder(monkeypatch, tmp_path)
 
 
 # ---------------------------------------------------------------- DPT and the shared model
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, fused_size", [(VIT, (24, 40)), ("efficientnet_lite0", (16, 20))])
 def test_dpt_shapes_and_head_rows(backbone, fused_size):
     """Logits at input size; μ/σ² on the finest fused map (ViT: stride 14/8, CNN: stride 2), only on
@@ -216,6 +217,7 @@ def test_dpt_matches_a_hand_written_forward(backbone, scales):
     torch.testing.assert_close(out["logits"].double(), logits, rtol=1e-4, atol=1e-5 * logits.abs().max().item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder, backbone", [("dpt", VIT), ("dpt", "efficientnet_lite0"),
                                                ("deeplabv3plus", "efficientnet_lite0")])
 def test_complementary_dropout_masks_the_encoder_features(decoder, backbone):
@@ -248,6 +250,7 @@ def test_complementary_dropout_masks_the_encoder_features(decoder, backbone):
         model(torch.randn(3, 3, 28, 28), complementary_dropout=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", [VIT, "efficientnet_lite0"])
 def test_gradients_reach_backbone_decoder_and_heads(backbone):
     torch.manual_seed(0)
