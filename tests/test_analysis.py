@@ -196,7 +196,8 @@ def assert_png(path: Path) -> tuple[int, int]:
 def test_analyze_single_run_writes_every_figure_and_consistent_metrics(runs, tmp_path):
     cfg, _ = runs
     result = analyze_run(cfg.run_dir, tmp_path, num_images=2, max_per_class=50, tsne_per_class=15, vn_per_class=5)
-    names = {"curves", "predictions", "tsne", "virtual_negatives", "probability_maps", "prototype_trajectories"}
+    names = {"curves", "class_balance", "predictions", "tsne", "virtual_negatives", "probability_maps",
+             "prototype_trajectories"}
     assert set(result["figures"]) == names and result["notes"] == []
     report = (tmp_path / "report.md").read_text()
     for name in names:
@@ -227,6 +228,13 @@ def test_analyze_single_run_writes_every_figure_and_consistent_metrics(runs, tmp
     assert unc["ratio_wrong_to_correct"] == pytest.approx(unc["mean_var_wrong"] / unc["mean_var_correct"])
     assert set(m["virtual_negatives"]["mean_distance_to_gdp"]) == {"1.0", "10.0"}
     assert set(m["prototype_drift"]) == {"local", "gdp"}
+    balance = m["class_balance"]  # the last logged record's shares, read back from train_log.jsonl
+    last = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()][-1]
+    assert set(balance["classes"]) == set(names_)
+    for name, row in balance["classes"].items():
+        assert row["labeled_share"] == last[f"class_balance/labeled_share/{name}"]
+        assert row["ratio"] == last[f"class_balance/ratio/{name}"]
+    assert "Class balance of the pseudo-labels" in report
 
 
 def test_compare_two_runs_through_the_cli(runs, tmp_path, capsys):
@@ -240,8 +248,10 @@ def test_compare_two_runs_through_the_cli(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "prcl (prcl): Silhouette" in printed and "sup (supervised): Silhouette" in printed
     result = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(result["figures"]) == {"curves", "predictions", "tsne_a", "tsne_b", "virtual_negatives_a",
-                                      "probability_maps_a", "prototype_trajectories_a"}
+    assert set(result["figures"]) == {"curves", "class_balance", "predictions", "tsne_a", "tsne_b",
+                                      "virtual_negatives_a", "probability_maps_a", "prototype_trajectories_a"}
+    a, b = result["runs"]
+    assert a["class_balance"] is not None and b["class_balance"] is None  # supervised makes no pseudo-labels
     for path in result["figures"].values():
         assert_png(Path(path))
     width, height = assert_png(tmp_path / "predictions.png")

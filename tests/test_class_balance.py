@@ -81,15 +81,18 @@ def test_no_step_without_confident_pixels_moves_the_shares():
 
 
 def test_adaptive_thresholds_lower_only_the_starved_classes_by_flexmatch_map():
-    balance = _balance("method.class_balance.threshold=adaptive")
+    balance, rng = _balance("method.class_balance.threshold=adaptive", "method.class_balance.momentum=0.5"), \
+        np.random.default_rng(3)
+    pseudo = torch.tensor([[[0, 1, 2, IGNORE_INDEX]]])
+    for _ in range(2):  # balanced pseudo-labels: nothing is starved, every class keeps τ
+        balance.observe(*_step(rng, [0.5, 0.3, 0.2], [0.5, 0.3, 0.2], size=(4, 16, 16)), threshold=0.0)
+    assert not balance.starved.any() and balance.thresholds(pseudo, 0.95) == 0.95
     balance.labeled_pixels.copy_(torch.tensor([50.0, 30.0, 20.0], dtype=torch.float64))
     balance.confident_share.copy_(torch.tensor([0.7, 0.27, 0.03], dtype=torch.float64))
-    balance.confident_steps.fill_(5)
-    pseudo = torch.tensor([[[0, 1, 2, IGNORE_INDEX]]])
+    balance.starved.copy_(torch.tensor([False, False, True]))  # r = 1.4, 0.9, 0.15 against ρ = 0.5
     per_pixel = balance.thresholds(pseudo, 0.95)
-    r2 = 0.03 / 0.2
-    expected = [0.95, 0.95 * (0.9 / (2 - 0.9)), 0.95 * r2 / (2 - r2)]
-    np.testing.assert_allclose(per_pixel[0, 0, :3].numpy(), expected, rtol=1e-6)
+    x = 0.15 / 0.5
+    np.testing.assert_allclose(per_pixel[0, 0, :3].numpy(), [0.95, 0.95, 0.95 * x / (2 - x)], rtol=1e-6)
     assert float(flexmatch_map(torch.tensor(0.0))) == 0 and float(flexmatch_map(torch.tensor(1.0))) == 1
     assert _balance().thresholds(pseudo, 0.95) == 0.95  # fixed: the scalar itself
 

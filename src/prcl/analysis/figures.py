@@ -153,7 +153,7 @@ def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path)
 
 
 def plot_class_balance(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path,
-                       warn_ratio: float = 0.5) -> Path:
+                       starved_ratio: float = 0.5) -> Path:
     """Three panels, one colour per class, one line style per run: the ratio of confident to labeled share
     (with the warning line), both shares, and the pseudo-labels' recall (solid) and precision (dashed)."""
     fig, ax = _figure(1, 3, (4.8, 3.6))
@@ -171,7 +171,7 @@ def plot_class_balance(runs: Sequence[RunLogs], class_names: Sequence[str], path
             for kind, dash in (("recall", style), ("precision", ":")):
                 x, values = series(run.train_log, f"reliability/pseudo_{kind}/{name}")
                 ax[0, 2].plot(x, values, dash, color=colours[c], label=f"{name} {kind}" if k == 0 else None)
-    ax[0, 0].axhline(warn_ratio, color="grey", lw=0.8, ls=":")
+    ax[0, 0].axhline(starved_ratio, color="grey", lw=0.8, ls=":")
     ax[0, 0].set_yscale("symlog", linthresh=0.1)
     ax[0, 0].set_title("confident share / labeled share (warning below the line)")
     ax[0, 1].set_title("share of confident pseudo-labels (%); labeled share: wide, faded")

@@ -52,7 +52,7 @@ UNIT_INTERVAL = (
     "method.contrastive.trunk_grad", "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
     "data.blur", "optim.momentum", "method.pseudo_label_noise", "method.ohem_threshold",
-    "method.class_balance.warn_ratio", "method.class_balance.momentum",
+    "method.class_balance.starved_ratio", "method.class_balance.momentum",
 )
 POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
 NON_NEGATIVE = ("method.ohem_min_kept", "train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr",

@@ -123,17 +123,17 @@ class ClassBalanceConfig:
     """The pseudo-labels' classes against the labeled set's (issue #35). The statistics and the warning are
     always on; each remedy from the literature is off by default (not in the paper)."""
 
-    threshold: str = "fixed"  # fixed: one confidence threshold for all classes (δu, or τ) | adaptive: a class whose
-    # share of confident pseudo-labels r is below its labeled share gets threshold·M(r), M(x) = x/(2 − x) (FlexMatch's
-    # class-wise thresholds, its learning effect normalised by the labeled class prior)
+    threshold: str = "fixed"  # fixed: one confidence threshold for all classes (δu, or τ) | adaptive: a starved
+    # class (share ratio r below starved_ratio) gets threshold·M(r / starved_ratio), M(x) = x/(2 − x), the others keep
+    # it (FlexMatch's class-wise thresholds, its learning effect normalised by the labeled class prior)
     alignment: str = "none"  # none | distribution: the labeler's probabilities × labeled prior / running mean
     # prediction, renormalised, before the arg-max (ReMixMatch's distribution alignment)
     weighting: str = "none"  # none | class_balanced: a pseudo-labeled pixel's unlabeled loss × its class's labeled
     # share / confident share (at most max_weight)
     max_weight: float = 10.0  # the largest class weight of weighting=class_balanced
     momentum: float = 0.99  # EMA of the per-class pseudo-label statistics (shares, mean prediction)
-    warn_ratio: float = 0.5  # warn when a class's share of confident pseudo-labels falls below this × its
-    # labeled share (checked once the EMA has seen 1/(1 − momentum) steps)
+    starved_ratio: float = 0.5  # a class is starved while its share of confident pseudo-labels is below this × its
+    # labeled share (judged once the EMA has seen 1/(1 − momentum) steps): the run warns; threshold=adaptive acts
 
 
 @dataclass

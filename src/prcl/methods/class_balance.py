@@ -10,14 +10,15 @@ same on every rank):
   method's threshold, δu or τ) on the weak view;
 - `mean_prediction` `[C]`: an EMA of the labeler's mean softmax over unlabeled pixels (before alignment);
 - `starved` `[C]`: whether the class's ratio r_c = confident share / labeled share is below
-  `method.class_balance.warn_ratio` (checked once the EMA has seen 1/(1 − momentum) steps).
+  `method.class_balance.starved_ratio` (checked once the EMA has seen 1/(1 − momentum) steps).
 
 The remedies, each a key of `method.class_balance` (all off by default):
 
-- `threshold=adaptive`: class c's threshold is τ·M(min(1, r_c)), M(x) = x / (2 − x). FlexMatch's class-wise
-  thresholds (Zhang et al., NeurIPS 2021) scale τ by the class's *learning effect*, its count of confident
-  predictions; in segmentation that count is mostly the class's pixel frequency, so here it is divided by
-  the labeled prior: a class is "learned" when its confident share reaches its labeled share.
+- `threshold=adaptive`: class c's threshold is τ·M(min(1, r_c / ρ)), M(x) = x / (2 − x), ρ = `starved_ratio`.
+  FlexMatch's class-wise thresholds (Zhang et al., NeurIPS 2021) scale τ by the class's *learning effect*, its
+  count of confident predictions; in segmentation that count is mostly the class's pixel frequency, so here it
+  is divided by the labeled prior, and only a starved class (r_c < ρ) is lowered: on data whose pseudo-labels
+  keep the labeled proportions the thresholds stay τ.
 - `alignment=distribution`: ReMixMatch's distribution alignment (Berthelot et al., ICLR 2020): the labeler's
   probabilities are multiplied by p_l / mean_prediction and renormalised per pixel, then the arg-max and the
   confidence are taken.
@@ -54,7 +55,7 @@ class ClassBalance(nn.Module):
         settings = cfg.method.class_balance
         self.num_classes = num_classes
         self.threshold_rule, self.alignment, self.weighting = settings.threshold, settings.alignment, settings.weighting
-        self.max_weight, self.momentum, self.warn_ratio = settings.max_weight, settings.momentum, settings.warn_ratio
+        self.max_weight, self.momentum, self.starved_ratio = settings.max_weight, settings.momentum, settings.starved_ratio
         self.register_buffer("labeled_pixels", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("confident_share", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("mean_prediction", torch.zeros(num_classes, dtype=torch.float64))
@@ -101,7 +102,7 @@ class ClassBalance(nn.Module):
         if confident_counts.sum() > 0:  # a step without confident pixels says nothing of their classes
             self._ema(self.confident_share, confident_counts / confident_counts.sum(), self.confident_steps)
         if int(self.confident_steps) >= round(1 / (1 - self.momentum)):
-            starved = self.share_ratio() < self.warn_ratio
+            starved = self.share_ratio() < self.starved_ratio
             self.newly_starved = starved & ~self.starved
             self.starved.copy_(starved)
 
@@ -127,13 +128,16 @@ class ClassBalance(nn.Module):
         aligned = probs * factor.view(1, -1, 1, 1)
         return aligned / aligned.sum(1, keepdim=True)
 
+    def class_thresholds(self, threshold: float) -> Tensor:
+        """`[C]` float64: τ·M(min(1, r_c / ρ)), the adaptive rule's threshold per class."""
+        return threshold * flexmatch_map((self.share_ratio() / self.starved_ratio).clamp(max=1.0))
+
     def thresholds(self, pseudo: Tensor, threshold: float) -> Threshold:
-        """The confidence each pixel of `pseudo` `[B, H, W]` needs: `threshold` (fixed), or per pixel by its
-        pseudo-label's class, τ·M(min(1, r_c)) (adaptive)."""
-        if self.threshold_rule == "fixed" or int(self.confident_steps) == 0:
+        """The confidence each pixel of `pseudo` `[B, H, W]` needs: `threshold` (fixed, or adaptive while no class
+        is starved), or per pixel by its pseudo-label's class (`class_thresholds`)."""
+        if self.threshold_rule == "fixed" or not bool(self.starved.any()):
             return threshold
-        per_class = (threshold * flexmatch_map(self.share_ratio().clamp(max=1.0))).to(torch.float32)
-        return per_class[pseudo.clamp(max=self.num_classes - 1)]
+        return self.class_thresholds(threshold).to(torch.float32)[pseudo.clamp(max=self.num_classes - 1)]
 
     def weights(self, pseudo: Tensor) -> Optional[Tensor]:
         """Per-pixel weights `[B, H, W]` of the unlabeled loss by pseudo-label class, or None (no weighting)."""
@@ -155,7 +159,7 @@ class ClassBalance(nn.Module):
         rows = {"labeled_share": self.labeled_share(), "confident_share": self.confident_share,
                 "ratio": self.share_ratio(), "starved": self.starved.double()}
         if self.threshold_rule == "adaptive":
-            rows["threshold"] = threshold * flexmatch_map(self.share_ratio().clamp(max=1.0))
+            rows["threshold"] = self.class_thresholds(threshold)
         for name, values in rows.items():
             out.update({f"class_balance/{name}/{c}": v for c, v in enumerate(values.tolist())})
         out.update({f"class_balance/newly_starved/{c}": 1.0 for c in self.newly_starved.nonzero().flatten().tolist()})
