@@ -37,9 +37,9 @@ def picture(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray
 
 
 def make_own_data(root: Path, labeled: int = 8, unlabeled: int = 6, size: tuple[int, int] = (40, 52),
-                  seed: int = 0) -> Path:
-    """The layout of `docs/own-data.md`: `classes.yaml` (names and colours), `images/*.png`, `masks/*.png` (index
-    PNGs, 255 = ignore) and `unlabeled/*.png`."""
+                  seed: int = 0, suffix: str = ".png") -> Path:
+    """The layout of `docs/own-data.md`: `classes.yaml` (names and colours), `images/*<suffix>`, `masks/*.png`
+    (index PNGs, 255 = ignore) and `unlabeled/*<suffix>`."""
     rng = np.random.default_rng(seed)
     for folder in ("images", "masks", "unlabeled"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -47,10 +47,10 @@ def make_own_data(root: Path, labeled: int = 8, unlabeled: int = 6, size: tuple[
     (root / "classes.yaml").write_text("\n".join(lines) + "\n")
     for i in range(labeled):
         image, mask = picture(rng, size)
-        Image.fromarray(image).save(root / "images" / f"img{i:03d}.png")
+        Image.fromarray(image).save(root / "images" / f"img{i:03d}{suffix}")
         Image.fromarray(mask).save(root / "masks" / f"img{i:03d}.png")
     for i in range(unlabeled):
-        Image.fromarray(picture(rng, size)[0]).save(root / "unlabeled" / f"extra{i:03d}.png")
+        Image.fromarray(picture(rng, size)[0]).save(root / "unlabeled" / f"extra{i:03d}{suffix}")
     return root
 
 
