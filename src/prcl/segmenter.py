@@ -74,12 +74,12 @@ class Segmenter:
                    mode=mode or ("sliding" if cfg.eval.mode == "sliding" else "whole"),
                    crop=crop or cfg.eval.crop_size, stride=stride or cfg.eval.stride, device=dev)
 
-    def predict(self, image: ImageInput | Sequence[ImageInput], probabilities: bool = False) -> np.ndarray | list:
+    def predict(self, image: ImageInput | Sequence[ImageInput], *, probabilities: bool = False) -> np.ndarray | list:
         """The `[H, W]` uint8 mask of class ids of `image` (a path, a PIL image or an `[H, W, 3]` uint8 RGB
         array), or with `probabilities=True` the `[C, H, W]` float32 class probabilities (softmax of the logits;
         their argmax is the mask). A list of images gives a list of results."""
         if isinstance(image, (list, tuple)):
-            return [self.predict(one, probabilities) for one in image]
+            return [self.predict(one, probabilities=probabilities) for one in image]
         logits = self.logits(image)  # [C, H, W]
         if probabilities:
             return logits.softmax(0).cpu().numpy()
