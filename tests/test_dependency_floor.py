@@ -2,7 +2,7 @@
 
 No test here runs the floor versions (their CUDA wheels are gigabytes); instead `API_ADDED_IN` lists
 the APIs that set or threaten a floor with the release that added them, checked by reading that
-release's sources (README, "Dependencies and why"), and the test fails if `src/` uses one of them
+release's sources (docs/development.md, "Dependencies and why"), and the test fails if `src/` uses one of them
 while pyproject.toml declares an older floor. A denylist, not a proof: an API missing from the
 table is not checked.
 """

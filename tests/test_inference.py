@@ -71,7 +71,7 @@ def test_predict_overlay_has_a_legend_of_the_predicted_classes_named_from_the_ch
         checkpoint, tmp_path, monkeypatch):
     from PIL import Image, ImageDraw
 
-    from prcl import inference
+    from prcl import mask_files, segmenter
     from prcl.data.palette import voc_colormap
 
     state = load_checkpoint(checkpoint)
@@ -86,10 +86,10 @@ def test_predict_overlay_has_a_legend_of_the_predicted_classes_named_from_the_ch
         return torch.nn.functional.one_hot(mask, num_classes).permute(2, 0, 1)[None].float()
 
     drawn, real_text = [], ImageDraw.ImageDraw.text
-    monkeypatch.setattr(inference, "predict_logits", stripes)
+    monkeypatch.setattr(segmenter, "predict_logits", stripes)
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: (
         drawn.append(text), real_text(self, xy, text, *a, **k))[1])
-    inference.predict_files(renamed, [tmp_path / "img.png"], tmp_path / "out", device="cpu")
+    mask_files.predict_files(renamed, [tmp_path / "img.png"], tmp_path / "out", device="cpu")
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "img.png")), mask.numpy())
     overlay = np.asarray(Image.open(tmp_path / "out" / "img_overlay.jpg").convert("RGB"))
@@ -116,7 +116,7 @@ def test_predict_runs_the_real_model_on_grey_rgba_16_bit_and_small_images(checkp
     both evaluation modes."""
     from PIL import Image
 
-    from prcl import inference
+    from prcl import mask_files
     from prcl.data.dataset import load_image
 
     state = load_checkpoint(checkpoint)
@@ -136,7 +136,7 @@ def test_predict_runs_the_real_model_on_grey_rgba_16_bit_and_small_images(checkp
 
     out = tmp_path / "out"
     names = ["grey", "rgba", "deep", "small"]
-    inference.predict_files(path, [tmp_path / f"{n}.png" for n in names], out, device="cpu")
+    mask_files.predict_files(path, [tmp_path / f"{n}.png" for n in names], out, device="cpu")
     masks = {n: _written(out, n) for n in names}
     for n, size in zip(names, [(40, 56)] * 3 + [(21, 13)]):
         assert masks[n].shape == size and int(masks[n].max()) < state["num_classes"], n
@@ -169,7 +169,7 @@ def test_predict_writes_the_checkpoint_models_own_argmax(checkpoint, tmp_path):
     logits lie within 1e-3 (float rounding could order them either way) are left out, and they are few."""
     from PIL import Image
 
-    from prcl import inference
+    from prcl import mask_files
     from prcl.config import from_dict
     from prcl.models import build_model
 
@@ -194,7 +194,7 @@ def test_predict_writes_the_checkpoint_models_own_argmax(checkpoint, tmp_path):
     for mode, crop, stride in (("whole", 0, 0), ("sliding", 48, 16)):
         state["config"]["eval"].update(mode=mode, crop_size=48, stride=16)
         save_checkpoint(state, tmp_path / f"{mode}.pt")
-        inference.predict_files(tmp_path / f"{mode}.pt", [tmp_path / "img.png"], tmp_path / mode, device="cpu")
+        mask_files.predict_files(tmp_path / f"{mode}.pt", [tmp_path / "img.png"], tmp_path / mode, device="cpu")
         written[mode] = _written(tmp_path / mode, "img")
         logits = reference_logits(teacher, image, crop, stride)
         top2 = logits.topk(2, dim=0).values

@@ -82,10 +82,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from prcl.inference import predict_files, resolve_checkpoint
+    from prcl.mask_files import predict_files
 
-    ckpt = resolve_checkpoint(Path(args.checkpoint), "best")
-    for path in predict_files(ckpt, [Path(p) for p in args.images], Path(args.out)):
+    for path in predict_files(Path(args.run), [Path(p) for p in args.images], Path(args.out),
+                              checkpoint=args.checkpoint, mode=args.mode, crop=args.crop, stride=args.stride):
         print(path)
     return 0
 
@@ -113,9 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write coloured masks for images")
-    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="predictions")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run")
+    p.add_argument("--mode", choices=("whole", "sliding"), help="default: the run's eval.mode (center_crop: whole)")
+    p.add_argument("--crop", type=int, help="sliding-window size (default: the run's eval.crop_size)")
+    p.add_argument("--stride", type=int, help="sliding-window stride (default: the run's eval.stride or 2/3 of crop)")
     p.set_defaults(func=cmd_predict)
 
     add_data_commands(sub)

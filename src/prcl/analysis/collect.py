@@ -26,7 +26,7 @@ from prcl.engine.run_dir import CHECKPOINT_DIR, METRICS_LOG, TRAIN_LOG
 from prcl.config import Config, apply_overrides
 from prcl.data.transforms import denormalize
 from prcl.engine.evaluate import pad_to_multiple, predict_logits
-from prcl.inference import model_from_checkpoint, resolve_checkpoint
+from prcl.inference import class_colors, model_from_checkpoint, resolve_checkpoint
 from prcl.methods.contrastive_term import to_feature_resolution
 
 UNCERTAINTY_PIXELS_PER_IMAGE = 4096  # pixels per image kept to compute the AUROC of σ²
@@ -65,6 +65,7 @@ class RunData:
     metrics: list[dict] = field(default_factory=list)
     trajectory: Optional[dict] = None
     prototypes: dict[str, Prototypes] = field(default_factory=dict)  # by kind: gdp, ema
+    colors: Optional[np.ndarray] = None  # [C, 3] uint8 class colours as `prcl predict` paints them; None = VOC's
 
     @property
     def num_classes(self) -> int:
@@ -104,7 +105,7 @@ def load_run(path: Path, *, checkpoint: str = "last", device: torch.device | str
     run_dir = path if path.is_dir() else (ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else None)
     slim = {k: state.get(k) for k in ("iteration", "num_classes", "class_names")}  # drop weights, optimiser
     run = RunData(label or (run_dir or ckpt).name, run_dir, ckpt, cfg, slim, evaluated, student,
-                  prototypes=method_prototypes(state.get("method") or {}))
+                  prototypes=method_prototypes(state.get("method") or {}), colors=class_colors(state, cfg))
     if run_dir is not None:
         run.train_log = read_jsonl(run_dir / TRAIN_LOG)
         run.metrics = read_jsonl(run_dir / METRICS_LOG)

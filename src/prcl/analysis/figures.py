@@ -1,8 +1,8 @@
 """The PNG figures of `prcl analyze`, drawn with matplotlib's object API on the Agg canvas
 (no pyplot, so importing this never changes a user's global matplotlib backend).
 
-Colours are the VOC palette used for every mask in this package, so a class has the same colour
-in masks, scatter plots and trajectories.
+Colours are the run's class colours (its dataset's class file; the VOC palette for the built-in datasets, as
+`prcl predict` paints them), so a class has the same colour in masks, scatter plots and trajectories.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from prcl.data.palette import voc_colormap
+from prcl.data.palette import class_colormap
 
 LOSS_KEYS = ("total", "sup", "unsup", "contrastive")
 STAT_KEYS = ("contrastive/mean_var", "contrastive/proto_var", "contrastive/vn_spread", "contrastive/gdp_drift")
@@ -28,14 +28,14 @@ TRAJECTORY_TITLES = {"local": "local (batch) prototypes, Eq. 4", "ema": "EMA pro
                      "gdp": "GDP means, Eq. 9"}
 
 
-def class_colours(num_classes: int) -> np.ndarray:
-    """[C, 3] floats in [0, 1]: the VOC palette."""
-    return voc_colormap()[:num_classes] / 255.0
+def class_colours(num_classes: int, colors: Optional[np.ndarray] = None) -> np.ndarray:
+    """[C, 3] floats in [0, 1]: the classes' colours (`colors`, [C, 3] uint8; None = the VOC palette)."""
+    return class_colormap(colors)[:num_classes] / 255.0
 
 
-def colour_mask(mask: np.ndarray) -> np.ndarray:
-    """Index mask [H, W] (255 = ignore) -> RGB uint8 [H, W, 3]."""
-    return voc_colormap()[np.asarray(mask, dtype=np.int64)]
+def colour_mask(mask: np.ndarray, colors: Optional[np.ndarray] = None) -> np.ndarray:
+    """Index mask [H, W] (255 = ignore) -> RGB uint8 [H, W, 3] in the classes' colours (None = VOC's)."""
+    return class_colormap(colors)[np.asarray(mask, dtype=np.int64)]
 
 
 def _figure(rows: int, cols: int, cell: tuple[float, float], **kwargs) -> tuple[Figure, np.ndarray]:
@@ -153,11 +153,11 @@ def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path)
 
 
 def plot_class_balance(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path,
-                       starved_ratio: float = 0.5) -> Path:
+                       starved_ratio: float = 0.5, colors: Optional[np.ndarray] = None) -> Path:
     """Three panels, one colour per class, one line style per run: the ratio of confident to labeled share
     (with the warning line), both shares, and the pseudo-labels' recall (solid) and precision (dashed)."""
     fig, ax = _figure(1, 3, (4.8, 3.6))
-    colours = class_colours(len(class_names))
+    colours = class_colours(len(class_names), colors)
     for k, run in enumerate(runs):
         style = RUN_STYLES[k % len(RUN_STYLES)]
         for c, name in enumerate(class_names):
@@ -193,8 +193,10 @@ class Cell(NamedTuple):
     title: str
 
 
-def plot_image_grid(rows: Sequence[Sequence[Cell]], path: Path, heat_label: str = "") -> Path:
-    """A grid of images, masks (VOC colours) and heat maps (jet: red = large); empty titles are not drawn."""
+def plot_image_grid(rows: Sequence[Sequence[Cell]], path: Path, heat_label: str = "",
+                    colors: Optional[np.ndarray] = None) -> Path:
+    """A grid of images, masks (in the classes' `colors`, [C, 3] uint8; None = VOC's) and heat maps (jet: red =
+    large); empty titles are not drawn."""
     ncols = max(len(r) for r in rows)
     fig, ax = _figure(len(rows), ncols, (2.6, 2.6))
     for i, row in enumerate(rows):
@@ -210,7 +212,7 @@ def plot_image_grid(rows: Sequence[Sequence[Cell]], path: Path, heat_label: str 
                 im = a.imshow(cell.data, cmap="jet")
                 fig.colorbar(im, ax=a, fraction=0.046, pad=0.02, label=heat_label).ax.tick_params(labelsize=6)
             else:
-                a.imshow(colour_mask(cell.data) if cell.kind == "mask" else cell.data, interpolation="nearest")
+                a.imshow(colour_mask(cell.data, colors) if cell.kind == "mask" else cell.data, interpolation="nearest")
             if cell.title:
                 a.set_title(cell.title, fontsize=9)
     fig.tight_layout()
@@ -234,9 +236,10 @@ class EmbeddingPanel(NamedTuple):
     alpha: float = 0.6
 
 
-def plot_embedding_panels(panels: Sequence[EmbeddingPanel], class_names: Sequence[str], path: Path) -> Path:
+def plot_embedding_panels(panels: Sequence[EmbeddingPanel], class_names: Sequence[str], path: Path,
+                          colors: Optional[np.ndarray] = None) -> Path:
     """Scatter plots of 2-D embeddings coloured by class, with marked prototypes / VNs (Figs. 6, 9)."""
-    colours = class_colours(len(class_names))
+    colours = class_colours(len(class_names), colors)
     fig, ax = _figure(1, len(panels), (5.2, 5.0))
     for a, panel in zip(ax[0], panels):
         a.scatter(*panel.points.T, c=colours[panel.labels], s=5, alpha=panel.alpha, linewidths=0)
@@ -257,10 +260,10 @@ def plot_embedding_panels(panels: Sequence[EmbeddingPanel], class_names: Sequenc
 
 
 def plot_trajectories(projected: dict[str, np.ndarray], iterations: np.ndarray, class_names: Sequence[str],
-                      path: Path, drift: Optional[dict] = None) -> Path:
+                      path: Path, drift: Optional[dict] = None, colors: Optional[np.ndarray] = None) -> Path:
     """Fig. 8: prototype positions over training, one panel per kind ([T, C, 2] each, NaN = none),
     in a shared 2-D projection; ○ = first logged position, ★ = last."""
-    colours = class_colours(len(class_names))
+    colours = class_colours(len(class_names), colors)
     fig, ax = _figure(1, len(projected), (4.6, 4.4), sharex=True, sharey=True)
     for a, (kind, xy) in zip(ax[0], projected.items()):
         for c in range(xy.shape[1]):

@@ -100,7 +100,7 @@ def _embedding_figures(run: RunData, vp: ValPass, out: Path, suffix: str, *, see
     what = "μ" + (" (L2-normalised)" if run.normalized else "") if run.feature == "mu" else "the fused decoder feature"
     figures = {f"tsne{suffix}": plot_embedding_panels(
         [EmbeddingPanel(f"{run.label}: t-SNE of {what}", parts[0], labels, [proto_markers])],
-        run.class_names, out / f"tsne{suffix}.png")}
+        run.class_names, out / f"tsne{suffix}.png", run.colors)}
     if not vns:
         return figures, None
     panels = [EmbeddingPanel(f"{run.label}: virtual negatives, β = {beta:g} (mean distance {v[2]:.2g})",
@@ -108,7 +108,7 @@ def _embedding_figures(run: RunData, vp: ValPass, out: Path, suffix: str, *, see
                              alpha=0.25)
               for (beta, v), part in zip(vns.items(), parts[2:])]
     figures[f"virtual_negatives{suffix}"] = plot_embedding_panels(panels, run.class_names,
-                                                                  out / f"virtual_negatives{suffix}.png")
+                                                                  out / f"virtual_negatives{suffix}.png", run.colors)
     return figures, {"scale": run.cfg.method.contrastive.vn.scale, "per_class": vn_per_class,
                      "mean_distance_to_gdp": {str(b): v[2] for b, v in vns.items()}}
 
@@ -130,7 +130,7 @@ def _trajectory_figure(run: RunData, out: Path, suffix: str) -> tuple[Path, dict
         projected[k], start = xy, start + n
     drift = trajectory_drift(traj)
     path = plot_trajectories(projected, traj["iterations"], run.class_names,
-                             out / f"prototype_trajectories{suffix}.png", drift)
+                             out / f"prototype_trajectories{suffix}.png", drift, run.colors)
     return path, drift
 
 
@@ -140,7 +140,7 @@ def _probability_figure(run: RunData, vp: ValPass, path: Path) -> Path:
     rows = [[Cell("rgb", ex["image"], titles[0]), Cell("mask", ex["gt"], titles[1]),
              Cell("mask", ex["pred"], titles[2]), Cell("heat", ex["var"], titles[3])] for ex in vp.examples]
     rows = [[c._replace(title="") if i else c for c in row] for i, row in enumerate(rows)]
-    return plot_image_grid(rows, path)
+    return plot_image_grid(rows, path, colors=run.colors)
 
 
 def _run_title(run: RunData) -> str:
@@ -158,7 +158,7 @@ def _predictions_figure(runs: Sequence[RunData], passes: Sequence[ValPass], path
         row = [Cell("rgb", ex["image"], heads[0]), Cell("mask", ex["gt"], heads[1])]
         row += [Cell("mask", vp.examples[i]["pred"], h) for vp, h in zip(passes, heads[2:])]
         rows.append([c._replace(title="") if i else c for c in row])
-    return plot_image_grid(rows, path)
+    return plot_image_grid(rows, path, colors=runs[0].colors)
 
 
 def _representation_metrics(run: RunData, vp: ValPass, notes: list[str]) -> dict:
@@ -263,7 +263,7 @@ def analyze_run(
         metrics["class_balance"] = class_balance_summary(r.train_log, r.class_names)
     if has_class_balance(logs):
         figures["class_balance"] = plot_class_balance(logs, runs[0].class_names, out / "class_balance.png",
-                                                      runs[0].cfg.method.class_balance.starved_ratio)
+                                                      runs[0].cfg.method.class_balance.starved_ratio, runs[0].colors)
     figures["predictions"] = _predictions_figure(runs, passes, out / "predictions.png")
     result = {"out": str(out), "seed": seed, "runs": results, "notes": notes,
               "figures": {k: str(v) for k, v in figures.items()}, "report": str(out / "report.md")}

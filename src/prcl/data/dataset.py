@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -35,26 +35,31 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
 
 
 def load_image(path: Path) -> Image.Image:
-    """Read an image as 8-bit RGB, turning PIL's errors into a message that names the file. Grey and
-    palette images are expanded, an alpha channel is dropped, and 16-bit grey images (microscopy, remote
-    sensing) are scaled from their type's full range, v·255/65535 (PIL's `convert("RGB")` would clip every
-    value above 255 to white); other high-bit-depth images are refused."""
+    """Read an image as 8-bit RGB (`image_to_rgb`), turning PIL's errors into a message that names the file."""
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in SIXTEEN_BIT_MODES:
-                return _sixteen_bit_to_rgb(np.asarray(img), path)
-            if img.mode == "F":
-                raise DataError(f"image {path} holds 32-bit floats (mode F); save it as 8-bit or 16-bit PNG/JPEG")
-            return img.convert("RGB")
+            return image_to_rgb(img, path)
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}. Re-extract or delete the file.") from err
 
 
-def _sixteen_bit_to_rgb(values: np.ndarray, path: Path) -> Image.Image:
+def image_to_rgb(img: Image.Image, name: Union[Path, str]) -> Image.Image:
+    """`img` as 8-bit RGB, the form every model input takes; `name` (its file) goes into the errors. Grey and
+    palette images are expanded, an alpha channel is dropped, and 16-bit grey images (microscopy, remote
+    sensing) are scaled from their type's full range, v·255/65535 (PIL's `convert("RGB")` would clip every
+    value above 255 to white); other high-bit-depth images are refused."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb(np.asarray(img), name)
+    if img.mode == "F":
+        raise DataError(f"image {name} holds 32-bit floats (mode F); save it as 8-bit or 16-bit PNG/JPEG")
+    return img.convert("RGB")
+
+
+def _sixteen_bit_to_rgb(values: np.ndarray, name: Union[Path, str]) -> Image.Image:
     """`[H, W]` integers in [0, 65535] -> 8-bit grey-as-RGB, rounded: v·255/65535."""
     if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):
-        raise DataError(f"image {path} has values in [{int(values.min())}, {int(values.max())}], outside the 16-bit "
+        raise DataError(f"image {name} has values in [{int(values.min())}, {int(values.max())}], outside the 16-bit "
                         "range [0, 65535]; rescale it to 8 or 16 bits first")
     grey = (values.astype(np.int64) * 255 + 32767) // 65535
     return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")

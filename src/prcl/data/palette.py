@@ -1,6 +1,9 @@
-"""The PASCAL VOC colour map, used for every palette PNG this package reads or writes."""
+"""Colour maps of index masks: the PASCAL VOC colour map (the built-in datasets, and every class a dataset gives
+no colour) and a dataset's own class colours on top of it."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -26,3 +29,16 @@ def voc_colormap(num_colors: int = 256) -> np.ndarray:
 def voc_palette() -> list[int]:
     """The colour map flattened for `PIL.Image.putpalette`."""
     return voc_colormap(256).reshape(-1).tolist()
+
+
+def class_colormap(colors: Optional[np.ndarray] = None) -> np.ndarray:
+    """`[256, 3]` uint8: a dataset's class colours (`[C, 3]`, e.g. from its `classes.yaml`) in rows 0..C-1 and
+    the VOC colour map in the rows after them (255, the ignore label, keeps VOC's void colour); the VOC colour
+    map itself when `colors` is None (the built-in datasets)."""
+    cmap = voc_colormap(256)
+    if colors is not None:
+        colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+        if len(colors) > 255:
+            raise ValueError(f"{len(colors)} class colours given; at most 255 classes fit beside the ignore label")
+        cmap[: len(colors)] = colors
+    return cmap

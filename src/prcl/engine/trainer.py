@@ -130,6 +130,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "num_classes": self.info.num_classes,
             "class_names": list(self.info.class_names),
+            "class_colors": None if self.info.colors is None else self.info.colors.tolist(),  # [C, 3], for predict
             "model": self.model.state_dict(),
             "teacher": self.teacher.model.state_dict() if self.teacher else None,
             "method": self.method.state_dict(),
