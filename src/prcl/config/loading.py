@@ -225,8 +225,13 @@ def from_dict(values: dict) -> Config:
     return cfg
 
 
+def config_yaml(cfg: Config) -> str:
+    """Every key of `cfg` as YAML in schema order; `load_config` reads it back to an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:

@@ -18,9 +18,12 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | voc | cityscapes | folder
     root: str = "data/synthetic"  # dataset root; the synthetic set is generated here if missing
-    labeled_split: str = "splits/1_64/labeled.txt"  # split files, relative to `root` or absolute
-    unlabeled_split: Optional[str] = "splits/1_64/unlabeled.txt"  # null = supervised data only
-    val_split: str = "splits/val.txt"
+    labeled_split: str = "splits/1_64/labeled.txt"  # the labeled images: a list file (relative to `root`, or
+    # absolute) or a standard split name (train, ...). The three split defaults are the built-in set's: another
+    # dataset needs all three set (`prcl data split` writes them)
+    unlabeled_split: Optional[str] = "splits/1_64/unlabeled.txt"  # the unlabeled images, the same way; null =
+    # supervised data only
+    val_split: str = "splits/val.txt"  # the images evaluated every train.eval_every iterations (with masks)
     crop_size: int = 96  # square training crop (paper: 512 VOC, 768 Cityscapes)
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop
     batch_size: int = 8  # global labeled batch (split across processes)
@@ -59,7 +62,9 @@ class ModelConfig:
 
 @dataclass
 class VirtualNegativesConfig:
-    enabled: bool = True
+    """Virtual negatives (VNs, Sec. 3.4): negatives drawn around each class's prototype."""
+
+    enabled: bool = True  # draw VNs and add them to each anchor's negatives (needs pr=true)
     num: int = 4  # VNs per class (Fig. 10a)
     beta: float = 1.0  # virtual radius β (Fig. 10b)
     scale: str = "variance"  # variance (Eq. 10) | std (not in the paper)
@@ -72,7 +77,9 @@ class VirtualNegativesConfig:
 
 @dataclass
 class MemoryBankConfig:
-    enabled: bool = False
+    """A queue of past pixel representations per class, the negatives of Table 7's memory-bank rows."""
+
+    enabled: bool = False  # add negatives from the bank (not in the final PRCL; Table 7 compares it)
     size: int = 30000  # total queue length over classes (Table 7: 30000 / 65536)
     enqueue: int = 256  # pixels of each class pushed per step
     negatives: int = 4  # bank entries of every other class per anchor (like vn.num)
@@ -138,19 +145,20 @@ class ClassBalanceConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "prcl"  # one of METHOD_PRESETS (below); the name sets the defaults of `mix` and `contrastive`
+    name: str = "prcl"  # a row of METHOD_PRESETS (config/presets.py), e.g. supervised, classmix, prcl, unimatch;
+    # the name sets the defaults of `mix` and `contrastive` (and of UniMatch's unsup_threshold, ema_decay)
     ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay) (methods with a teacher)
     ema_reference_iterations: Optional[int] = None  # the run length ema_decay was made for; set: its time constant
     # 1/(1 − ema_decay) is scaled by train.iterations / this (at least 1 step), so the teacher lags the same
     # fraction of training as there (the miniature's rule for the authors' recipes; not in any paper)
     unsup_threshold: float = 0.97  # δu of Eq. 14; fixmatch/unimatch: τ, the pixel confidence their loss needs
     # (preset 0.95)
-    unsup_weight: float = 1.0
+    unsup_weight: float = 1.0  # weight of the unlabeled images' pseudo-label loss against the labeled loss
     mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
     # (preset per method; cutmix = a box of half the image, always; cutmix_unimatch = UniMatch's random box, p = 0.5)
     supervised_loss: str = "ce"  # ce | ohem: the labeled images' loss (ohem: UniMatch's Cityscapes recipe,
     # cross-entropy over the pixels whose true-class probability is ≤ ohem_threshold, at least ohem_min_kept)
-    ohem_threshold: float = 0.7
+    ohem_threshold: float = 0.7  # supervised_loss=ohem: the true-class probability at or below which a pixel counts
     ohem_min_kept: int = 200000  # per process, as UniMatch (200000 at 2 images of 798² per GPU)
     pseudo_label_noise: float = 0.0  # research option (issue #19): a seeded random fraction of the confident
     # (≥ δw) unlabeled pseudo-labels is replaced by another class, in every term that uses them
@@ -162,8 +170,9 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    # The paper's optimiser (SGD + poly lr) fine-tunes the demo's ImageNet backbone as well as AdamW 2e-3
-    # does (benchmarks/results/demo.md); from scratch (model.pretrained=false) AdamW learns faster.
+    """The paper's optimiser (SGD + poly lr) fine-tunes the demo's ImageNet backbone as well as AdamW 2e-3
+    does (benchmarks/results/demo.md); from scratch (model.pretrained=false) AdamW learns faster."""
+
     name: str = "sgd"  # sgd (paper) | adamw
     lr: float = 0.05  # backbone and heads (paper: 6.4e-3 at batch 16 on ResNet-101)
     prob_head_lr: float = 5e-5  # probability head ("soft freeze")
@@ -173,8 +182,8 @@ class OptimConfig:
     # lr × this, the backbone at lr (UniMatch's VOC recipe: 10); 1 = one group
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
+    weight_decay: float = 1e-4  # L2 penalty (SGD) or decoupled weight decay (AdamW)
+    poly_power: float = 0.9  # lr · (1 − t/T)^poly_power over train.iterations (the paper's poly schedule)
 
 
 @dataclass
@@ -190,10 +199,10 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 400
-    eval_every: int = 200
-    checkpoint_every: int = 200
-    log_every: int = 10
+    iterations: int = 400  # T, the number of optimiser steps (each sees data.batch_size labeled images)
+    eval_every: int = 200  # evaluate on data.val_split every K iterations and at the end (metrics.jsonl)
+    checkpoint_every: int = 200  # write checkpoints/last.pt every K iterations and at the end
+    log_every: int = 10  # log losses and statistics every K iterations (train_log.jsonl, TensorBoard)
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     threads: Optional[int] = None  # torch CPU threads; null = torch default
@@ -211,8 +220,8 @@ class TrainConfig:
 @dataclass
 class Config:
     name: str = "demo"  # run directory name under output_dir
-    output_dir: str = "runs"
-    seed: int = 0
+    output_dir: str = "runs"  # folder of the run directories (each run is output_dir/name)
+    seed: int = 0  # seeds the weights, the data order and the augmentations (per process under torchrun)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
