@@ -47,8 +47,17 @@ def load_image(path: Path) -> Image.Image:
             if img.mode == "F":
                 raise DataError(f"image {path} holds 32-bit floats (mode F); save it as 8-bit or 16-bit PNG/JPEG")
             return img.convert("RGB")
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise DataError(_not_a_file("image", path)) from err
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}. Re-extract or delete the file.") from err
+
+
+def _not_a_file(kind: str, path: Path) -> str:
+    """The message for a path that names no file: a typo, not a damaged file."""
+    if Path(path).is_dir():
+        return f"{kind} {path} is a folder, not a file; name the files in it"
+    return f"{kind} {path} does not exist (no file {Path(path).absolute()}); check the path"
 
 
 def _sixteen_bit_to_rgb(values: np.ndarray, path: Path) -> Image.Image:
@@ -71,6 +80,8 @@ def load_mask(path: Path, label_lut: Optional[np.ndarray] = None) -> np.ndarray:
                     "whose pixel values are class ids"
                 )
             mask = np.asarray(img)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise DataError(_not_a_file("mask", path)) from err
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read mask {path}: {err}. Re-extract or delete the file.") from err
     if mask.size and mask.max() > 255:
