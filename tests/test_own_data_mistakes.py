@@ -4,14 +4,22 @@ hours into training."""
 
 from __future__ import annotations
 
+import shlex
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import TINY_MODEL
 from fixtures_data import make_folder
 from prcl import cli
+from prcl.config import load_config
 from prcl.data.dataset import DataError, load_image, load_mask
 from prcl.data.folder import read_class_file
+from prcl.data.loaders import build_train_data
+from prcl.engine import trainer as trainer_module
 
 LABELED = [f"photo{i:02d}.jpg" for i in range(10)]
 UNLABELED = [f"u{i}.jpg" for i in range(6)]
@@ -31,6 +39,37 @@ def photos(tmp_path) -> Path:
     return make_folder(tmp_path / "mydata", LABELED, UNLABELED)
 
 
+# ----------------------------------------------------------------------------- 2.1 split keys
+def test_a_folder_dataset_without_split_files_names_all_three_keys_and_how_to_make_them(photos, tmp_path, capsys):
+    line = error_line(capsys, ["train", "data.dataset=folder", f"data.root={photos}", f"output_dir={tmp_path / 'runs'}"])
+    for key, default in (("data.labeled_split", "splits/1_64/labeled.txt"),
+                         ("data.unlabeled_split", "splits/1_64/unlabeled.txt"), ("data.val_split", "splits/val.txt")):
+        assert f"{key}={default} not found (looked for {photos / default} and " in line, key
+    command = f"prcl data split --dataset folder --root {photos} --labeled 8 --val-size 2 --out {photos / 'splits'}"
+    assert f"`{command}`" in line, line
+    assert not (tmp_path / "runs").exists()
+
+    # the advice works: the command writes the files, and the keys it names find them
+    assert cli.main(shlex.split(command)[1:] + ["--quiet"]) == 0
+    keys = line.rsplit("then train with ", 1)[1].split()
+    cfg = load_config(None, ["data.dataset=folder", f"data.root={photos}", *keys])
+    data = build_train_data(cfg, with_unlabeled=True)
+    sizes = {role: len(split.entries) for role, split in data.splits.items()}
+    assert sizes == {"labeled": 8, "unlabeled": len(UNLABELED), "val": 2}
+
+
+def test_one_missing_split_still_names_all_three_keys(photos, tmp_path):
+    (photos / "splits").mkdir()
+    (photos / "splits" / "mine.txt").write_text("images/photo00.jpg\n")
+    cfg = load_config(None, ["data.dataset=folder", f"data.root={photos}", "data.labeled_split=splits/mine.txt",
+                             "data.unlabeled_split=unlabeled"])
+    with pytest.raises(DataError) as err:
+        build_train_data(cfg, with_unlabeled=True)
+    message = str(err.value)
+    assert "data.labeled_split=splits/mine.txt found; data.unlabeled_split=unlabeled found; " in message
+    assert f"data.val_split=splits/val.txt not found (looked for {photos / 'splits/val.txt'}" in message
+
+
 # ----------------------------------------------------------------------------- 2.2 classes.yaml
 def test_a_misspelt_key_in_a_class_entry_is_refused(photos, capsys):
     (photos / "classes.yaml").write_text("classes:\n  - {name: background}\n  - {name: crack, colour: [255, 0, 0]}\n"
@@ -44,6 +83,58 @@ def test_a_misspelt_key_in_a_class_entry_is_refused(photos, capsys):
     (photos / "classes.yaml").write_text("classes:\n  - {name: background}\n  - {name: crack, color: [255, 0, 0]}\n"
                                          "  - {name: hole}\n")
     assert read_class_file(photos / "classes.yaml")[1][1].tolist() == [255, 0, 0]
+
+
+# ----------------------------------------------------------------------------- 2.3 masks checked before step 1
+@pytest.fixture
+def data(synth_root, tmp_path) -> Path:
+    """A private copy of the tiny synthetic dataset (8 classes), free to damage."""
+    return Path(shutil.copytree(synth_root, tmp_path / "data"))
+
+
+def run_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", f"output_dir={out}", "name=x", "method.name=supervised",
+            "data.labeled_split=splits/1_4/labeled.txt", "data.unlabeled_split=null", "data.crop_size=32",
+            "data.batch_size=2", "data.max_val_images=4", "train.iterations=2", *TINY_MODEL, *extra]
+
+
+def put_label(mask: Path, value: int) -> None:
+    """Write `value` into one pixel of an index mask, keeping its palette."""
+    with Image.open(mask) as img:
+        palette, values = img.getpalette(), np.asarray(img).copy()
+    values[-1, -1] = value
+    out = Image.fromarray(values, mode="P")
+    out.putpalette(palette)
+    out.save(mask)
+
+
+@pytest.mark.parametrize("split, position", [("splits/1_4/labeled.txt", -1), ("splits/val.txt", 3)])
+def test_a_bad_mask_anywhere_stops_training_before_the_model_is_built(data, tmp_path, capsys, monkeypatch, split,
+                                                                      position):
+    image_id = (data / split).read_text().split()[position]  # the labeled split's last: drawn late, if ever
+    mask = data / "SegmentationClass" / f"{image_id}.png"
+    put_label(mask, 9)
+    monkeypatch.setattr(trainer_module, "build_model", lambda *a, **k: pytest.fail("training started"))
+    line = error_line(capsys, ["train", *run_args(data, tmp_path / "runs")])
+    assert f"mask {mask} has label values [9] outside [0, 8) ∪ {{255}}" in line, line
+    assert f"prcl data check --dataset synthetic --root {data} --split labeled=" in line
+    assert line.endswith("or skip this check with data.check_masks=false")
+    assert not (tmp_path / "runs").exists()  # nothing was created: a rerun needs no --overwrite
+    monkeypatch.undo()
+    cfg = load_config(None, run_args(data, tmp_path / "runs", "data.check_masks=false"))
+    build_train_data(cfg, with_unlabeled=False)  # the switch skips the check
+
+
+def test_the_check_lists_every_problem_once(data, tmp_path):
+    ids = (data / "splits/1_4/labeled.txt").read_text().split()
+    for image_id in ids[:4]:
+        put_label(data / "SegmentationClass" / f"{image_id}.png", 30)
+    also_val = tmp_path / "val.txt"
+    also_val.write_text("\n".join(ids[:2]) + "\n")  # two of them in val as well: still checked once
+    cfg = load_config(None, run_args(data, tmp_path / "runs", f"data.val_split={also_val}"))
+    with pytest.raises(DataError, match=r"^4 problem\(s\) in the labeled and val files, found before the first step: "
+                                        r".*\[30\].*\[30\].*\[30\].* \(and 1 more\)\. Fix them"):
+        build_train_data(cfg, with_unlabeled=False)
 
 
 # ----------------------------------------------------------------------------- 2.5 a mistyped path

@@ -32,6 +32,11 @@ class DataConfig:
     color_jitter: float = 0.5  # probability of colour jitter on the strong view
     blur: float = 0.5  # probability of Gaussian blur on the strong view
     max_val_images: Optional[int] = None  # evaluate on the first N val images only (quick runs)
+    check_masks: bool = True  # before the first step, check every labeled and val image and mask as `prcl data
+    # check` does (readable, sizes match, labels in [0, C) or 255), so a bad file stops the run at once, not
+    # when first drawn. Costs what `prcl data check` takes, growing with the images' number and size: 0.3 s for
+    # the built-in set's 1/64 split + val (331 images of 128²), 1.4 s for its full train split + val (2,300),
+    # on 2 CPU cores (measured); false skips it
 
 
 @dataclass

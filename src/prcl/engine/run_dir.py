@@ -24,7 +24,7 @@ from prcl.data.sources import DatasetSource, ResolvedSplit, copy_split
 # Keys that may change when a run is resumed without --force: they do not alter the experiment.
 RESUME_SAFE_KEYS = (
     "train.eval_every", "train.checkpoint_every", "train.log_every", "train.device", "train.threads",
-    "data.num_workers", "output_dir", "train.skip_nonfinite", "train.compile",
+    "data.num_workers", "output_dir", "train.skip_nonfinite", "train.compile", "data.check_masks",
 )
 CONFIG_FILE = "config.yaml"  # the resolved config
 SPLIT_DIR = "split"  # the split lists the run used, and their manifest
