@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prcl import distributed as dist
@@ -96,11 +95,7 @@ class Trainer:
         seed_all(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
         if state:
             self._load_state(state)
-        self.student = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                    broadcast_buffers=False)  # buffers are averaged after each step instead
-            if dist.is_distributed() else self.model
-        )
+        self.student = dist.data_parallel(self.model, self.device) if dist.is_distributed() else self.model
         if cfg.train.compile:  # the student's forward only; checkpoints keep the plain module's keys
             if cfg.train.diagnostics_every and self.main:  # their extra autograd.grad calls (retain_graph) break
                 # a compiled backward (it refuses them, or with donated buffers off the step then differs)
