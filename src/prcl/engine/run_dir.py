@@ -1,5 +1,21 @@
 """The run directory: its layout (every file name, defined once here), its lock, creating it, checking a
-resumed config, and trimming logs on resume."""
+resumed config, and trimming logs on resume.
+
+What a run directory (`<output_dir>/<name>/`) holds:
+
+- `config.yaml`: the resolved config; `prcl train --resume` reads it, `prcl configs show` prints the same form;
+- `split/`: the split lists the run used, as `<role>.txt`, and `manifest.json` (source, size, SHA-256 of each);
+- `checkpoints/last.pt` (the latest) and `checkpoints/best.pt` (the best reported mIoU);
+- `train_log.jsonl`: one JSON record per logged iteration (`iteration`, `lr`, each loss term, statistics);
+- `metrics.jsonl`: one record per evaluation: `iteration`, `model` (the reported one), `miou`, `per_class_iou`
+  (null for a class absent from val and predictions), and with a teacher `miou/<model>`, `per_class_iou/<model>`;
+- `summary.json`, when training ends: `miou`, `best_miou`, `miou_by_model`, `best_miou_by_model`, `iterations`,
+  `wall_seconds`, `images_per_second`, `skipped_steps`, ...;
+- `tb/`: TensorBoard events; `prototype_trajectory.pt` with `train.log_prototypes_every`.
+
+**Units:** mIoU and IoU are stored as fractions in [0, 1] (`"miou": 0.7123`) in these files and in `prcl eval
+--json`; the console (`prcl train`, `prcl eval`) prints them in percent (`mIoU 71.23`), like the paper's tables.
+"""
 
 from __future__ import annotations
 
