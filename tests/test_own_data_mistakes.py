@@ -41,7 +41,8 @@ def photos(tmp_path) -> Path:
 
 # ----------------------------------------------------------------------------- 2.1 split keys
 def test_a_folder_dataset_without_split_files_names_all_three_keys_and_how_to_make_them(photos, tmp_path, capsys):
-    line = error_line(capsys, ["train", "data.dataset=folder", f"data.root={photos}", f"output_dir={tmp_path / 'runs'}"])
+    argv = ["train", "data.dataset=folder", f"data.root={photos}", f"output_dir={tmp_path / 'runs'}"]
+    line = error_line(capsys, argv)  # the user's command: the split keys left at their defaults
     for key, default in (("data.labeled_split", "splits/1_64/labeled.txt"),
                          ("data.unlabeled_split", "splits/1_64/unlabeled.txt"), ("data.val_split", "splits/val.txt")):
         assert f"{key}={default} not found (looked for {photos / default} and " in line, key
@@ -159,5 +160,5 @@ def test_predict_names_a_mistyped_image_path(synth_root, tmp_path, capsys):
     checkpoint = trainer.save(0)
     trainer.lock.release()
     line = error_line(capsys, ["predict", str(checkpoint), "missing.jpg", "--out", str(tmp_path / "out")])
-    assert line == (f"prcl predict: error: image missing.jpg does not exist (no file {Path('missing.jpg').absolute()}); "
-                    "check the path")
+    missing = Path("missing.jpg").absolute()
+    assert line == f"prcl predict: error: image missing.jpg does not exist (no file {missing}); check the path"

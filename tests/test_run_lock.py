@@ -169,6 +169,7 @@ def test_a_failure_while_setting_up_after_the_run_directory_was_written_removes_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # trains a step
 def test_a_run_that_failed_after_its_first_step_is_kept(synth_root, tmp_path, monkeypatch):
     trainer = Trainer(load_config(None, run_args(synth_root, tmp_path / "runs")))
     fail_from_step(monkeypatch, 1)
@@ -178,8 +179,9 @@ def test_a_run_that_failed_after_its_first_step_is_kept(synth_root, tmp_path, mo
     assert {"config.yaml", "split", "checkpoints", "train_log.jsonl"} <= kept and ".lock" not in kept
 
 
+@pytest.mark.slow  # trains a run to resume
 def test_a_resumed_run_that_fails_in_its_first_step_is_kept_whole(trained_run, monkeypatch):
-    args, run = trained_run
+    _, run = trained_run
     before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     cfg = load_config(run / "config.yaml", [f"output_dir={run.parent}", "name=r", "train.iterations=4"])
     fail_from_step(monkeypatch, 0)

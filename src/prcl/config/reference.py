@@ -136,10 +136,15 @@ def _walk(cls: type, values: Any, prefix: str, comments: dict, presets: dict, ou
         else:
             meaning = comments.get((cls.__name__, f.name), "")
             keys.append(KeyDoc(key, type_name(tp), getattr(values, f.name), meaning, presets.get(key)))
-    own_doc = cls.__doc__ if "__doc__" in vars(cls) and not (cls.__doc__ or "").startswith(cls.__name__ + "(") else ""
-    out.append(SectionDoc(prefix.rstrip("."), inspect.cleandoc(own_doc or ""), tuple(keys)))
+    out.append(SectionDoc(prefix.rstrip("."), _docstring(cls), tuple(keys)))
     for tp, sub_values, key in subsections:
         _walk(tp, sub_values, key + ".", comments, presets, out)
+
+
+def _docstring(cls: type) -> str:
+    """The class's own docstring; "" for a dataclass without one (its `__doc__` is its generated signature)."""
+    doc = cls.__doc__ or ""
+    return "" if doc.startswith(cls.__name__ + "(") else inspect.cleandoc(doc)
 
 
 def undocumented_keys(docs: list[SectionDoc]) -> list[str]:
@@ -189,18 +194,14 @@ def render_text(docs: list[SectionDoc], width: int = 100) -> str:
 
 def render_markdown(docs: list[SectionDoc]) -> str:
     """`docs/configuration.md`: a short introduction, then one table per section."""
-    lines = [
-        "# Configuration keys",
-        "",
-        "Every key of a run's config: its type, its default and what it does. Set keys in a YAML file "
-        "(`prcl train -c FILE`) or as `key=value` overrides; `prcl configs show [-c FILE] [key=value ...]` "
-        "prints the resolved config. Defaults marked *set by method.name* (or *method.contrastive.form*) "
-        "are that preset's, shown for the default method `prcl`. What a run directory holds, and the "
-        "units of its metrics, is described in [`src/prcl/engine/run_dir.py`](../src/prcl/engine/run_dir.py).",
-        "",
-        f"Generated from the comments in `src/prcl/config/schema.py` by `{DOC_COMMAND}`; "
-        "edit those comments, not this page.",
-    ]
+    intro = ("Every key of a run's config: its type, its default and what it does. Set keys in a YAML file "
+             "(`prcl train -c FILE`) or as `key=value` overrides; `prcl configs show [-c FILE] [key=value ...]` "
+             "prints the resolved config. Defaults marked *set by method.name* (or *method.contrastive.form*) "
+             "are that preset's, shown for the default method `prcl`. What a run directory holds, and the "
+             "units of its metrics, is described in [`src/prcl/engine/run_dir.py`](../src/prcl/engine/run_dir.py).")
+    origin = (f"Generated from the comments in `src/prcl/config/schema.py` by `{DOC_COMMAND}`; "
+              "edit those comments, not this page.")
+    lines = ["# Configuration keys", "", intro, "", origin]
     for s in docs:
         lines += ["", f"## `{s.name}`" if s.name else "## Top level", ""]
         if s.doc:

@@ -1,6 +1,8 @@
 """The config's schema: every key, its type, default and meaning, declared and documented once.
 
-The comment after a field is its documentation (`prcl configs keys` and `docs/configuration.md` print it).
+The comment after a field is its documentation, continued on the comment-only lines right below it; a class
+docstring documents its section. `prcl configs keys` prints them and `docs/configuration.md` is generated
+from them (`config/reference.py`); a key without a comment fails `tests/test_config_reference.py`.
 """
 
 from __future__ import annotations
