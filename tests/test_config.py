@@ -29,6 +29,10 @@ def test_overrides_are_parsed_as_yaml_values():
     ("train.iteration=5", "did you mean 'train.iterations'"),
     ("trian.iterations=5", "did you mean 'train.iterations'"),
     ("method.contrastive.temprature=0.1", "did you mean 'method.contrastive.temperature'"),
+    ("train.name=x", "unknown config key 'train.name'; did you mean 'name'? (or "),  # not train.amp: by its name
+    ("train.iters=5", "did you mean 'train.iterations'?"),
+    ("model.lr=0.1", "did you mean 'optim.lr'?"),
+    ("contrastive.vn.enabled=false", "did you mean 'method.contrastive.vn.enabled'?"),  # the most parts shared
     ("train.iterations=abc", "'train.iterations' must be int"),
     ("train.iterations=2.5", "'train.iterations' must be int"),
     ("optim.lr=-0.1", "'optim.lr' must be > 0"),

@@ -89,7 +89,7 @@ def test_16_bit_masks_through_the_training_loaders(tmp_path):
     """16-bit PNG masks (mode I;16) reach training through `SegmentationDataset` with their values: the val
     set whole, the labeled loader's crops (rows of one value each, so the 16-px crop and the flip keep every
     row). A mask holding 258 (2, a valid class, if cut to 8 bits) is refused, naming the file, by both."""
-    from prcl.config import load_config
+    from prcl.config import apply_overrides, load_config
     from prcl.data.loaders import build_train_data
 
     root = make_folder(tmp_path / "data", ["a.png", "b.png"])
@@ -111,8 +111,10 @@ def test_16_bit_masks_through_the_training_loaders(tmp_path):
     bad = values.copy()
     bad[3, 5] = 258
     Image.fromarray(bad).save(root / "masks" / "b.png")
+    with pytest.raises(DataError, match=rf"{re.escape(str(root / 'masks' / 'b.png'))} has label values \[258\]"):
+        build_train_data(cfg, with_unlabeled=False)  # data.check_masks: refused before any step
     message = rf"mask {re.escape(str(root / 'masks' / 'b.png'))} has label value 258 > 255"
-    data = build_train_data(cfg, with_unlabeled=False)
+    data = build_train_data(apply_overrides(cfg, ["data.check_masks=false"]), with_unlabeled=False)
     with pytest.raises(DataError, match=message):
         data.val[1]
     with pytest.raises(DataError, match=message):

@@ -237,3 +237,23 @@ def test_two_process_gloo_training_is_rank_consistent(synth_root, tmp_path, meth
     assert summary["iterations"] == 6
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [4, 6]
+
+
+def test_ddp_wrapping_skips_the_per_forward_buffer_broadcast_without_a_deprecation_warning(tmp_path):
+    """The trainer averages the buffers itself after each step, so DDP must not broadcast them at each forward;
+    torch >= 2.13 spells that `forward_sync_buffers=False` (`broadcast_buffers=False` warns, once per rank)."""
+    import warnings
+
+    from prcl import distributed as dist
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            wrapped = dist.data_parallel(model, torch.device("cpu"))
+            wrapped(torch.randn(2, 3, 4, 4)).sum().backward()
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+        assert wrapped.broadcast_buffers is False  # torch >= 2.13: a property reading forward_sync_buffers
+    finally:
+        torch.distributed.destroy_process_group()

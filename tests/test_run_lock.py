@@ -127,3 +127,67 @@ def test_a_lock_file_deleted_by_its_releasing_holder_is_not_locked(tmp_path, mon
     with pytest.raises(RunLockedError):  # and that one really is locked
         RunLock(tmp_path / "run").acquire()
     lock.release()
+
+
+# ----------------------------------------------------------------------------- a run that fails to start
+def fail_from_step(monkeypatch, good_steps: int) -> None:
+    """Trainer.train_step runs `good_steps` real steps, then raises (like an out-of-memory error)."""
+    real, done = Trainer.train_step, []
+
+    def step(self, iteration):
+        if len(done) >= good_steps:
+            raise RuntimeError("CUDA out of memory (planted)")
+        done.append(iteration)
+        return real(self, iteration)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def test_a_new_run_that_fails_in_its_first_step_leaves_no_run_directory(synth_root, tmp_path, monkeypatch):
+    other = tmp_path / "runs" / "other"  # the user's run beside it
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text("mine")
+    args = run_args(synth_root, tmp_path / "runs")
+    trainer = Trainer(load_config(None, args))
+    assert {p.name for p in trainer.run_dir.iterdir()} == {".lock", "config.yaml", "split", "checkpoints"}
+    fail_from_step(monkeypatch, 0)
+    with pytest.raises(RuntimeError, match="planted"):
+        trainer.fit()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["other"]
+    assert (other / "config.yaml").read_text() == "mine"
+    Trainer(load_config(None, args)).lock.release()  # the rerun starts without --overwrite
+
+    fresh = run_args(synth_root, tmp_path / "fresh" / "runs")  # output_dir made by this run: removed as well
+    with pytest.raises(RuntimeError, match="planted"):
+        Trainer(load_config(None, fresh)).fit()
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_failure_while_setting_up_after_the_run_directory_was_written_removes_it(synth_root, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(trainer_module, "RunLog", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        Trainer(load_config(None, run_args(synth_root, tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # trains a step
+def test_a_run_that_failed_after_its_first_step_is_kept(synth_root, tmp_path, monkeypatch):
+    trainer = Trainer(load_config(None, run_args(synth_root, tmp_path / "runs")))
+    fail_from_step(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="planted"):
+        trainer.fit()
+    kept = {p.name for p in trainer.run_dir.iterdir()}
+    assert {"config.yaml", "split", "checkpoints", "train_log.jsonl"} <= kept and ".lock" not in kept
+
+
+@pytest.mark.slow  # trains a run to resume
+def test_a_resumed_run_that_fails_in_its_first_step_is_kept_whole(trained_run, monkeypatch):
+    _, run = trained_run
+    before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    cfg = load_config(run / "config.yaml", [f"output_dir={run.parent}", "name=r", "train.iterations=4"])
+    fail_from_step(monkeypatch, 0)
+    with pytest.raises(RuntimeError, match="planted"):
+        Trainer(cfg, resume=True, force=True).fit()
+    after = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert after == before

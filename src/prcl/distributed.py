@@ -7,6 +7,7 @@ methods, engine) may use it."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from datetime import timedelta
 from typing import Callable, Optional, TypeVar
@@ -102,6 +103,21 @@ def _same_error(module: str, qualname: str, message: str) -> Exception:
         return kind(message)
     except Exception:
         return RuntimeError(f"rank 0 failed: {qualname}: {message}")
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` in `DistributedDataParallel`, which does not broadcast rank 0's buffers at every forward:
+    the trainer averages them after each step instead (`average_buffers`).
+
+    torch 2.13 renamed that switch: `broadcast_buffers=False` warns (a FutureWarning, once per rank) and
+    `forward_sync_buffers=False` replaces it; older releases know only the first. The new one still
+    broadcasts the buffers once, at wrapping, which changes nothing here: every rank builds the model from
+    the same seed (or loads the same checkpoint), so its buffers are already equal."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in accepted else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
 def cleanup() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from prcl.config import ConfigError, load_config
+from prcl.config.cli import add_config_commands
 
 VOC_CLASSIC = (92, 183, 366, 732, 1464)
 VOC_BLENDER = (662, 1323, 2646, 5291)
@@ -213,12 +214,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def add_configs_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `configs list` to the `prcl` sub-command parsers."""
-    configs = subparsers.add_parser("configs", help="list the shipped configs and the paper cells they reproduce")
-    sub = configs.add_subparsers(dest="configs_command", metavar="{list}")
+    """Add `configs list` (here) and `configs show | keys` (`prcl.config.cli`) to the `prcl` sub-command parsers."""
+    configs = subparsers.add_parser("configs", help="list the shipped configs and the paper cells they reproduce; "
+                                                    "show a resolved config; list every key")
+    sub = configs.add_subparsers(dest="configs_command", metavar="{list,show,keys}")
     sub.required = True
     p = sub.add_parser("list", help="print every config with its table, row, label count and the paper's mIoU")
     p.add_argument("--root", default="configs", help="config folder (default: ./configs)")
     p.add_argument("--table", type=int, choices=PAPER_TABLES, help="only the cells of this table")
     p.set_defaults(func=run_list)
+    add_config_commands(sub)
     return configs

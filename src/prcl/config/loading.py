@@ -32,10 +32,39 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; `prcl configs keys` lists every key"
-    return ConfigError(f"unknown config key '{key}'{hint}")
+def key_suggestions(key: str, limit: int = 3) -> list[str]:
+    """The valid keys `key` may have meant, best first: keys ending in the same parts (`train.name` -> `name`,
+    `model.lr` -> `optim.lr`; more shared trailing parts first, then shallower), then keys close to the whole
+    key (`trian.iterations` -> `train.iterations`), then keys whose last part is close to its last part
+    (`train.iters` -> `train.iterations`)."""
+    keys = _all_keys(Config)
+    parts = key.split(".")
+
+    def shared_tail(candidate: str) -> int:
+        return next((n for n in range(len(parts), 0, -1) if candidate.split(".")[-n:] == parts[-n:]), 0)
+
+    def similarity(candidate: str) -> float:
+        return difflib.SequenceMatcher(None, key, candidate).ratio()
+
+    same_name = sorted((k for k in keys if k != key and shared_tail(k)),
+                       key=lambda k: (-shared_tail(k), k.count("."), -similarity(k)))
+    close = difflib.get_close_matches(key, keys, n=limit, cutoff=0.6)
+    by_name: dict[str, list[str]] = {}
+    for k in keys:
+        by_name.setdefault(k.rpartition(".")[2], []).append(k)
+    close_name = [k for name in difflib.get_close_matches(parts[-1], list(by_name), n=limit, cutoff=0.6)
+                  for k in by_name[name]]
+    return list(dict.fromkeys(same_name + close + close_name))[:limit]
+
+
+def unknown_key_error(key: str, what: str = "config key") -> ConfigError:
+    """`unknown config key 'x'; did you mean 'y'?`, naming other keys of the same name as well."""
+    found = key_suggestions(key)
+    if not found:
+        return ConfigError(f"unknown {what} '{key}'; `prcl configs keys` lists every key")
+    same_name = [k for k in found[1:] if k.rpartition(".")[2] == key.rpartition(".")[2]]
+    also = f" (or {', '.join(repr(k) for k in same_name)})" if same_name else ""
+    return ConfigError(f"unknown {what} '{key}'; did you mean '{found[0]}'?{also}")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -73,7 +102,7 @@ def _merge(obj: Any, values: dict, prefix: str = "") -> None:
             while isinstance(value, dict) and len(value) == 1:  # suggest the full dotted key
                 (sub, value), = value.items()
                 key = f"{key}.{sub}"
-            raise _unknown_key(key)
+            raise unknown_key_error(key)
         tp = types_[name]
         if dataclasses.is_dataclass(tp):
             _merge(getattr(obj, name), value if value is not None else {}, key + ".")
@@ -196,8 +225,13 @@ def from_dict(values: dict) -> Config:
     return cfg
 
 
+def config_yaml(cfg: Config) -> str:
+    """Every key of `cfg` as YAML in schema order; `load_config` reads it back to an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:

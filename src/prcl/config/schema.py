@@ -1,6 +1,8 @@
 """The config's schema: every key, its type, default and meaning, declared and documented once.
 
-The comment after a field is its documentation (`prcl configs keys` and `docs/configuration.md` print it).
+The comment after a field is its documentation, continued on the comment-only lines right below it; a class
+docstring documents its section. `prcl configs keys` prints them and `docs/configuration.md` is generated
+from them (`config/reference.py`); a key without a comment fails `tests/test_config_reference.py`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | voc | cityscapes | folder
     root: str = "data/synthetic"  # dataset root; the synthetic set is generated here if missing
-    labeled_split: str = "splits/1_64/labeled.txt"  # split files, relative to `root` or absolute
-    unlabeled_split: Optional[str] = "splits/1_64/unlabeled.txt"  # null = supervised data only
-    val_split: str = "splits/val.txt"
+    labeled_split: str = "splits/1_64/labeled.txt"  # the labeled images: a list file (relative to `root`, or
+    # absolute) or a standard split name (train, ...). The three split defaults are the built-in set's: another
+    # dataset needs all three set (`prcl data split` writes them)
+    unlabeled_split: Optional[str] = "splits/1_64/unlabeled.txt"  # the unlabeled images, the same way; null =
+    # supervised data only
+    val_split: str = "splits/val.txt"  # the images evaluated every train.eval_every iterations (with masks)
     crop_size: int = 96  # square training crop (paper: 512 VOC, 768 Cityscapes)
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale before the crop
     batch_size: int = 8  # global labeled batch (split across processes)
@@ -29,6 +34,11 @@ class DataConfig:
     color_jitter: float = 0.5  # probability of colour jitter on the strong view
     blur: float = 0.5  # probability of Gaussian blur on the strong view
     max_val_images: Optional[int] = None  # evaluate on the first N val images only (quick runs)
+    check_masks: bool = True  # before the first step, check every labeled and val image and mask as `prcl data
+    # check` does (readable, sizes match, labels in [0, C) or 255), so a bad file stops the run at once, not
+    # when first drawn. Costs what `prcl data check` takes, growing with the images' number and size: 0.3 s for
+    # the built-in set's 1/64 split + val (331 images of 128²), 1.4 s for its full train split + val (2,300),
+    # on 2 CPU cores (measured); false skips it
 
 
 @dataclass
@@ -59,7 +69,9 @@ class ModelConfig:
 
 @dataclass
 class VirtualNegativesConfig:
-    enabled: bool = True
+    """Virtual negatives (VNs, Sec. 3.4): negatives drawn around each class's prototype."""
+
+    enabled: bool = True  # draw VNs and add them to each anchor's negatives (needs pr=true)
     num: int = 4  # VNs per class (Fig. 10a)
     beta: float = 1.0  # virtual radius β (Fig. 10b)
     scale: str = "variance"  # variance (Eq. 10) | std (not in the paper)
@@ -72,7 +84,9 @@ class VirtualNegativesConfig:
 
 @dataclass
 class MemoryBankConfig:
-    enabled: bool = False
+    """A queue of past pixel representations per class, the negatives of Table 7's memory-bank rows."""
+
+    enabled: bool = False  # add negatives from the bank (not in the final PRCL; Table 7 compares it)
     size: int = 30000  # total queue length over classes (Table 7: 30000 / 65536)
     enqueue: int = 256  # pixels of each class pushed per step
     negatives: int = 4  # bank entries of every other class per anchor (like vn.num)
@@ -138,19 +152,20 @@ class ClassBalanceConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "prcl"  # one of METHOD_PRESETS (below); the name sets the defaults of `mix` and `contrastive`
+    name: str = "prcl"  # a row of METHOD_PRESETS (config/presets.py), e.g. supervised, classmix, prcl, unimatch;
+    # the name sets the defaults of `mix` and `contrastive` (and of UniMatch's unsup_threshold, ema_decay)
     ema_decay: float = 0.99  # teacher EMA: decay = min(1 - 1/(t+1), ema_decay) (methods with a teacher)
     ema_reference_iterations: Optional[int] = None  # the run length ema_decay was made for; set: its time constant
     # 1/(1 − ema_decay) is scaled by train.iterations / this (at least 1 step), so the teacher lags the same
     # fraction of training as there (the miniature's rule for the authors' recipes; not in any paper)
     unsup_threshold: float = 0.97  # δu of Eq. 14; fixmatch/unimatch: τ, the pixel confidence their loss needs
     # (preset 0.95)
-    unsup_weight: float = 1.0
+    unsup_weight: float = 1.0  # weight of the unlabeled images' pseudo-label loss against the labeled loss
     mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
     # (preset per method; cutmix = a box of half the image, always; cutmix_unimatch = UniMatch's random box, p = 0.5)
     supervised_loss: str = "ce"  # ce | ohem: the labeled images' loss (ohem: UniMatch's Cityscapes recipe,
     # cross-entropy over the pixels whose true-class probability is ≤ ohem_threshold, at least ohem_min_kept)
-    ohem_threshold: float = 0.7
+    ohem_threshold: float = 0.7  # supervised_loss=ohem: the true-class probability at or below which a pixel counts
     ohem_min_kept: int = 200000  # per process, as UniMatch (200000 at 2 images of 798² per GPU)
     pseudo_label_noise: float = 0.0  # research option (issue #19): a seeded random fraction of the confident
     # (≥ δw) unlabeled pseudo-labels is replaced by another class, in every term that uses them
@@ -162,8 +177,9 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    # The paper's optimiser (SGD + poly lr) fine-tunes the demo's ImageNet backbone as well as AdamW 2e-3
-    # does (benchmarks/results/demo.md); from scratch (model.pretrained=false) AdamW learns faster.
+    """The paper's optimiser (SGD + poly lr) fine-tunes the demo's ImageNet backbone as well as AdamW 2e-3
+    does (benchmarks/results/demo.md); from scratch (model.pretrained=false) AdamW learns faster."""
+
     name: str = "sgd"  # sgd (paper) | adamw
     lr: float = 0.05  # backbone and heads (paper: 6.4e-3 at batch 16 on ResNet-101)
     prob_head_lr: float = 5e-5  # probability head ("soft freeze")
@@ -173,8 +189,8 @@ class OptimConfig:
     # lr × this, the backbone at lr (UniMatch's VOC recipe: 10); 1 = one group
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
+    weight_decay: float = 1e-4  # L2 penalty (SGD) or decoupled weight decay (AdamW)
+    poly_power: float = 0.9  # lr · (1 − t/T)^poly_power over train.iterations (the paper's poly schedule)
 
 
 @dataclass
@@ -190,10 +206,10 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 400
-    eval_every: int = 200
-    checkpoint_every: int = 200
-    log_every: int = 10
+    iterations: int = 400  # T, the number of optimiser steps (each sees data.batch_size labeled images)
+    eval_every: int = 200  # evaluate on data.val_split every K iterations and at the end (metrics.jsonl)
+    checkpoint_every: int = 200  # write checkpoints/last.pt every K iterations and at the end
+    log_every: int = 10  # log losses and statistics every K iterations (train_log.jsonl, TensorBoard)
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "none"  # none | bf16 | fp16 (CUDA only)
     threads: Optional[int] = None  # torch CPU threads; null = torch default
@@ -211,8 +227,8 @@ class TrainConfig:
 @dataclass
 class Config:
     name: str = "demo"  # run directory name under output_dir
-    output_dir: str = "runs"
-    seed: int = 0
+    output_dir: str = "runs"  # folder of the run directories (each run is output_dir/name)
+    seed: int = 0  # seeds the weights, the data order and the augmentations (per process under torchrun)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

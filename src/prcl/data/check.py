@@ -9,6 +9,7 @@ per-class pixel frequencies are reported as well.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -24,6 +25,7 @@ from prcl.data.sources import (
 )
 
 PathLike = Union[str, Path]
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # threads: PIL decodes without the GIL
 SHOWN = 5  # how many offending names a summary error lists
 MASK_MODES = ("P", "L", "I", "I;16")
 
@@ -145,6 +147,16 @@ def check_sample(sample: Sample, labeled: bool,
         return errors + [f"image without mask: {sample.image} has no mask {sample.mask}"], None
     mask_errors, hist = _check_mask(sample.mask, sample.image, size, info)
     return errors + mask_errors, hist
+
+
+def check_training_samples(samples: Sequence[Sample], info: DatasetInfo, *, workers: int = DEFAULT_WORKERS,
+                           progress: bool = False) -> list[str]:
+    """Every problem of labeled `samples` that `check_dataset` would report (`check_sample`: unreadable
+    files, a mask of another size, labels outside [0, C) and 255), each sample checked once, in `workers`
+    threads: the trainer's check before its first step (`data.check_masks`)."""
+    unique = list(dict.fromkeys(samples))
+    results = parallel_map(lambda s: check_sample(s, True, info)[0], unique, workers, progress, "check")
+    return [error for errors in results for error in errors]
 
 
 def _normalise_splits(

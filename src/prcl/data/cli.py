@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from prcl.data.check import DEFAULT_WORKERS
 from prcl.data.sources import SOURCES, generate_split, write_generated_split
 from prcl.data.splits import SPLIT_FORMATS, SPLIT_METHODS
-
-DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
 Command = Callable[[argparse.Namespace], int]

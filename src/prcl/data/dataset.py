@@ -40,8 +40,17 @@ def load_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return image_to_rgb(img, path)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise DataError(_not_a_file("image", path)) from err
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}. Re-extract or delete the file.") from err
+
+
+def _not_a_file(kind: str, path: Path) -> str:
+    """The message for a path that names no file: a typo, not a damaged file."""
+    if Path(path).is_dir():
+        return f"{kind} {path} is a folder, not a file; name the files in it"
+    return f"{kind} {path} does not exist (no file {Path(path).absolute()}); check the path"
 
 
 def image_to_rgb(img: Image.Image, name: Union[Path, str]) -> Image.Image:
@@ -76,6 +85,8 @@ def load_mask(path: Path, label_lut: Optional[np.ndarray] = None) -> np.ndarray:
                     "whose pixel values are class ids"
                 )
             mask = np.asarray(img)
+    except (FileNotFoundError, IsADirectoryError) as err:
+        raise DataError(_not_a_file("mask", path)) from err
     except (OSError, SyntaxError) as err:
         raise DataError(f"cannot read mask {path}: {err}. Re-extract or delete the file.") from err
     if mask.size and mask.max() > 255:

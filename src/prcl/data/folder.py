@@ -13,6 +13,7 @@ Mask pixels hold the class index (0..C-1) or 255 for "ignore".
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Optional
@@ -27,6 +28,7 @@ from prcl.data.splits import SplitEntry
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_CLASSES = 255  # 255 is the ignore label
+CLASS_KEYS = ("name", "color")  # the keys of a class entry
 
 
 def read_class_file(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
@@ -58,6 +60,12 @@ def read_class_file(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
             item = {"name": item}
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise DataError(f"class {index} in {path} needs a non-empty `name`, got {item!r}")
+        unknown = sorted(str(k) for k in item if k not in CLASS_KEYS)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], CLASS_KEYS, n=1, cutoff=0.6)
+            meant = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"class {item['name']!r} in {path} has unknown key(s) {unknown}{meant}; a class entry "
+                            f"allows only {list(CLASS_KEYS)}")
         color = item.get("color", palette[index].tolist())
         if (
             not isinstance(color, (list, tuple)) or len(color) != 3

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from prcl import distributed as dist
 from prcl.config import Config, ConfigError
 from prcl.data.dataset import DataError, SegmentationDataset
+from prcl.data.preflight import check_run_files, resolve_run_splits
 from prcl.data.sources import (DatasetInfo, DatasetSource, ResolvedSplit, open_source, resolve_split,
                                source_info, split_samples)
 from prcl.data.transforms import EvalTransform, TrainTransform
@@ -168,20 +169,22 @@ def build_train_data(cfg: Config, *, with_unlabeled: bool, start_iteration: int 
                      strong_views: int = 1) -> TrainData:
     """Loaders positioned at `start_iteration` (for resume) and the val dataset; unlabeled samples carry
     `strong_views` independently augmented strong views (`Method.strong_views`). Each split is resolved
-    once, here; `TrainData.splits` hands them on."""
+    once, here (`preflight.resolve_run_splits`); `TrainData.splits` hands them on. With `data.check_masks`
+    every labeled and val file is checked first (`preflight.check_run_files`)."""
     d = cfg.data
     if with_unlabeled and not d.unlabeled_split:
         raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data: set data.unlabeled_split")
     src = open_source(d.dataset, prepare_root(cfg))
     info = source_info(src)
-    specs = {"labeled": d.labeled_split, "unlabeled": d.unlabeled_split, "val": d.val_split}
-    splits = {role: resolve_split(src, spec) for role, spec in specs.items() if spec is not None}
+    splits = resolve_run_splits(cfg, src)
     val = _val_dataset(cfg, src, info, splits["val"])
     bl = per_process_batch(d.batch_size, world, "data.batch_size")
     labeled = SegmentationDataset(
         split_samples(src, splits["labeled"]), TrainTransform(d.crop_size, d.scale_range), info.label_lut,
         info.num_classes,
     )
+    if d.check_masks:  # rank 0 checks, every rank hears of a problem
+        dist.run_on_main(lambda: check_run_files(cfg, info, labeled.samples, val.samples))
     lab_loader = _loader(labeled, bl, cfg, cfg.seed, rank, world, start_iteration * bl)
     unl_loader = None
     if with_unlabeled:

@@ -26,7 +26,7 @@ from prcl.data.splits import (
 from prcl.data.voc import VOC_CLASSES, VocSource
 
 __all__ = [
-    "VOC_CLASSES", "DatasetInfo", "DatasetSource", "ResolvedSplit", "GeneratedSplit", "SOURCES",
+    "VOC_CLASSES", "DatasetInfo", "DatasetSource", "ResolvedSplit", "GeneratedSplit", "SOURCES", "SplitNotFoundError",
     "open_source", "dataset_info", "resolve_split", "split_samples", "load_split", "copy_split", "generate_split",
     "write_generated_split", "parallel_map", "read_list_file", "voc_samples",
 ]
@@ -145,6 +145,14 @@ class ResolvedSplit:
     standard: Optional[str] = None  # the standard split's name, None for a list file
 
 
+class SplitNotFoundError(DataError):
+    """A split names no list file and no standard split; `looked` says which files were tried."""
+
+    def __init__(self, message: str, looked: str = "") -> None:
+        super().__init__(message)
+        self.looked = looked
+
+
 def resolve_split(src: DatasetSource, spec: PathLike) -> ResolvedSplit:
     """A list file (absolute, relative to the root, or to the working directory) or a standard
     split name of the dataset (`val`, `train`, ...)."""
@@ -160,10 +168,11 @@ def resolve_split(src: DatasetSource, spec: PathLike) -> ResolvedSplit:
             raise DataError(f"standard split {spec!r} of {src.name} under {src.root} is empty")
         return ResolvedSplit(f"{spec!r} of {src.name} under {src.root}", tuple(entries), standard=str(spec))
     looked = " and ".join(str(c.absolute()) for c in candidates)
-    raise DataError(
+    raise SplitNotFoundError(
         f"split {str(spec)!r} is neither a list file (looked for {looked}) nor a standard split "
         f"of {src.name} ({', '.join(src.standard_splits()) or 'none found'}); "
-        "generate one with `prcl data split`"
+        "generate one with `prcl data split`",
+        looked=looked,
     )
 
 

@@ -1,5 +1,21 @@
 """The run directory: its layout (every file name, defined once here), its lock, creating it, checking a
-resumed config, and trimming logs on resume."""
+resumed config, and trimming logs on resume.
+
+What a run directory (`<output_dir>/<name>/`) holds:
+
+- `config.yaml`: the resolved config; `prcl train --resume` reads it, `prcl configs show` prints the same form;
+- `split/`: the split lists the run used, as `<role>.txt`, and `manifest.json` (source, size, SHA-256 of each);
+- `checkpoints/last.pt` (the latest) and `checkpoints/best.pt` (the best reported mIoU);
+- `train_log.jsonl`: one JSON record per logged iteration (`iteration`, `lr`, each loss term, statistics);
+- `metrics.jsonl`: one record per evaluation: `iteration`, `model` (the reported one), `miou`, `per_class_iou`
+  (null for a class absent from val and predictions), and with a teacher `miou/<model>`, `per_class_iou/<model>`;
+- `summary.json`, when training ends: `miou`, `best_miou`, `miou_by_model`, `best_miou_by_model`, `iterations`,
+  `wall_seconds`, `images_per_second`, `skipped_steps`, ...;
+- `tb/`: TensorBoard events; `prototype_trajectory.pt` with `train.log_prototypes_every`.
+
+**Units:** mIoU and IoU are stored as fractions in [0, 1] (`"miou": 0.7123`) in these files and in `prcl eval
+--json`; the console (`prcl train`, `prcl eval`) prints them in percent (`mIoU 71.23`), like the paper's tables.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +36,13 @@ except ImportError:  # not POSIX (Windows): runs are not locked
 from prcl import distributed as dist
 from prcl.config import Config, ConfigError, from_dict, save_config, to_dict
 from prcl.data.sources import DatasetSource, ResolvedSplit, copy_split
+from prcl.engine.prototype_log import TRAJECTORY_FILE
+from prcl.engine.run_log import TENSORBOARD_DIR
 
 # Keys that may change when a run is resumed without --force: they do not alter the experiment.
 RESUME_SAFE_KEYS = (
     "train.eval_every", "train.checkpoint_every", "train.log_every", "train.device", "train.threads",
-    "data.num_workers", "output_dir", "train.skip_nonfinite", "train.compile",
+    "data.num_workers", "output_dir", "train.skip_nonfinite", "train.compile", "data.check_masks",
 )
 CONFIG_FILE = "config.yaml"  # the resolved config
 SPLIT_DIR = "split"  # the split lists the run used, and their manifest
@@ -34,6 +52,8 @@ TRAIN_LOG, METRICS_LOG = "train_log.jsonl", "metrics.jsonl"  # losses and statis
 SUMMARY_FILE = "summary.json"  # written when training ends
 LOG_FILES = (METRICS_LOG, TRAIN_LOG)
 LOCK_FILE = ".lock"
+RUN_FILES = (CONFIG_FILE, SPLIT_DIR, CHECKPOINT_DIR, *LOG_FILES, SUMMARY_FILE, TENSORBOARD_DIR, TRAJECTORY_FILE)
+"""Everything a trainer writes into its run directory, but the lock."""
 
 
 class RunLockedError(RuntimeError):
@@ -47,8 +67,9 @@ class RunLock:
     no stale lock (at most a stale file, which the next trainer simply locks); the file records the
     holder's PID and host for the error message. `release` deletes the file, and the run directory
     too when `acquire` created it and nothing else was written (a trainer that fails to start leaves
-    nothing behind). `acquire` retries when it locked a file that its holder deleted meanwhile, so two
-    processes never both hold the lock. `prcl eval|predict|analyze` never take it. Usable as a context
+    nothing behind; one that wrote its run files first removes them, `remove_run_files`). `acquire`
+    retries when it locked a file that its holder deleted meanwhile, so two processes never both hold
+    the lock. `prcl eval|predict|analyze` never take it. Usable as a context
     manager; `release` is idempotent.
     """
 
@@ -178,6 +199,20 @@ def create_run_dir(cfg: Config, overwrite: bool, source: DatasetSource, splits: 
         copy_split(source, splits, run_dir / SPLIT_DIR)
 
     dist.run_on_main(write)
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete the files of `RUN_FILES` in `run_dir`, leaving anything else (and the held lock file).
+
+    For a new run that failed before its first step, whose directory this trainer's `create_run_dir` made
+    or emptied: the lock's `release` then removes the directories it created, so a rerun needs no
+    --overwrite. Never for a resumed run: its checkpoints and logs are the user's."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def drop_records_after(run_dir: Path, iteration: int) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prcl import distributed as dist
@@ -34,7 +33,7 @@ from prcl.engine.optimizer import build_optimizer
 from prcl.engine.prototype_log import TRAJECTORY_FILE, PrototypeTrajectory
 from prcl.engine.reliability import reliability_stats
 from prcl.engine.run_dir import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_LOG, SUMMARY_FILE, TRAIN_LOG,
-                                 RunLock, check_resumable, create_run_dir, drop_records_after)
+                                 RunLock, check_resumable, create_run_dir, drop_records_after, remove_run_files)
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
 from prcl.engine.starved_classes import by_class_name, starved_class_warnings
@@ -45,10 +44,11 @@ from prcl.models import build_model
 class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, force: bool = False, overwrite: bool = False) -> None:
         self.lock = RunLock(cfg.run_dir)  # rank 0 holds it from _setup until fit() ends (or _setup fails)
+        self.unstarted_new_run = False  # from create_run_dir to the end of the first step: a failure removes the run
         try:
             self._setup(cfg, resume, force, overwrite)
         except BaseException:
-            self.lock.release()
+            self._discard_if_unstarted()
             raise
 
     def _setup(self, cfg: Config, resume: bool, force: bool, overwrite: bool) -> None:
@@ -95,11 +95,7 @@ class Trainer:
         seed_all(cfg.seed + dist.rank())  # per-rank streams for mixing and sampling
         if state:
             self._load_state(state)
-        self.student = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                    broadcast_buffers=False)  # buffers are averaged after each step instead
-            if dist.is_distributed() else self.model
-        )
+        self.student = dist.data_parallel(self.model, self.device) if dist.is_distributed() else self.model
         if cfg.train.compile:  # the student's forward only; checkpoints keep the plain module's keys
             if cfg.train.diagnostics_every and self.main:  # their extra autograd.grad calls (retain_graph) break
                 # a compiled backward (it refuses them, or with donated buffers off the step then differs)
@@ -108,6 +104,7 @@ class Trainer:
             self.student = torch.compile(self.student)
         if not resume:
             create_run_dir(cfg, overwrite, data.source, data.splits)
+            self.unstarted_new_run = True
         elif self.main:
             drop_records_after(self.run_dir, self.start_iteration)
         self.log = RunLog(self.run_dir, main=self.main, start_iteration=self.start_iteration)
@@ -119,6 +116,13 @@ class Trainer:
             self.unlabeled = iter(data.unlabeled) if data.unlabeled is not None else None
 
     # ----------------------------------------------------------------- run directory and state
+    def _discard_if_unstarted(self) -> None:
+        """Release the lock; a new run that failed before its first step first loses what it wrote
+        (`remove_run_files`), so its directory goes too and a rerun needs no --overwrite."""
+        if self.unstarted_new_run and dist.is_main_process():
+            remove_run_files(self.run_dir)
+        self.lock.release()
+
     def _resume_state(self, force: bool) -> dict:
         state = load_checkpoint(self.ckpt_dir / LAST_CHECKPOINT)
         check_resumable(state["config"], to_dict(self.cfg), self.run_dir, force)
@@ -297,6 +301,7 @@ class Trainer:
             for it in bar:
                 tic = time.time()
                 values, stats = self.train_step(it)
+                self.unstarted_new_run = False  # from here on a failed run stays, to inspect or resume
                 self.train_seconds += time.time() - tic
                 self._after_step(it + 1, values, stats, bar)
         finally:
@@ -363,10 +368,11 @@ class Trainer:
 
     def _close(self) -> None:
         """Close the logs, stop DataLoader workers now rather than at interpreter exit (dropping the
-        last reference to an iterator shuts its workers down) and release the run lock."""
+        last reference to an iterator shuts its workers down) and release the run lock (removing the run
+        if it failed in its first step)."""
         self.log.close()
         self.labeled = self.unlabeled = None
-        self.lock.release()
+        self._discard_if_unstarted()
 
     def _summary(self, wall_seconds: float) -> dict[str, Any]:
         cfg, T = self.cfg, self.cfg.train.iterations
