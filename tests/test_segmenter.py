@@ -13,6 +13,7 @@ from PIL import Image
 from fixtures_own_data import make_own_data, picture, train_tiny_run, vary_predictions
 from prcl import Segmenter
 from prcl.cli import main
+from prcl.data.dataset import DataError
 from prcl.inference import model_from_checkpoint
 
 WINDOW = ["--crop", "24", "--stride", "8"]  # sliding windows smaller than every test image
@@ -121,7 +122,7 @@ def test_class_names_and_colors_come_from_the_datasets_class_file(run):
     (np.zeros((3, 8, 8), np.uint8), ValueError, r"channels first\? a\.transpose\(1, 2, 0\)"),
     (np.full((8, 8, 3), 0.5, np.float32), ValueError, r"float32 is ambiguous .*\(a \* 255\)\.round\(\)"),
     (np.full((8, 8, 3), 300, np.int32), ValueError, r"int32 has values in \[300, 300\]; give 8-bit values"),
-    ("no/such/photo.jpg", FileNotFoundError, r"image no/such/photo\.jpg does not exist"),
+    ("no/such/photo.jpg", DataError, r"image no/such/photo\.jpg does not exist"),
     (torch.zeros(3, 8, 8), TypeError, r"type Tensor \(a \[3, H, W\] tensor: pass tensor\.permute\(1, 2, 0\)"),
 ])
 def test_bad_input_is_refused_saying_what_to_pass(run, bad, error, message):
@@ -136,7 +137,7 @@ def test_an_unreadable_file_and_a_folder_are_named(run, tmp_path):
     segmenter = Segmenter.load(run, device="cpu")
     with pytest.raises(DataError, match=r"cannot read image .*broken\.png"):
         segmenter.predict(tmp_path / "broken.png")
-    with pytest.raises(FileNotFoundError, match=r"is a folder, not an image file"):
+    with pytest.raises(DataError, match=r"is a folder, not a file"):
         segmenter.predict(tmp_path)
 
 

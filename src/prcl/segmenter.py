@@ -106,11 +106,7 @@ def palette_image(mask: np.ndarray, colors: Optional[np.ndarray] = None) -> Imag
 def as_rgb_image(image: ImageInput) -> Image.Image:
     """An 8-bit RGB PIL image of a path, a PIL image or an `[H, W, 3]` array; errors say what to pass instead."""
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            what = "is a folder, not an image file" if path.is_dir() else "does not exist"
-            raise FileNotFoundError(f"image {path} {what}; give the path of an image file")
-        return load_image(path)
+        return load_image(Path(image))  # a missing file or a folder: a `DataError` naming it
     if isinstance(image, Image.Image):
         return image_to_rgb(image, "given as a PIL image")
     if isinstance(image, np.ndarray):
