@@ -92,7 +92,7 @@ CONTRAST_VARIANTS = {  # Table "13": the candidates for PRCL's default, with the
 CONTRAST_VARIANT_SEEDS = {  # one seed each: rows that the screening rejected or that saturate/diverge
     "prcl, form=paper": [0],  # the literal form diverges (Lc overflows by iteration 7)
     "prcl, form=release": [0],  # τ = 100: inert
-    "prcl, form=release, τ=0.5 (the default before #13)": [0],  # its 3 seeds: paper_tables_release.md
+    "prcl, form=release, τ=0.5 (the default before #13)": [0],  # its 3 seeds: results/archive/paper_tables_release.md
     "prcl, form=predictive, var_grad=head": [0],
 }
 LAMBDA_ROWS = {  # table "lambda": ClassMix and the contrasts on it, at the default λc0 = 1; PRCL also at a lower one
