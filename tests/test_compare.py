@@ -243,7 +243,7 @@ def test_report_numbers_equal_the_runs_summaries(synth_root, tmp_path, monkeypat
                                                                                   "teacher": miou}
         summaries[spec.name] = {"method": spec.axes["method"], "miou": miou, "miou_by_model": by_model,
                                 "evaluated_model": "teacher" if len(by_model) > 1 else "student",
-                                "best_miou": miou, "iterations": 2, "wall_seconds": float(rng.uniform(1, 9))}
+                                "best_miou": miou + 0.02, "iterations": 2, "wall_seconds": float(rng.uniform(1, 9))}
         (spec.run_dir / "summary.json").write_text(json.dumps(summaries[spec.name]))
     del summaries["classmix-1_4-lambda0_1-s1"]
     argv = ["compare", "--methods", "supervised,classmix,prcl", "--labels", "1_4,1_2", "--seeds", "0,1,2",
@@ -258,6 +258,7 @@ def test_report_numbers_equal_the_runs_summaries(synth_root, tmp_path, monkeypat
             assert row["status"] == "not finished" and row["miou"] == ""
             continue
         assert float(row["miou"]) == summ["miou"] and row["reported_model"] == summ["evaluated_model"]
+        assert float(row["best_miou"]) == summ["best_miou"]
         assert float(row["miou_student"]) == summ["miou_by_model"]["student"]
         assert row["miou_teacher"] == "" if row["method"] == "supervised" else \
             float(row["miou_teacher"]) == summ["miou_by_model"]["teacher"]
