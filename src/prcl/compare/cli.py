@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +14,7 @@ from prcl.compare.matrix import Matrix, build_matrix, split_list
 from prcl.compare.report import PLOT_FILE, miou_table, cells, write_plot, write_report
 from prcl.compare.results import collect, write_csv
 from prcl.compare.runner import Runner, command_line, failure_text, gpu_devices, threads_per_job
-from prcl.compare.runs import PlannedRun, RunState, plan_run
+from prcl.compare.runs import PlannedRun, describe_plan, plan_run
 from prcl.config import ConfigError
 
 REPORT_FILE, CSV_FILE = "results.md", "results.csv"
@@ -37,26 +38,17 @@ def canonical_command(args: argparse.Namespace) -> str:
     return shlex.join(words + list(args.overrides))
 
 
-def _plan_summary(planned: Sequence[PlannedRun]) -> list[str]:
-    counts = {state: sum(r.state is state for r in planned) for state in RunState}
-    lines = [f"compare: {len(planned)} runs: {counts[RunState.DONE]} finished (reused), "
-             f"{counts[RunState.RESUME]} to resume, {counts[RunState.NEW]} to train, "
-             f"{counts[RunState.STALE] + counts[RunState.RESTART]} to train again"]
-    lines += [f"  {r.spec.name}: train again ({r.reason})" for r in planned
-              if r.state in (RunState.STALE, RunState.RESTART)]
-    return lines
-
-
 def _dry_run(matrix: Matrix, planned: Sequence[PlannedRun], threads: int, args: argparse.Namespace) -> None:
     """The pending runs' commands, one line each, as a shell script (comments start with #)."""
     pending = [r for r in planned if r.pending]
     print(f"# {len(pending)} of {len(planned)} runs to do; each line is one run (any order, on any machine that sees "
           "these paths; for a multi-GPU run replace `python -m prcl` with `torchrun --nproc_per_node=N -m prcl`).")
     print(f"# Then collect: {canonical_command(args)} --collect-only")
+    print(f"# Relative paths are relative to {Path.cwd()}")
     root = Path(matrix.runs[0].config.data.root)
     if matrix.runs[0].config.data.dataset == "synthetic" and not (root / "meta.json").is_file() and pending:
         print("# first, once (the built-in dataset):")
-        print(shlex.join(["python", "-m", "prcl", "data", "synth", "--out", str(root)]))
+        print(shlex.join([sys.executable, "-m", "prcl", "data", "synth", "--out", str(root)]))
     for run in pending:
         print(command_line(run, threads))
 
@@ -71,7 +63,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.dry_run:
         _dry_run(matrix, planned, threads_per_job(jobs), args)
         return 0
-    print("\n".join(_plan_summary(planned)), flush=True)
+    print("compare: " + "\n".join(describe_plan(planned)), flush=True)
     failed: dict[str, str] = {}
     if not args.collect_only:
         if devices and jobs > len(devices):

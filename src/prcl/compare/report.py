@@ -29,12 +29,13 @@ def cells(matrix: Matrix, results: Sequence[RunResult]) -> dict[Cell, dict[int, 
     return out
 
 
-def _row(values: Sequence[object]) -> str:
+def markdown_row(values: Sequence[object]) -> str:
     return "| " + " | ".join(str(v) for v in values) + " |"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A markdown table's lines: the header, the `| --- |` rule, one line per row."""
+    return [markdown_row(header), markdown_row(["---"] * len(header)), *(markdown_row(r) for r in rows)]
 
 
 def _fraction_header(matrix: Matrix, fraction: str) -> str:
@@ -58,7 +59,7 @@ def miou_table(matrix: Matrix, by_cell: dict[Cell, dict[int, float]]) -> list[st
     combos = list(dict.fromkeys(c[2] for c in by_cell))
     rows = [[m, *combo, *(_cell_text(by_cell.get((m, f, combo), {})) for f in matrix.fractions)]
             for m in matrix.methods for combo in combos]
-    return _table(["method", *vary, *(_fraction_header(matrix, f) for f in matrix.fractions)], rows)
+    return markdown_table(["method", *vary, *(_fraction_header(matrix, f) for f in matrix.fractions)], rows)
 
 
 def difference_table(matrix: Matrix, by_cell: dict[Cell, dict[int, float]]) -> list[str]:
@@ -76,7 +77,7 @@ def difference_table(matrix: Matrix, by_cell: dict[Cell, dict[int, float]]) -> l
         per_seed = ", ".join(f"s{s} {d:+.2f}" for s, d in diff.per_seed.items())
         rows.append([method, *combo, fraction, per_seed, f"{diff.mean:+.2f}", _t_text(diff.t, diff.df), verdict])
     header = ["method", *(a.key for a in matrix.vary), "labels", "per seed", "mean", "t (df)", "p < 0.05"]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def write_report(matrix: Matrix, results: Sequence[RunResult], path: Path, command: str,

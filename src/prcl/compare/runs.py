@@ -123,6 +123,16 @@ def plan_run(spec: RunSpec) -> PlannedRun:
     return PlannedRun(spec, RunState.RESTART, reason or "interrupted before its first checkpoint")
 
 
+def describe_plan(planned: Sequence[PlannedRun]) -> list[str]:
+    """What will happen, in a line, then one line per run trained again and why."""
+    counts = {state: sum(r.state is state for r in planned) for state in RunState}
+    lines = [f"{len(planned)} runs: {counts[RunState.DONE]} finished (reused), {counts[RunState.RESUME]} to resume, "
+             f"{counts[RunState.NEW]} to train, {counts[RunState.STALE] + counts[RunState.RESTART]} to train again"]
+    lines += [f"  {r.spec.name}: train again ({r.reason})" for r in planned
+              if r.state in (RunState.STALE, RunState.RESTART)]
+    return lines
+
+
 def read_summary(run_dir: Path) -> Optional[dict[str, Any]]:
     """The run's `summary.json`, or None while it has none."""
     path = Path(run_dir) / SUMMARY_FILE
