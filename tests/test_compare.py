@@ -13,6 +13,8 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +215,33 @@ def test_dry_run_prints_one_command_per_pending_run(synth_root, tmp_path, capsys
         assert words[0] == f"OMP_NUM_THREADS={runner_module.threads_per_job(2)}" and words[1].startswith("MKL_")
         assert words[2:6] == [sys.executable, "-m", "prcl", "train"] and "--overwrite" in words
         assert load_config(None, [w for w in words[6:] if "=" in w]).name in line  # parses as a config
+
+
+def test_runner_gives_each_gpu_job_one_device_and_each_cpu_job_its_thread_share(synth_root, tmp_path, monkeypatch):
+    matrix = build_matrix(["supervised", "classmix"], ["1_4", "1_2"], [0, 1], overrides=common(synth_root),
+                          out=tmp_path / "cmp")
+    planned = [plan_run(spec) for spec in matrix.runs]
+    lock, busy, seen = threading.Lock(), set(), []
+
+    def fake_run(cmd, stdout, stderr, cwd, env):
+        device = env.get("CUDA_VISIBLE_DEVICES")
+        with lock:
+            assert device is None or device not in busy, "two runs on one GPU"
+            busy.add(device)
+            seen.append((device, env["OMP_NUM_THREADS"], [w for w in cmd if w.startswith("train.threads=")]))
+        time.sleep(0.02)
+        with lock:
+            busy.discard(device)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner_module.subprocess, "run", fake_run)
+    gpus = runner_module.Runner(4, devices=["3", "5"], progress=False)  # more jobs than GPUs: one per GPU
+    assert gpus.jobs == 2 and all(o.ok for o in gpus.run(planned))
+    assert len(seen) == 8 and {d for d, _, _ in seen} == {"3", "5"}
+    seen.clear()
+    monkeypatch.setattr(runner_module, "cpu_count", lambda: 16)
+    assert all(o.ok for o in runner_module.Runner(3, progress=False).run(planned))
+    assert {(d, t, tuple(w)) for d, t, w in seen} == {(None, "5", ("train.threads=5",))}  # 16 // 3
 
 
 # --------------------------------------------------------------------------- the report against summary.json
