@@ -19,18 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
+from fixtures_data import make_folder
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from conftest import TINY_MODEL
-from fixtures_data import make_folder
 from prcl.cli import main
 from prcl.compare import runner as runner_module
 from prcl.compare.label_fractions import label_splits
-from prcl.compare.matrix import build_matrix, run_name, parse_vary
+from prcl.compare.matrix import build_matrix, parse_vary, run_name
 from prcl.compare.runs import RunState, plan_run
 from prcl.compare.stats import T_CRITICAL_95, mean_std, paired_difference, paired_t, t_critical_95
-from prcl.config import ConfigError, load_config, save_config
+from prcl.config import load_config, save_config
 from prcl.data.dataset import DataError
 from prcl.data.splits import file_sha256, read_split_file
 
@@ -246,6 +246,11 @@ def test_runner_gives_each_gpu_job_one_device_and_each_cpu_job_its_thread_share(
 
 # --------------------------------------------------------------------------- the report against summary.json
 
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def _table(md: str, heading: str) -> list[list[str]]:
     block = md.split(f"## {heading}")[1].split("\n## ")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")]
@@ -279,7 +284,7 @@ def test_report_numbers_equal_the_runs_summaries(synth_root, tmp_path, monkeypat
             "--out", str(out), *vary, "--collect-only", *common(synth_root)]
     assert main(argv) == 0
 
-    rows = {r["run"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    rows = {r["run"]: r for r in _csv(out / "results.csv")}
     assert len(rows) == len(matrix.runs) == 36
     for name, row in rows.items():
         summ = summaries.get(name)
@@ -354,9 +359,9 @@ def _stamps(out: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_matrix_writes_tables_csv_and_plot_from_the_runs(finished_matrix):
-    argv, out, shell_run, stamp = finished_matrix
+    _, out, shell_run, stamp = finished_matrix
     assert _stamps(out)[shell_run] == stamp  # the run the shell trained was reused, not trained again
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    rows = list(_csv(out / "results.csv"))
     assert len(rows) == 8 and {r["status"] for r in rows} == {"finished"}
     for row in rows:
         summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
@@ -408,7 +413,7 @@ def test_interrupted_matrix_resumes_and_a_failure_does_not_stop_the_others(finis
     assert "--resume" not in attempts[0] and "--resume" in attempts[-1]  # its log keeps both attempts
     md = (out / "results.md").read_text()
     assert "`classmix-1_4-s0`: failed" in md and "planted failure: out of memory" in md
-    rows = {r["run"]: r["status"] for r in csv.DictReader(open(out / "results.csv"))}
+    rows = {r["run"]: r["status"] for r in _csv(out / "results.csv")}
     assert rows[failing.name] == "failed" and sum(s == "finished" for s in rows.values()) == 7
 
 

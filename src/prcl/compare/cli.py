@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prcl.compare.matrix import Matrix, build_matrix, split_list
-from prcl.compare.report import PLOT_FILE, miou_table, cells, write_plot, write_report
+from prcl.compare.report import PLOT_FILE, cells, miou_table, write_plot, write_report
 from prcl.compare.results import collect, write_csv
 from prcl.compare.runner import Runner, command_line, failure_text, gpu_devices, threads_per_job
 from prcl.compare.runs import PlannedRun, describe_plan, plan_run

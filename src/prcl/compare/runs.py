@@ -43,9 +43,9 @@ class RunSpec:
     def create(cls, name: str, output_dir: Path, overrides: Sequence[str], config_file: Optional[Path] = None,
                log: Optional[Path] = None, axes: Optional[dict[str, Any]] = None) -> "RunSpec":
         """Resolve the config (`load_config`: unknown keys and bad values raise `ConfigError` here)."""
-        spec = cls(name, Path(output_dir), tuple(overrides), Config(), config_file, log, dict(axes or {}))
-        spec.config = load_config(config_file, spec.train_overrides())
-        return spec
+        where = [f"output_dir={output_dir}", f"name={name}"]
+        config = load_config(config_file, [*overrides, *where])
+        return cls(name, Path(output_dir), tuple(overrides), config, config_file, log, dict(axes or {}))
 
     @property
     def run_dir(self) -> Path:
