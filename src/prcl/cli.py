@@ -1,4 +1,4 @@
-"""The `prcl` command line: train | eval | predict | data | configs | analyze."""
+"""The `prcl` command line: train | eval | predict | data | configs | analyze | compare."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from prcl.analysis.cli import add_analyze_command
 from prcl.analysis.errors import AnalysisError
+from prcl.compare.cli import add_compare_command
 from prcl.config import Config, ConfigError, load_config
 from prcl.data.cli import add_data_commands
 from prcl.experiments import add_configs_commands
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_configs_commands(sub)
     add_analyze_command(sub)
+    add_compare_command(sub)
     return parser
 
 
