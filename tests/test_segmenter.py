@@ -1,4 +1,4 @@
-"""The Python predict API (`prcl.Segmenter`): the masks `prcl predict` writes, for every input form and both
+"""The Python predict API (`prcl.segmenter.Segmenter`): the masks `prcl predict` writes, for every input form and both
 window modes; probabilities that are a distribution whose argmax is the mask; clear errors for bad input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fixtures_own_data import make_own_data, picture, train_tiny_run, vary_predictions
-from prcl import Segmenter
+from prcl.segmenter import Segmenter
 from prcl.cli import main
 from prcl.data.dataset import DataError
 from prcl.inference import model_from_checkpoint

@@ -5,7 +5,7 @@ datasets' images do (`image_to_rgb`), is normalised by `to_normalized_tensor`, g
 (padding to the model's size multiple; the whole image or a sliding window), and its mask is the argmax of the
 logits over classes.
 
-    from prcl import Segmenter
+    from prcl.segmenter import Segmenter
 
     segmenter = Segmenter.load("runs/demo")            # a run directory or a checkpoint file
     mask = segmenter.predict("photo.jpg")              # [H, W] uint8 class ids

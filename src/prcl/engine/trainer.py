@@ -312,8 +312,7 @@ class Trainer:
         return self._summary(time.time() - t0)
 
     def _after_step(self, done: int, values: dict[str, float], stats: dict[str, float], bar: tqdm) -> None:
-        """Prototype trajectory, logs (and a warning when a class turns starved of pseudo-labels), evaluation,
-        checkpoints and a requested stop, as scheduled."""
+        """Prototype trajectory, logs (with starved-class warnings), evaluation, checkpoints, a stop, as scheduled."""
         schedule, T = self.cfg.train, self.cfg.train.iterations
         if schedule.log_prototypes_every and done % schedule.log_prototypes_every == 0:
             self.trajectory.record(done, self.method.prototypes())
@@ -367,9 +366,8 @@ class Trainer:
             raise SystemExit(128 + signum)
 
     def _close(self) -> None:
-        """Close the logs, stop DataLoader workers now rather than at interpreter exit (dropping the
-        last reference to an iterator shuts its workers down) and release the run lock (removing the run
-        if it failed in its first step)."""
+        """Close the logs, stop DataLoader workers now (dropping an iterator's last reference shuts them down)
+        and release the run lock (removing the run if it failed in its first step)."""
         self.log.close()
         self.labeled = self.unlabeled = None
         self._discard_if_unstarted()
