@@ -187,9 +187,21 @@ def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_lab
         assert records[-1]["class_balance/starved/disc"] == 0.0
 
 
+def test_the_unlabeled_weight_ramps_up_as_laine_and_aila_and_is_the_weight_itself_without_a_ramp():
+    method = mean_teacher.MeanTeacher(load_config(None, ["method.name=classmix", "method.unsup_rampup=0.4",
+                                                         "method.unsup_weight=2"]), C)
+    for t in (0.0, 0.1, 0.3, 0.39):
+        assert method.unsupervised_weight(t) == pytest.approx(2 * np.exp(-5 * (1 - t / 0.4) ** 2), rel=1e-12)
+    assert method.unsupervised_weight(0.4) == method.unsupervised_weight(0.9) == 2.0
+    plain = mean_teacher.MeanTeacher(load_config(None, ["method.name=classmix"]), C)
+    assert plain.unsupervised_weight(0.0) == 1.0  # the paper's: the full weight from the first step
+
+
 def test_supervised_refuses_the_remedies():
     with pytest.raises(ConfigError, match="method.class_balance.threshold=adaptive acts on pseudo-labels"):
         load_config(None, ["method.name=supervised", "method.class_balance.threshold=adaptive"])
+    with pytest.raises(ConfigError, match="method.unsup_rampup=0.2 acts on pseudo-labels"):
+        load_config(None, ["method.name=supervised", "method.unsup_rampup=0.2"])
     with pytest.raises(ConfigError, match="method.class_balance.momentum"):
         load_config(None, ["method.class_balance.momentum=1.0"])
 

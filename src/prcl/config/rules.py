@@ -52,7 +52,7 @@ UNIT_INTERVAL = (
     "method.contrastive.trunk_grad", "method.ema_decay", "method.unsup_threshold", "method.contrastive.weak_threshold",
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
     "data.blur", "optim.momentum", "method.pseudo_label_noise", "method.ohem_threshold",
-    "method.class_balance.starved_ratio", "method.class_balance.momentum",
+    "method.class_balance.starved_ratio", "method.class_balance.momentum", "method.unsup_rampup",
 )
 POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
 NON_NEGATIVE = ("method.ohem_min_kept", "train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr",
@@ -142,8 +142,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"method.contrastive.enabled=true needs pseudo-labels, which method.name={method.name} "
                               "does not make; use classmix or another semi-supervised method")
         balance = method.class_balance
-        for key, value, default in (("threshold", balance.threshold, "fixed"), ("alignment", balance.alignment, "none"),
-                                    ("weighting", balance.weighting, "none")):
+        for key, value, default in (("class_balance.threshold", balance.threshold, "fixed"),
+                                    ("class_balance.alignment", balance.alignment, "none"),
+                                    ("class_balance.weighting", balance.weighting, "none"),
+                                    ("unsup_rampup", method.unsup_rampup, 0.0)):
             if value != default:
-                raise ConfigError(f"method.class_balance.{key}={value} acts on pseudo-labels, which method.name="
+                raise ConfigError(f"method.{key}={value} acts on pseudo-labels, which method.name="
                                   f"{method.name} does not make; remove the key or pick a semi-supervised method")

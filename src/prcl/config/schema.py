@@ -161,6 +161,9 @@ class MethodConfig:
     unsup_threshold: float = 0.97  # δu of Eq. 14; fixmatch/unimatch: τ, the pixel confidence their loss needs
     # (preset 0.95)
     unsup_weight: float = 1.0  # weight of the unlabeled images' pseudo-label loss against the labeled loss
+    unsup_rampup: float = 0.0  # > 0: the unlabeled loss's weight ramps up as exp(−5·(1 − t/r)²) over the first
+    # fraction r of training, so the pseudo-labels come from a model the labels have shaped first (the ramp-up of
+    # Laine & Aila, ICLR 2017, and Mean Teacher); 0 = the full weight from the first step (the paper)
     mix: str = "classmix"  # classmix | cutmix | cutmix_unimatch | none: how the student's unlabeled view is mixed
     # (preset per method; cutmix = a box of half the image, always; cutmix_unimatch = UniMatch's random box, p = 0.5)
     supervised_loss: str = "ce"  # ce | ohem: the labeled images' loss (ohem: UniMatch's Cityscapes recipe,

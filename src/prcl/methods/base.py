@@ -12,6 +12,7 @@ cross-entropy, whichever method carries it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -97,7 +98,7 @@ class Method(nn.Module):
     uses_unlabeled = False  # needs the unlabeled stream: set by `register` from the preset's `pseudo_labels`
     strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
     loss_scale = 1.0  # every loss term, the contrast included, is multiplied by it (the module docstring)
-    authors_choice = "teacher"  # with a teacher: the model its authors report and keep best.pt of
+    authors_choice = "teacher"  # with a teacher: the model its authors report, and keep best.pt of
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()
@@ -115,6 +116,14 @@ class Method(nn.Module):
     ) -> StepLosses:
         """The loss terms of one iteration; `progress` = t/T."""
         raise NotImplementedError
+
+    def unsupervised_weight(self, progress: float) -> float:
+        """`method.unsup_weight`, times the ramp-up exp(−5·(1 − t/r)²) while t = `progress` < r =
+        `method.unsup_rampup` (Laine & Aila, ICLR 2017); the weight itself when r = 0."""
+        method = self.cfg.method
+        if progress >= method.unsup_rampup:
+            return method.unsup_weight
+        return method.unsup_weight * math.exp(-5.0 * (1.0 - progress / method.unsup_rampup) ** 2)
 
     def supervised_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Ls on the labeled images: cross-entropy, or OHEM with `method.supervised_loss=ohem`."""

@@ -104,7 +104,6 @@ class FixMatch(Method):
         method = cfg.method
         self.mix: str = method.mix
         self.threshold: float = method.unsup_threshold  # τ
-        self.unsup_weight: float = method.unsup_weight
         self.contrast: Optional[ContrastiveTerm] = (ContrastiveTerm(cfg, num_classes)
                                                     if method.contrastive.enabled else None)
         self.noise = PseudoLabelNoise(cfg, num_classes)  # `method.pseudo_label_noise` (0: identity)
@@ -152,7 +151,8 @@ class FixMatch(Method):
 
         supervised = self.supervised_loss(streams.labeled["logits"], labeled["mask"])
         unsupervised = self.unsupervised_loss(streams, views, weak)
-        step = StepLosses({"sup": supervised, **{k: self.unsup_weight * v for k, v in unsupervised.terms.items()}},
+        weight = self.unsupervised_weight(progress)
+        step = StepLosses({"sup": supervised, **{k: weight * v for k, v in unsupervised.terms.items()}},
                           {"pseudo_confident": confident_fraction(weak.pseudo, weak.confidence, self.threshold),
                            **unsupervised.stats, **mean_stats([v.stats for v in views]),
                            **self.balance.stats(weak.pseudo, weak.confidence, self.threshold, unlabeled.get("truth"))})

@@ -65,7 +65,7 @@ class MeanTeacher(Method):
         unsup = weighted_pseudo_label_loss(logits_u, pseudo, confidence, self.balance.thresholds(pseudo, tau),
                                            self.balance.weights(pseudo))
         step = StepLosses(
-            {"sup": self.supervised_loss(logits_l, labeled["mask"]), "unsup": method.unsup_weight * unsup},
+            {"sup": self.supervised_loss(logits_l, labeled["mask"]), "unsup": self.unsupervised_weight(progress) * unsup},
             {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, tau), **view.stats,
              **self.balance.stats(weak_pseudo, weak_confidence, tau, unlabeled.get("truth"))},
         )
