@@ -7,19 +7,23 @@ student can learn to under-segment the thin class. This generator makes data wit
 
 An image is, in drawing order:
 
-1. a **ground**: a random square of a real photograph (below), with a colour cast and an uneven light;
+1. a **ground**: a random square of a real photograph (below), its texture's contrast lowered to 35-75 %,
+   with a colour cast and an uneven light;
    half the images blend a second photograph in through a soft blob (clutter);
 2. **distractors**, all labeled `background`: straight mortar-like joints, sometimes a parallel grid,
-   dark or light, as thin as the structures (1.5-4 px); smooth closed outlines of blobs; short, wide,
+   dark or light (8-30 % of the local level), as thin as the structures (1.5-4 px); smooth closed
+   outlines of blobs; short, wide,
    blurred dark streaks; soft stains (dark or light patches whose edges are steps);
-3. **structures** (class 1, `structure`): 0-4 branching random walks, their heading turning smoothly
-   with a jagged jitter, 1.1-3 px wide with the width varying along the curve and tapering at the ends,
-   darker than the ground by 10-35 % (the contrast also varies along the curve), drawn 4× supersampled;
+3. **structures** (class 1, `structure`): 0-5 branching random walks, their heading turning smoothly
+   with a jagged jitter, 1.3-3 px wide with the width varying along the curve and tapering at the ends,
+   darker than the local level of the ground by 30-60 % (varying along the curve), drawn 4× supersampled;
    the mask is where the stroke covers at least half a pixel;
 4. a light blur of everything (soft, low-contrast edges), sensor noise and JPEG.
 
 A structure differs from a distractor by its shape only: open, wiggly and branching, not straight,
-closed or short and wide. Its brightness and width overlap the distractors'.
+closed or short and wide. Its width and colour overlap the distractors', and it is darker on average.
+The ground's own dark lines (brick joints, grass blades, gaps between stones, roof edges) are background
+as well.
 
 ==========  ==================================================================
 ground      photograph (package, file)
@@ -53,7 +57,7 @@ from prcl.data.generated import SPLIT_CODES, generated_dataset_dir, write_nested
 from prcl.data.palette import voc_palette
 from prcl.data.photos import load_photo
 
-GENERATOR_VERSION = 1  # bump whenever the files change
+GENERATOR_VERSION = 2  # bump whenever the files change
 VAL_FRACTION = 0.3
 CLASS_NAMES: tuple[str, ...] = ("background", "structure")
 CLASS_COLORS = ([0, 0, 0], [255, 64, 32])
@@ -96,8 +100,8 @@ def _smooth_noise(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _cut(ground: Ground, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random square of 0.15-0.3 × the photograph's shorter side from its part, flipped and given a
-    colour cast, resized to `[size, size, 3]` float32."""
+    """A random square of 0.15-0.3 × the photograph's shorter side from its part, flipped, its texture's
+    contrast lowered to 35-75 % and given a colour cast, resized to `[size, size, 3]` float32."""
     h, w = ground.part.shape[:2]
     side = min(h, w, max(8, int(ground.full_side * rng.uniform(0.15, 0.3))))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
@@ -107,7 +111,8 @@ def _cut(ground: Ground, size: int, rng: np.random.Generator) -> np.ndarray:
         patch = patch[:, ::-1]
     if rng.random() < 0.5:
         patch = patch.transpose(1, 0, 2)
-    return patch * rng.uniform(0.6, 1.1, 3)
+    mean = patch.mean((0, 1))
+    return (mean + (patch - mean) * rng.uniform(0.35, 0.75)) * rng.uniform(0.6, 1.1, 3)
 
 
 def _blob_mask(size: int, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
@@ -158,10 +163,10 @@ def random_walk(start: np.ndarray, heading: float, length: int, rng: np.random.G
 def structure_tree(size: int, rng: np.random.Generator, scale: float) -> list[Stroke]:
     """One branching structure: a main walk of 50-170 px × scale from a random point, and up to two levels
     of branches, each thinner and shorter; width 1.1-3 px varying along each walk and tapering at its
-    ends, value (how much darker than the ground) 0.10-0.35, also varying along it."""
+    ends, value (how much darker than the local level) 0.3-0.6, also varying along it."""
     strokes: list[Stroke] = []
     todo = [(rng.uniform(0, size, 2), rng.uniform(0, 2 * np.pi), int(rng.uniform(70, 210) * scale),
-             rng.uniform(1.6, 2.8), rng.uniform(0.18, 0.45), 0)]
+             rng.uniform(1.8, 3.0), rng.uniform(0.30, 0.60), 0)]
     while todo:
         start, heading, length, width, contrast, depth = todo.pop()
         if length < 6:
@@ -170,7 +175,7 @@ def structure_tree(size: int, rng: np.random.Generator, scale: float) -> list[St
         t = np.arange(length)
         taper = np.clip(np.minimum(t + 1, length - t) / 6, 0.55, 1.0)
         widths = np.clip(width * taper * (1 + 0.25 * _smooth_noise(length, 20, rng)), 1.3, 3.0)
-        values = np.clip(contrast * (0.8 + 0.2 * _smooth_noise(length, 30, rng)), 0.08, 0.55)
+        values = np.clip(contrast * (0.8 + 0.2 * _smooth_noise(length, 30, rng)), 0.12, 0.65)
         strokes.append(Stroke(points, widths, values))
         if depth < 2:
             for at in rng.integers(length // 6, max(length // 6 + 1, length * 5 // 6), rng.poisson(length / 50)):
@@ -213,13 +218,15 @@ def distractor_strokes(size: int, rng: np.random.Generator) -> tuple[list[Stroke
 
 
 def _shade(image: np.ndarray, strokes: list[Stroke], sign: int, blur: float) -> tuple[np.ndarray, np.ndarray]:
-    """`image [S, S, 3]` darkened (sign -1) or lightened (+1) by the strokes' values, blurred by `blur` px
-    (soft, low-contrast edges), and the strokes' coverage `[S, S]`."""
+    """`image [S, S, 3]` darkened (sign -1) or lightened (+1) by the strokes' values × the local level
+    of the image (a 4-px blur of it at 128 px), blurred by `blur` px (soft, low-contrast edges), and the
+    strokes' coverage `[S, S]`."""
     size = image.shape[0]
     if not strokes:
         return image, np.zeros((size, size), np.float32)
     cover, value = render_strokes(strokes, size)
-    return image * (1 + sign * gaussian_filter(value, blur))[..., None], cover
+    local = gaussian_filter(image, (4 * size / 128, 4 * size / 128, 0))  # the local level, not the texture's
+    return image + sign * gaussian_filter(value, blur)[..., None] * local, cover
 
 
 def render_thin_sample(grounds: list[Ground], seed: int, split: str, index: int,
@@ -241,11 +248,11 @@ def render_thin_sample(grounds: list[Ground], seed: int, split: str, index: int,
     dark, light = distractor_strokes(size, rng)
     trees = [s for _ in range(int(rng.choice(6, p=[0.04, 0.1, 0.2, 0.26, 0.24, 0.16]))) for s in
              structure_tree(size, rng, scale)]
-    image, _ = _shade(image, dark, -1, rng.uniform(0.4, 0.9) * scale)
-    image, _ = _shade(image, light, 1, rng.uniform(0.4, 0.9) * scale)
-    image, cover = _shade(image, trees, -1, rng.uniform(0.4, 0.9) * scale)
+    image, _ = _shade(image, dark, -1, rng.uniform(0.3, 0.6) * scale)
+    image, _ = _shade(image, light, 1, rng.uniform(0.3, 0.6) * scale)
+    image, cover = _shade(image, trees, -1, rng.uniform(0.3, 0.6) * scale)
     mask = (cover >= 0.5).astype(np.uint8)
-    image = gaussian_filter(image, (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), 0))
+    image = gaussian_filter(image, (rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), 0))
     image = image + rng.normal(0, rng.uniform(2, 6), image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
