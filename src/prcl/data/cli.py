@@ -1,4 +1,4 @@
-"""`prcl data check | split | prepare | synth | photos`: the dataset commands of the `prcl` CLI.
+"""`prcl data check | split | prepare | synth | photos | thin`: the dataset commands of the `prcl` CLI.
 
 `add_data_commands(subparsers)` adds them to the top-level parser; each sets `func(args) -> int`.
 Exit codes: 0 ok, 1 `data check` found problems (all listed), 2 a one-line error (bad arguments,
@@ -70,16 +70,20 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """`data synth` (the built-in dataset) and `data photos` (the wheel-photograph benchmark)."""
+    """`data synth` (the built-in dataset), `data photos` (the wheel-photograph benchmark) and `data thin`
+    (the rare thin-structure benchmark)."""
     if args.data_command == "synth":
         from prcl.data.synthetic import generate_synthetic_dataset as generate
-    else:
+    elif args.data_command == "photos":
         from prcl.data.photos import generate_photo_dataset as generate
+    else:
+        from prcl.data.thin_structures import generate_thin_dataset as generate
 
     names = ("seed", "num_train", "num_val", "image_size", "workers")
     given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}  # else defaults
     root = generate(args.out, progress=True, **given)
-    print(f"{'synthetic dataset' if args.data_command == 'synth' else 'photo benchmark'} written to {root}")
+    what = {"synth": "synthetic dataset", "photos": "photo benchmark", "thin": "thin-structure benchmark"}
+    print(f"{what[args.data_command]} written to {root}")
     return 0
 
 
@@ -91,9 +95,9 @@ def _common(parser: argparse.ArgumentParser, datasets: Any = None) -> None:
 
 
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `data {check,split,prepare,synth,photos}` to the `prcl` sub-command parsers."""
+    """Add `data {check,split,prepare,synth,photos,thin}` to the `prcl` sub-command parsers."""
     data = subparsers.add_parser("data", help="prepare, check, split or synthesise datasets")
-    sub = data.add_subparsers(dest="data_command", metavar="{check,split,prepare,synth,photos}")
+    sub = data.add_subparsers(dest="data_command", metavar="{check,split,prepare,synth,photos,thin}")
     sub.required = True
 
     check = sub.add_parser("check", help="validate a dataset root and its splits")
@@ -133,7 +137,8 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     prepare.set_defaults(func=_guarded("prepare", run_prepare))
 
     for name, text in (("synth", "write the built-in procedural dataset (VOC layout)"),
-                       ("photos", "write the benchmark of real photographs from installed wheels (folder layout)")):
+                       ("photos", "write the benchmark of real photographs from installed wheels (folder layout)"),
+                       ("thin", "write the benchmark of rare thin structures on photographs (folder layout)")):
         gen = sub.add_parser(name, help=text)
         gen.add_argument("--out", type=Path, required=True)
         gen.add_argument("--seed", type=int)
