@@ -8,11 +8,13 @@ ignored ids) and the folder dataset of `prcl.data.folder`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from prcl.data.palette import voc_palette
@@ -136,3 +138,18 @@ def make_folder(
     for rel in unlabeled:
         save(random_image(rng), root / "unlabeled" / rel)
     return root
+
+
+def require_scikit_image() -> None:
+    """The generated benchmarks' photographs ship in scikit-image, which is in the [photos] and [dev] extras, so CI
+    runs their tests: fail, never skip, without it."""
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        pytest.fail("scikit-image is missing: it is in the [photos] and [dev] extras (pip install -e '.[dev]')")
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under `root`, by relative path."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

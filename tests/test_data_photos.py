@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures_data import file_digests, require_scikit_image
 from prcl.cli import main
 from prcl.data import photos
 from prcl.data.dataset import DataError
 from prcl.data.sources import load_split
-
-
-def require_scikit_image() -> None:
-    """For the real photographs: scikit-image is in the [photos] and [dev] extras, so CI runs, never skips, these."""
-    try:
-        import skimage  # noqa: F401
-    except ImportError:
-        pytest.fail("scikit-image is missing: it is in the [photos] and [dev] extras (pip install -e '.[dev]')")
-
-
-def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +24,7 @@ def tiny(tmp_path_factory):
 
 def test_same_seed_gives_identical_files(tiny, tmp_path):
     again = photos.generate_photo_dataset(tmp_path / "p", num_train=12, num_val=4, image_size=48)
-    assert _digest(again) == _digest(tiny)
+    assert file_digests(again) == file_digests(tiny)
 
 
 FILES = {  # the module docstring's table, written out here: class -> the files of its photographs

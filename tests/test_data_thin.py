@@ -3,7 +3,6 @@ train and val from disjoint parts of the photographs, a folder dataset that load
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -11,25 +10,13 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
+from fixtures_data import file_digests, require_scikit_image
 from prcl.cli import main
 from prcl.data import thin_structures as thin
 from prcl.data.dataset import DataError
 from prcl.data.sources import load_split
 
 SIZES = ["--num-train", "16", "--num-val", "4", "--image-size", "48"]
-
-
-def require_scikit_image() -> None:
-    """Four of the grounds ship in scikit-image, which is in the [photos] and [dev] extras: never skipped."""
-    try:
-        import skimage  # noqa: F401
-    except ImportError:
-        pytest.fail("scikit-image is missing: it is in the [photos] and [dev] extras (pip install -e '.[dev]')")
-
-
-def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +37,10 @@ def grounds():
 
 def test_same_seed_gives_identical_files_and_another_seed_other_images(tiny, tmp_path):
     again = thin.generate_thin_dataset(tmp_path / "t", num_train=16, num_val=4, image_size=48)
-    assert _digest(again) == _digest(tiny)
+    assert file_digests(again) == file_digests(tiny)
     other = thin.generate_thin_dataset(tmp_path / "o", seed=1, num_train=16, num_val=4, image_size=48)
     images = [f"images/{s}_{i:05d}.jpg" for s, n in (("train", 16), ("val", 4)) for i in range(n)]
-    assert not [name for name in images if _digest(other)[name] == _digest(tiny)[name]]
+    assert not [name for name in images if file_digests(other)[name] == file_digests(tiny)[name]]
 
 
 def test_loads_as_a_folder_dataset_with_two_classes_and_masks_for_every_image(tiny):

@@ -1,17 +1,23 @@
 """What every generated dataset shares (the built-in set, the photo and thin-structure benchmarks):
-the nested labeled splits, the RNG seed codes, and writing into a temporary directory that replaces the
-root only when complete. No renderer lives here, so a benchmark does not depend on another one's."""
+the nested labeled splits, the RNG seed codes, writing into a temporary directory that replaces the
+root only when complete, and writing a folder dataset. No renderer lives here, so a benchmark does not
+depend on another one's."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
+import yaml
+from PIL import Image
+
+from prcl.data.palette import voc_palette
 
 LABELED_FRACTIONS: tuple[str, ...] = ("1_64", "1_32", "1_16", "1_8", "1_4", "1_2", "full")
 SPLIT_CODES = {"train": 0, "val": 1, "splits": 2}  # second entry of every RNG seed sequence
@@ -85,3 +91,48 @@ def summed_over_jobs(write: Callable[[tuple], np.ndarray], jobs: list[tuple], wo
     finally:
         if pool is not None:
             pool.terminate()
+
+
+FOLDER_ENTRIES = {"images", "masks", "splits", "classes.yaml", "meta.json"}
+"""What `write_folder_dataset` writes in its root (anything else there is the user's, and refused)."""
+
+
+Render = Callable[[str, int], tuple[np.ndarray, np.ndarray]]
+"""(split, index) -> (image `[S, S, 3]` uint8, mask `[S, S]` uint8)."""
+
+
+def write_folder_dataset(root: Union[str, Path], *, what: str, render: Render, sizes: dict[str, int], seed: int,
+                         class_names: Sequence[str], colors: np.ndarray, meta: dict[str, Any], quality: int,
+                         progress: bool = False) -> Path:
+    """A generated benchmark as a folder dataset (`prcl.data.folder`): `render(split, index)` gives each image
+    `[S, S, 3]` uint8 and mask `[S, S]` uint8 for `sizes` images per split (train, val); written with a mask for
+    every image, `classes.yaml` (names, `colors` `[C, 3]`), the nested splits and `meta.json` (`meta`'s
+    fields, the split counts and the class pixel fractions), last. Returns `root`."""
+    palette = voc_palette()  # the mask PNGs' palette: the classes' colours, then VOC's
+    palette[:3 * len(class_names)] = np.asarray(colors, dtype=np.int64).reshape(-1).tolist()
+    pixels = np.zeros(len(class_names), np.int64)
+    with generated_dataset_dir(root, FOLDER_ENTRIES, what) as tmp:
+        for sub in ("images", "masks"):
+            (tmp / sub).mkdir(parents=True)
+        jobs: Any = [(split, i) for split, n in sizes.items() for i in range(n)]
+        if progress:
+            from tqdm import tqdm
+
+            jobs = tqdm(jobs, desc=what.removeprefix("the "), unit="img")
+        ids: dict[str, list[str]] = {split: [] for split in sizes}
+        for split, i in jobs:
+            image, mask = render(split, i)
+            name = f"{split}_{i:05d}"
+            Image.fromarray(image).save(tmp / "images" / f"{name}.jpg", quality=quality)
+            png = Image.fromarray(mask)
+            png.putpalette(palette)
+            png.save(tmp / "masks" / f"{name}.png")
+            pixels += np.bincount(mask.ravel(), minlength=len(class_names))
+            ids[split].append(f"images/{name}.jpg")
+        (tmp / "classes.yaml").write_text(yaml.safe_dump(
+            {"classes": [{"name": n, "color": list(c)} for n, c in zip(class_names, np.asarray(colors).tolist())]},
+            sort_keys=False))
+        meta = {**meta, "counts": write_nested_splits(tmp, seed, ids["train"], ids["val"]),
+                "pixel_fraction": dict(zip(class_names, np.round(pixels / pixels.sum(), 5).tolist()))}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return Path(root).absolute()

@@ -36,17 +36,15 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import json
 from pathlib import Path
 from typing import Union
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 
 from prcl.data.dataset import DataError
-from prcl.data.palette import voc_colormap, voc_palette
-from prcl.data.generated import generated_dataset_dir, write_nested_splits
+from prcl.data.palette import voc_colormap
+from prcl.data.generated import write_folder_dataset
 
 GENERATOR_VERSION = 1  # bump whenever the files change
 VAL_FRACTION = 0.3
@@ -63,7 +61,6 @@ PHOTOS: dict[str, list[tuple[str, str]]] = {  # class -> [(package, file under t
 }
 CLASS_NAMES: tuple[str, ...] = tuple(PHOTOS)
 INSTALL = {"skimage": "scikit-image", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
-_OWN_ENTRIES = {"images", "masks", "splits", "classes.yaml", "meta.json"}
 
 
 def load_photo(package: str, file: str) -> np.ndarray:
@@ -137,32 +134,11 @@ def generate_photo_dataset(root: Union[str, Path], *, seed: int = 0, num_train: 
                          f"{num_train}, {num_val}, {image_size}")
     photos = {split: [[_part(load_photo(*src), split) for src in PHOTOS[name]] for name in CLASS_NAMES]
               for split in ("train", "val")}
-    palette, pixels = voc_palette(), np.zeros(len(CLASS_NAMES), np.int64)
-    with generated_dataset_dir(root, _OWN_ENTRIES, "the photo benchmark") as tmp:
-        for sub in ("images", "masks"):
-            (tmp / sub).mkdir(parents=True)
-        jobs = [(split, i) for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
-        if progress:
-            from tqdm import tqdm
-
-            jobs = tqdm(jobs, desc="photo benchmark", unit="img")
-        ids: dict[str, list[str]] = {"train": [], "val": []}
-        for split, i in jobs:
-            image, mask = render_photo_sample(photos[split], seed, split, i, image_size)
-            name = f"{split}_{i:05d}"
-            Image.fromarray(image).save(tmp / "images" / f"{name}.jpg", quality=92)
-            png = Image.fromarray(mask)
-            png.putpalette(palette)
-            png.save(tmp / "masks" / f"{name}.png")
-            pixels += np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))
-            ids[split].append(f"images/{name}.jpg")
-        colors = voc_colormap(len(CLASS_NAMES)).tolist()
-        (tmp / "classes.yaml").write_text(yaml.safe_dump(
-            {"classes": [{"name": n, "color": c} for n, c in zip(CLASS_NAMES, colors)]}, sort_keys=False))
-        meta = {"generator": "prcl.data.photos", "version": GENERATOR_VERSION,
-                "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size},
-                "class_names": list(CLASS_NAMES), "photos": {k: [f"{p}:{f}" for p, f in v] for k, v in PHOTOS.items()},
-                "counts": write_nested_splits(tmp, seed, ids["train"], ids["val"]),
-                "pixel_fraction": dict(zip(CLASS_NAMES, np.round(pixels / pixels.sum(), 5).tolist()))}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return Path(root).absolute()
+    meta = {"generator": "prcl.data.photos", "version": GENERATOR_VERSION,
+            "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size},
+            "class_names": list(CLASS_NAMES), "photos": {k: [f"{p}:{f}" for p, f in v] for k, v in PHOTOS.items()}}
+    return write_folder_dataset(
+        root, what="the photo benchmark", render=lambda split, i: render_photo_sample(photos[split], seed, split, i,
+                                                                                      image_size),
+        sizes={"train": num_train, "val": num_val}, seed=seed, class_names=CLASS_NAMES,
+        colors=voc_colormap(len(CLASS_NAMES)), meta=meta, quality=92, progress=progress)

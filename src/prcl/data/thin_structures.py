@@ -44,17 +44,14 @@ the foreground pixel fraction.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple, Union
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter  # scipy: a dependency of scikit-learn, which prcl requires
 
-from prcl.data.generated import SPLIT_CODES, generated_dataset_dir, write_nested_splits
-from prcl.data.palette import voc_palette
+from prcl.data.generated import SPLIT_CODES, write_folder_dataset
 from prcl.data.photos import load_photo
 
 GENERATOR_VERSION = 2  # bump whenever the files change
@@ -69,7 +66,6 @@ GROUNDS: dict[str, tuple[str, str]] = {  # name -> (package, file under the pack
     "temple": ("sklearn", "datasets/images/china.jpg"),
 }
 SUPERSAMPLE = 4  # strokes are drawn at 4× and averaged down: partial coverage at the edges
-_OWN_ENTRIES = {"images", "masks", "splits", "classes.yaml", "meta.json"}
 
 
 class Ground(NamedTuple):
@@ -265,32 +261,11 @@ def generate_thin_dataset(root: Union[str, Path], *, seed: int = 0, num_train: i
         raise ValueError(f"the thin-structure benchmark needs num_train, num_val >= 1 and image_size >= 16; "
                          f"got {num_train}, {num_val}, {image_size}")
     grounds = {split: [ground_part(load_photo(*src), split) for src in GROUNDS.values()] for split in ("train", "val")}
-    palette, pixels = voc_palette(), np.zeros(len(CLASS_NAMES), np.int64)
-    palette[3:6] = CLASS_COLORS[1]
-    with generated_dataset_dir(root, _OWN_ENTRIES, "the thin-structure benchmark") as tmp:
-        for sub in ("images", "masks"):
-            (tmp / sub).mkdir(parents=True)
-        jobs = [(split, i) for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
-        if progress:
-            from tqdm import tqdm
-
-            jobs = tqdm(jobs, desc="thin-structure benchmark", unit="img")
-        ids: dict[str, list[str]] = {"train": [], "val": []}
-        for split, i in jobs:
-            image, mask = render_thin_sample(grounds[split], seed, split, i, image_size)
-            name = f"{split}_{i:05d}"
-            Image.fromarray(image).save(tmp / "images" / f"{name}.jpg", quality=90)
-            png = Image.fromarray(mask)
-            png.putpalette(palette)
-            png.save(tmp / "masks" / f"{name}.png")
-            pixels += np.bincount(mask.ravel(), minlength=len(CLASS_NAMES))
-            ids[split].append(f"images/{name}.jpg")
-        (tmp / "classes.yaml").write_text(yaml.safe_dump(
-            {"classes": [{"name": n, "color": c} for n, c in zip(CLASS_NAMES, CLASS_COLORS)]}, sort_keys=False))
-        meta = {"generator": "prcl.data.thin_structures", "version": GENERATOR_VERSION,
-                "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size},
-                "class_names": list(CLASS_NAMES), "grounds": {k: f"{p}:{f}" for k, (p, f) in GROUNDS.items()},
-                "counts": write_nested_splits(tmp, seed, ids["train"], ids["val"]),
-                "pixel_fraction": dict(zip(CLASS_NAMES, np.round(pixels / pixels.sum(), 5).tolist()))}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return Path(root).absolute()
+    meta = {"generator": "prcl.data.thin_structures", "version": GENERATOR_VERSION,
+            "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size},
+            "class_names": list(CLASS_NAMES), "grounds": {k: f"{p}:{f}" for k, (p, f) in GROUNDS.items()}}
+    return write_folder_dataset(
+        root, what="the thin-structure benchmark",
+        render=lambda split, i: render_thin_sample(grounds[split], seed, split, i, image_size),
+        sizes={"train": num_train, "val": num_val}, seed=seed, class_names=CLASS_NAMES,
+        colors=np.array(CLASS_COLORS), meta=meta, quality=90, progress=progress)
