@@ -117,8 +117,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- run directory and state
     def _discard_if_unstarted(self) -> None:
-        """Release the lock; a new run that failed before its first step first loses what it wrote
-        (`remove_run_files`), so its directory goes too and a rerun needs no --overwrite."""
+        """Release the lock; a new run that failed before its first step or checkpoint loses its files first."""
         if self.unstarted_new_run and dist.is_main_process():
             remove_run_files(self.run_dir)
         self.lock.release()
@@ -184,6 +183,7 @@ class Trainer:
         dist.run_on_main(write)
         if name == LAST_CHECKPOINT:
             self.saved_iteration = iteration
+            self.unstarted_new_run = False  # a checkpoint on disk makes the run resumable: it stays
         return path
 
     # ----------------------------------------------------------------- one iteration
