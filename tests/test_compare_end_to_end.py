@@ -21,6 +21,7 @@ from test_compare import _csv, _table, common
 from prcl.cli import main
 from prcl.compare import runner as runner_module
 from prcl.compare.matrix import build_matrix
+from prcl.data.synthetic import CLASS_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,12 @@ def test_matrix_writes_tables_csv_and_plot_from_the_runs(finished_matrix):
             assert abs(float(text.split(" ")[0]) - np.mean(values)) <= 0.006
     assert "Paired differences against supervised" in md
     assert (out / "miou_vs_labels.png").stat().st_size > 10_000
+    per_class = _table(md, "IoU per class (%)")
+    assert per_class[0][2:] == list(CLASS_NAMES)  # the dataset's class names head the columns
+    for method, fraction, *cells_ in per_class[1:]:
+        runs = [Path(r["run_dir"]) for r in rows if r["method"] == method and r["labels"] == fraction]
+        last = [json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["per_class_iou"] for run in runs]
+        assert np.allclose([float(c) for c in cells_], 100 * np.mean(last, axis=0), atol=0.006)
 
 
 def test_interrupted_matrix_resumes_and_a_failure_does_not_stop_the_others(finished_matrix, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """`results.md` and `miou_vs_labels.png` of a comparison: mean ± sample std of each method per label
-fraction (and varied value), and each method's paired difference against the reference method, per seed
-and on average with its paired t statistic. Percent in the tables; the run files keep fractions."""
+fraction (and varied value), each class's IoU, and each method's paired difference against the reference
+method, per seed and on average with its paired t statistic. Percent in the tables; the run files keep
+fractions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prcl.compare.matrix import Matrix
 from prcl.compare.plot import errorbar_plot
 from prcl.compare.results import RunResult, sort_key
 from prcl.compare.stats import format_mean_std, paired_difference, t_critical_95
+from prcl.data.sources import dataset_info
 
 PLOT_FILE = "miou_vs_labels.png"
 Cell = tuple[str, str, tuple[str, ...]]  # method, fraction, varied values
@@ -27,6 +29,33 @@ def cells(matrix: Matrix, results: Sequence[RunResult]) -> dict[Cell, dict[int, 
         if r.miou is not None:
             cell[axes["seed"]] = 100 * r.miou
     return out
+
+
+def class_names(matrix: Matrix, num_classes: int) -> list[str]:
+    """The dataset's class names (every run of a comparison uses one dataset); `class <i>` if it cannot be
+    opened any more."""
+    data = matrix.runs[0].config.data
+    try:
+        names = list(dataset_info(data.dataset, data.root).class_names)
+    except Exception:  # noqa: BLE001 - a report of finished runs must not fail on the dataset's files
+        names = []
+    return names if len(names) == num_classes else [f"class {c}" for c in range(num_classes)]
+
+
+def class_iou_table(matrix: Matrix, results: Sequence[RunResult]) -> list[str]:
+    """IoU (%) of each class, mean over the finished seeds, one row per method, fraction and varied values:
+    a method can lift the mIoU and still lose a rare class (docs/class-balance.md)."""
+    sums: dict[Cell, list[list[float]]] = {}
+    for r in sorted(results, key=lambda r: sort_key(matrix, r)):
+        if (iou := r.per_class_iou) is not None:
+            axes = r.spec.axes
+            sums.setdefault((axes["method"], axes["labels"], tuple(axes[a.key] for a in matrix.vary)), []).append(iou)
+    if not sums:
+        return []
+    num_classes = len(next(iter(sums.values()))[0])
+    rows = [[m, *combo, f, *(f"{100 * sum(run[c] for run in runs) / len(runs):.2f}" for c in range(num_classes))]
+            for (m, f, combo), runs in sums.items()]
+    return markdown_table(["method", *(a.key for a in matrix.vary), "labels", *class_names(matrix, num_classes)], rows)
 
 
 def markdown_row(values: Sequence[object]) -> str:
@@ -96,6 +125,10 @@ def write_report(matrix: Matrix, results: Sequence[RunResult], path: Path, comma
              f"finished ({', '.join(map(str, iterations)) or '–'} iterations each, {hours:.2f} h of training in all). "
              f"Runs in `{matrix.out / 'runs'}`; one row per run in `results.csv`; the curves in `{PLOT_FILE}`.", "",
              "## mIoU (%)", "", *miou_table(matrix, by_cell), ""]
+    if per_class := class_iou_table(matrix, results):
+        lines += ["## IoU per class (%)", "", "Mean over the finished seeds, of the same model as the mIoU. A class "
+                  "whose IoU falls below the reference's while the mIoU holds is a class the method costs you "
+                  "(`docs/class-balance.md`).", "", *per_class, ""]
     if len(matrix.methods) > 1:
         lines += [f"## Paired differences against {matrix.reference} (mIoU points)", "",
                   f"Per seed: the method's mIoU minus {matrix.reference}'s on the same seed (the same labeled images "

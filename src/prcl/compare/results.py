@@ -5,12 +5,14 @@ as `summary.json` stores it."""
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from prcl.compare.matrix import Matrix
 from prcl.compare.runs import RunSpec, RunState, plan_run, read_summary
+from prcl.engine.run_dir import METRICS_LOG
 
 MODELS = ("student", "teacher")  # the models a run evaluates (`summary.json` `miou_by_model`)
 
@@ -29,6 +31,20 @@ class RunResult:
     @property
     def miou(self) -> Optional[float]:
         return None if self.summary is None else self.summary["miou"]
+
+    @property
+    def per_class_iou(self) -> Optional[list[float]]:
+        """The reported model's IoU per class at the end (the last record of `metrics.jsonl`)."""
+        return None if self.summary is None else final_per_class_iou(self.spec.run_dir)
+
+
+def final_per_class_iou(run_dir: Path) -> Optional[list[float]]:
+    """`per_class_iou` of the last evaluation in a run's `metrics.jsonl` (fractions 0..1), or None."""
+    path = Path(run_dir) / METRICS_LOG
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records[-1].get("per_class_iou") if records else None
 
 
 def collect(matrix: Matrix, failed: Sequence[str] = ()) -> list[RunResult]:
