@@ -84,6 +84,17 @@ def _shown(path: Path) -> str:
     return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 
 
+READING = ("<!-- reading: written by hand; benchmarks/paper_tables.py keeps it when it rewrites the tables -->", "<!-- /reading -->")
+
+
+def kept_reading(path: Path) -> str:
+    """The hand-written reading of the numbers in the file being rewritten (between the `READING` markers),
+    so it has one home, the results file itself; empty markers for a new file."""
+    text = path.read_text() if path.is_file() else ""
+    start, end = text.find(READING[0]), text.find(READING[1])
+    return text[start:end + len(READING[1])] if 0 <= start < end else "\n".join(READING)
+
+
 def write_table(tables: list[PaperTable], exps: list[Experiment], args: argparse.Namespace, command: str) -> None:
     lines = [f"# {args.title}", "",
              f"Command: `{command}`", "",
@@ -92,9 +103,7 @@ def write_table(tables: list[PaperTable], exps: list[Experiment], args: argparse
              f"mean ± sample std over seeds {args.seeds}. Runs in `{_shown(args.runs)}`. Labels: 1_64 = 31, 1_16 = 125, "
              "full = 2000 labeled images (the rest of the 2000-image pool unlabeled)."
              + (" Tables 8, 7 and the τ sweep at the first fraction only." if len(args.fractions) > 1 else ""), ""]
-    notes = args.out.with_suffix(".notes.md")  # hand-written reading of the numbers, kept across rewrites
-    if notes.is_file():
-        lines += [notes.read_text().rstrip(), ""]
+    lines += [kept_reading(args.out), ""]
     by_id = {t.id: t for t in tables}
     ctx = Context(args.runs, args.out, args.seeds, {t.id: t.title for t in tables})
     for table in dict.fromkeys(e.table for e in exps):
