@@ -40,3 +40,14 @@ def test_every_relative_link_resolves_to_a_file(page):
             continue
         missing.append(target)
     assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+def test_every_current_results_file_is_in_the_results_index():
+    """docs/results.md says of each results file whether it is current; a new file must be added there (the
+    archive is listed as a folder, each of its files naming what replaced it on its first line)."""
+    index = (ROOT / "docs" / "results.md").read_text()
+    results = ROOT / "benchmarks" / "results"
+    files = [p.relative_to(results).as_posix() for p in results.rglob("*.md") if "archive" not in p.parts]
+    assert files and not [f for f in files if f"../benchmarks/results/{f}" not in index]
+    for archived in (results / "archive").glob("*.md"):
+        assert "Superseded" in archived.read_text().splitlines()[0], archived.name
