@@ -131,6 +131,37 @@ def test_per_pixel_thresholds_and_weights_reach_the_unlabeled_loss(loss):
                           3 * loss(logits, pseudo, confidence, 0.5))
 
 
+def test_confident_pixels_loss_is_fixmatchs_and_leaves_the_unsure_pixels_alone():
+    """`method.unsup_pixels=confident`: the CE of the confident pixels over each image's valid pixels (float64
+    brute force), no ω, and no gradient into a pixel below the threshold (Eq. 14's `all` pulls every pixel)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, C, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    pseudo, confidence = torch.randint(0, C, (2, 4, 4), generator=g), torch.rand(2, 4, 4, generator=g)
+    pseudo[0, 0, 0] = IGNORE_INDEX
+    loss = weighted_pseudo_label_loss(logits, pseudo, confidence, 0.5, pixels="confident")
+    expected = []
+    for b in range(2):
+        terms = [-torch.log_softmax(logits[b, :, i, j], 0)[pseudo[b, i, j]] for i in range(4) for j in range(4)
+                 if pseudo[b, i, j] != IGNORE_INDEX and confidence[b, i, j] >= 0.5]
+        expected.append(sum(terms) / int((pseudo[b] != IGNORE_INDEX).sum()))
+    assert torch.allclose(loss, sum(expected) / 2)
+    loss.backward()
+    unsure = (confidence < 0.5) & (pseudo != IGNORE_INDEX)
+    assert unsure.any() and logits.grad.movedim(1, -1)[unsure].abs().max() == 0
+    every = torch.autograd.grad(weighted_pseudo_label_loss(logits, pseudo, confidence, 0.5), logits)[0]
+    assert every.movedim(1, -1)[unsure].abs().min() > 0  # Eq. 14 trains them toward the arg-max
+
+
+def test_unsup_pixels_belongs_to_the_families_that_have_a_choice():
+    assert load_config(None, ["method.name=classmix"]).method.unsup_pixels == "all"  # Eq. 14
+    assert load_config(None, ["method.name=unimatch"]).method.unsup_pixels == "confident"  # its preset
+    assert load_config(None, ["method.name=prcl", "method.unsup_pixels=confident"]).method.unsup_pixels == "confident"
+    with pytest.raises(ConfigError, match="unimatch's loss is FixMatch's"):
+        load_config(None, ["method.name=unimatch", "method.unsup_pixels=all"])
+    with pytest.raises(ConfigError, match="method.unsup_pixels=confident acts on pseudo-labels"):
+        load_config(None, ["method.name=supervised", "method.unsup_pixels=confident"])
+
+
 def test_pseudo_label_recall_and_precision_per_class():
     truth = torch.tensor([[0, 0, 1, 1, 2, IGNORE_INDEX]])
     pseudo = torch.tensor([[0, 1, 1, 0, 0, 2]])

@@ -13,7 +13,8 @@ NO_CONTRAST = {"enabled": False}
 COSINE_BATCH_CONTRAST = {"enabled": True, "pr": False, "prototype": "local", "vn": {"enabled": False}}  # Baseline
 COSINE_EMA_CONTRAST = {"enabled": True, "pr": False, "prototype": "ema", "vn": {"enabled": False}}  # Baseline+ (Eq. 16)
 PRCL_CONTRAST = {"enabled": True, "pr": True, "prototype": "gdp", "vn": {"enabled": True}}  # PR + GDP + VN
-UNIMATCH_RECIPE = {"mix": "cutmix_unimatch", "unsup_threshold": 0.95}  # UniMatch's VOC recipe (CVPR 2023)
+UNIMATCH_RECIPE = {"mix": "cutmix_unimatch", "unsup_threshold": 0.95,  # UniMatch's VOC recipe (CVPR 2023)
+                   "unsup_pixels": "confident"}  # the FixMatch family's loss counts the confident pixels only
 UNIMATCH_V2_RECIPE = {**UNIMATCH_RECIPE, "ema_decay": 0.996}  # UniMatch V2 (arXiv 2410.10777): + an EMA teacher
 
 

@@ -20,6 +20,7 @@ CHOICES = {
     "method.mix": ("classmix", "cutmix", "cutmix_unimatch", "none"),
     "method.pseudo_label_noise_kind": ("uniform", "runner_up"),
     "method.supervised_loss": ("ce", "ohem"),
+    "method.unsup_pixels": ("all", "confident"),
     "method.class_balance.threshold": ("fixed", "adaptive"),
     "method.class_balance.alignment": ("none", "distribution"),
     "method.class_balance.weighting": ("none", "class_balanced"),
@@ -134,6 +135,10 @@ def validate(cfg: Config) -> None:
     if method.name in WITHOUT_PSEUDO_LABELS and method.pseudo_label_noise > 0:
         raise ConfigError(f"method.pseudo_label_noise={method.pseudo_label_noise} needs pseudo-labels, which "
                           f"method.name={method.name} does not make; set it to 0 or pick a semi-supervised method")
+    if METHOD_PRESETS[method.name].settings.get("unsup_pixels") == "confident" and method.unsup_pixels != "confident":
+        raise ConfigError(f"method.unsup_pixels={method.unsup_pixels}: {method.name}'s loss is FixMatch's, over the "
+                          "confident pixels only; 'all' (Eq. 14) belongs to the mean-teacher family (classmix, prcl, "
+                          "...); remove the key")
     if method.name in WITHOUT_PSEUDO_LABELS:
         if method.mix != "none":
             raise ConfigError(f"method.mix={method.mix} has no effect with method.name={method.name} (it sees no "
@@ -145,7 +150,8 @@ def validate(cfg: Config) -> None:
         for key, value, default in (("class_balance.threshold", balance.threshold, "fixed"),
                                     ("class_balance.alignment", balance.alignment, "none"),
                                     ("class_balance.weighting", balance.weighting, "none"),
-                                    ("unsup_rampup", method.unsup_rampup, 0.0)):
+                                    ("unsup_rampup", method.unsup_rampup, 0.0),
+                                    ("unsup_pixels", method.unsup_pixels, "all")):
             if value != default:
                 raise ConfigError(f"method.{key}={value} acts on pseudo-labels, which method.name="
                                   f"{method.name} does not make; remove the key or pick a semi-supervised method")

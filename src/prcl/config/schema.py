@@ -161,6 +161,10 @@ class MethodConfig:
     unsup_threshold: float = 0.97  # δu of Eq. 14; fixmatch/unimatch: τ, the pixel confidence their loss needs
     # (preset 0.95)
     unsup_weight: float = 1.0  # weight of the unlabeled images' pseudo-label loss against the labeled loss
+    unsup_pixels: str = "all"  # all | confident: the pixels the unlabeled loss trains. all: Eq. 14, every pixel
+    # toward the teacher's label, each image weighted by its share of confident pixels (the mean-teacher family);
+    # confident: only the pixels whose confidence reaches the threshold (FixMatch's loss, its family's preset),
+    # so the pixels the labeler is unsure of, a thin class's among them, are not pulled to its arg-max
     unsup_rampup: float = 0.0  # > 0: the unlabeled loss's weight ramps up as exp(−5·(1 − t/r)²) over the first
     # fraction r of training, so the pseudo-labels come from a model the labels have shaped first (the ramp-up of
     # Laine & Aila, ICLR 2017, and Mean Teacher); 0 = the full weight from the first step (the paper)

@@ -150,14 +150,15 @@ class ClassBalance(nn.Module):
 
     def stats(self, pseudo: Tensor, confidence: Tensor, threshold: float,
               truth: Optional[Tensor] = None) -> dict[str, float]:
-        """What the run logs: per class c, `class_balance/labeled_share/c`, `.../confident_share/c`, `.../ratio/c`,
+        """What the run logs: per class c, `class_balance/labeled_share/c`, `.../confident_share/c`,
+        `.../mean_prediction/c` (the labeler's mean probability, before alignment), `.../ratio/c`,
         `.../starved/c` (0/1), the adaptive `.../threshold/c`, `.../newly_starved/c` = 1 on the step a class
         turns starved (the trainer's warning); and where the unlabeled images' true labels
         `truth` are known, the step's `reliability/pseudo_recall/c` and `reliability/pseudo_precision/c` of the
         confident pseudo-labels (they never enter a loss)."""
         out: dict[str, float] = {}
         rows = {"labeled_share": self.labeled_share(), "confident_share": self.confident_share,
-                "ratio": self.share_ratio(), "starved": self.starved.double()}
+                "mean_prediction": self.mean_prediction, "ratio": self.share_ratio(), "starved": self.starved.double()}
         if self.threshold_rule == "adaptive":
             rows["threshold"] = self.class_thresholds(threshold)
         for name, values in rows.items():

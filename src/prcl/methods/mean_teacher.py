@@ -22,18 +22,22 @@ from prcl.methods.pseudo_labels import confident_fraction, teacher_pseudo_labels
 
 def weighted_pseudo_label_loss(
     logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor, threshold: Threshold,
-    weight: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None, pixels: str = "all",
 ) -> torch.Tensor:
     """Eq. 14: mean over images of ω·CE, with ω = the fraction of the image's (non-ignored) pixels
     whose teacher confidence is ≥ δu (one δu, or one per pixel `[B, H, W]`: class-wise thresholds).
-    `weight` `[B, H, W]` scales each pixel's CE (class-balanced weighting). logits `[B, C, H, W]`,
-    pseudo/confidence `[B, H, W]`."""
+    `pixels="confident"` (`method.unsup_pixels`): the CE of the confident pixels only, over the image's valid
+    pixels, and no ω (FixMatch's loss). `weight` `[B, H, W]` scales each pixel's CE (class-balanced weighting).
+    logits `[B, C, H, W]`, pseudo/confidence `[B, H, W]`."""
     valid = pseudo != IGNORE_INDEX
+    confident = (confidence >= threshold) & valid
     ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none")  # [B, H, W]
     if weight is not None:
         ce = ce * weight
     n_valid = valid.flatten(1).sum(1).clamp(min=1)
-    omega = ((confidence >= threshold) & valid).flatten(1).sum(1) / n_valid
+    if pixels == "confident":
+        return ((ce * confident).flatten(1).sum(1) / n_valid).mean()
+    omega = confident.flatten(1).sum(1) / n_valid
     ce_per_image = ce.flatten(1).sum(1) / n_valid
     return (omega * ce_per_image).mean()
 
@@ -63,7 +67,7 @@ class MeanTeacher(Method):
         logits_l, logits_u = out["logits"][:n_l], out["logits"][n_l:]
         tau = method.unsup_threshold
         unsup = weighted_pseudo_label_loss(logits_u, pseudo, confidence, self.balance.thresholds(pseudo, tau),
-                                           self.balance.weights(pseudo))
+                                           self.balance.weights(pseudo), method.unsup_pixels)
         step = StepLosses(
             {"sup": self.supervised_loss(logits_l, labeled["mask"]), "unsup": self.unsupervised_weight(progress) * unsup},
             {"pseudo_confident": confident_fraction(weak_pseudo, weak_confidence, tau), **view.stats,
