@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_config
 from prcl import IGNORE_INDEX
 from prcl.config import ConfigError, load_config
-from prcl.engine.starved_classes import by_class_name
+from prcl.engine.class_warnings import by_class_name
 from prcl.engine.trainer import Trainer
 from prcl.methods import mean_teacher
 from prcl.methods.class_balance import ClassBalance, flexmatch_map, pseudo_label_recall_precision
@@ -43,7 +43,7 @@ def test_statistics_equal_a_numpy_recomputation():
     labeled_total, share, mean_pred = np.zeros(C), None, None
     for _ in range(4):
         labeled, probs, pseudo, confidence = _step(rng, [0.9, 0.08, 0.02], [0.6, 0.3, 0.1])
-        balance.observe(labeled, probs, pseudo, confidence, threshold=0.5)
+        balance.observe(labeled, probs, pseudo, confidence, threshold=0.5, progress=1.0)
         lab, p, conf = labeled.numpy(), pseudo.numpy(), confidence.numpy()
         labeled_total += np.bincount(lab.ravel(), minlength=C)
         valid = p != IGNORE_INDEX
@@ -58,24 +58,30 @@ def test_statistics_equal_a_numpy_recomputation():
     ratio = share / (labeled_total / labeled_total.sum())
     np.testing.assert_allclose(balance.share_ratio().numpy(), ratio, rtol=1e-12)
     assert balance.starved.tolist() == (ratio < 0.5).tolist() == [False, True, True]
+    prediction_ratio = mean_pred / (labeled_total / labeled_total.sum())
+    np.testing.assert_allclose(balance.prediction_ratio().numpy(), prediction_ratio, rtol=1e-6)
+    assert balance.shrinking.tolist() == (prediction_ratio < 0.6).tolist()
 
 
-def test_a_class_turns_starved_once_and_only_after_the_ema_horizon():
-    balance, rng = _balance("method.class_balance.momentum=0.75"), np.random.default_rng(1)  # horizon: 4 steps
+def test_a_class_turns_shrinking_once_after_the_ema_horizon_in_the_second_half():
+    balance, rng = _balance("method.class_balance.momentum=0.8"), np.random.default_rng(1)  # horizon: 5 steps
     turned = []
-    for step in range(7):
-        balance.observe(*_step(rng, [0.97, 0.02, 0.01], [0.5, 0.3, 0.2]), threshold=0.0)
-        turned.append(balance.newly_starved.tolist())
-        stats = balance.stats(*_step(rng, [1, 0, 0], [1, 0, 0])[2:], threshold=0.0)
-        assert stats.get("class_balance/newly_starved/1", 0.0) == float(turned[-1][1])
-    assert turned[:3] == [[False] * 3] * 3  # within the horizon nothing is judged
-    assert turned[3] == [False, True, True] and turned[4:] == [[False] * 3] * 3
+    for step in range(10):
+        labeled, _, pseudo, confidence = _step(rng, [0.97, 0.02, 0.01], [0.5, 0.3, 0.2])
+        probs = torch.nn.functional.one_hot(pseudo.clamp(max=C - 1), C).movedim(-1, 1).float()  # it predicts its labels
+        balance.observe(labeled, probs, pseudo, confidence, threshold=0.0, progress=step / 16)
+        turned.append(balance.newly_shrinking.tolist())
+        stats = balance.stats(pseudo, confidence, threshold=0.0)
+        assert stats.get("class_balance/newly_shrinking/1", 0.0) == float(turned[-1][1])
+    assert turned[:8] == [[False] * 3] * 8  # within the horizon (steps 0-3) or the first half (steps 4-7): not judged
+    assert turned[8] == [False, True, True] and turned[9] == [False] * 3  # warned once
+    assert balance.starved.tolist() == [False, True, True]  # starved (confident shares) from the horizon on
 
 
 def test_no_step_without_confident_pixels_moves_the_shares():
     balance, rng = _balance(), np.random.default_rng(2)
     labeled, probs, pseudo, confidence = _step(rng, [0.5, 0.3, 0.2], [0.4, 0.3, 0.3])
-    balance.observe(labeled, probs, pseudo, confidence, threshold=1.1)  # nothing is confident
+    balance.observe(labeled, probs, pseudo, confidence, threshold=1.1, progress=0.0)  # nothing is confident
     assert int(balance.confident_steps) == 0 and balance.share_ratio().tolist() == [1.0] * C
     assert balance.thresholds(pseudo, 0.9) == 0.9  # adaptive or not, no evidence: the fixed threshold
 
@@ -85,7 +91,7 @@ def test_adaptive_thresholds_lower_only_the_starved_classes_by_flexmatch_map():
         np.random.default_rng(3)
     pseudo = torch.tensor([[[0, 1, 2, IGNORE_INDEX]]])
     for _ in range(2):  # balanced pseudo-labels: nothing is starved, every class keeps τ
-        balance.observe(*_step(rng, [0.5, 0.3, 0.2], [0.5, 0.3, 0.2], size=(4, 16, 16)), threshold=0.0)
+        balance.observe(*_step(rng, [0.5, 0.3, 0.2], [0.5, 0.3, 0.2], size=(4, 16, 16)), threshold=0.0, progress=0.0)
     assert not balance.starved.any() and balance.thresholds(pseudo, 0.95) == 0.95
     balance.labeled_pixels.copy_(torch.tensor([50.0, 30.0, 20.0], dtype=torch.float64))
     balance.confident_share.copy_(torch.tensor([0.7, 0.27, 0.03], dtype=torch.float64))
@@ -184,11 +190,13 @@ def test_per_class_keys_are_logged_under_class_names():
 def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_labeler_does_not(
         planted, synth_root, tmp_path, monkeypatch, capsys):
     """The teacher is replaced by a labeler that returns every unlabeled pixel's true class (balanced), or
-    background everywhere (planted), with confidence 1; only the planted run warns, naming the classes."""
+    background everywhere (planted), with confidence 1 and its label's one-hot as probabilities; only the
+    planted run warns, naming the classes, from the second half of training on."""
     def labeler(teacher, image, padding, align=None):
         truth = monkeypatch_truth["now"]
         pseudo = torch.where(truth == IGNORE_INDEX, IGNORE_INDEX, truth * (0 if planted else 1))  # 255: left out
-        return PseudoLabels(pseudo, torch.ones(pseudo.shape), pseudo, torch.ones(pseudo.shape[0], 8, *pseudo.shape[1:]) / 8)
+        probs = torch.nn.functional.one_hot(pseudo.clamp(max=7), 8).movedim(-1, 1).float()
+        return PseudoLabels(pseudo, torch.ones(pseudo.shape), pseudo, probs)
 
     monkeypatch_truth = {}
     real_losses = mean_teacher.MeanTeacher.losses
@@ -200,7 +208,8 @@ def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_lab
     monkeypatch.setattr(mean_teacher, "teacher_pseudo_labels", labeler)
     monkeypatch.setattr(mean_teacher.MeanTeacher, "losses", losses)
     cfg = tiny_config(synth_root, tmp_path, "method.name=classmix", "train.iterations=8", "train.log_every=100",
-                      "data.batch_size=8", "method.class_balance.momentum=0.8")  # judged from step 5 on
+                      "data.batch_size=8", "method.class_balance.momentum=0.8",  # judged from step 5 on
+                      "method.class_balance.shrink_ratio=0.3")  # 8-image batches: a class's share varies by 2x
     Trainer(cfg).fit()
     records = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
     warnings = [w for r in records for w in r.get("warnings", [])]
@@ -208,14 +217,14 @@ def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_lab
     printed = captured.err + captured.out
     if planted:
         warned = [(r, w.split("'")[1]) for r in records for w in r.get("warnings", [])]
-        assert warned and all("starved of pseudo-labels" in w for w in warnings)
+        assert warned and all("is shrinking in the pseudo-labels" in w for w in warnings)
         assert {name for _, name in warned} <= {"disc", "ring", "tile", "crate", "wedge", "star", "cross"}
         assert len(warned) == len({name for _, name in warned})  # once per class: it stays starved
-        assert all(r[f"class_balance/starved/{name}"] == 1.0 and r["iteration"] >= 5 for r, name in warned)
-        assert f"class '{warned[0][1]}' is starved" in printed
+        assert all(r[f"class_balance/shrinking/{name}"] == 1.0 and r["iteration"] >= 5 for r, name in warned)
+        assert f"class '{warned[0][1]}' is shrinking" in printed
     else:
-        assert not warnings and "starved" not in printed
-        assert records[-1]["class_balance/starved/disc"] == 0.0
+        assert not warnings and "shrinking" not in printed
+        assert records[-1]["class_balance/shrinking/disc"] == 0.0
 
 
 def test_the_unlabeled_weight_ramps_up_as_laine_and_aila_and_is_the_weight_itself_without_a_ramp():

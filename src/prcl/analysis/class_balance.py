@@ -1,7 +1,7 @@
 """The class balance of a run's pseudo-labels in `prcl analyze` (issue #35), read from `train_log.jsonl`: per
-class, the share of confident pseudo-labels against the labeled share, the pseudo-labels' recall and precision
-where the unlabeled images' masks were known, and the run's starved-class warnings (the figure is
-`figures.plot_class_balance`)."""
+class, the labeler's mean probability and the share of confident pseudo-labels against the labeled share, the
+pseudo-labels' recall and precision where the unlabeled images' masks were known, and the run's warnings about
+shrinking classes (the figure is `figures.plot_class_balance`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ TAIL = 0.25
 
 
 def class_balance_summary(train_log: list[dict], class_names: Sequence[str]) -> Optional[dict]:
-    """Per class at the last logged record: labeled share, confident share, their ratio, starved (0/1); the mean
+    """Per class at the last logged record: labeled share, mean prediction and its ratio, shrinking (0/1),
+    confident share and its ratio, starved (0/1); the mean
     recall and precision of the confident pseudo-labels over the last `TAIL` of the records that have them; and
     every warning the run logged. None for a run that logged no class balance (supervised, older runs)."""
     last = next((r for r in reversed(train_log) if any(k.startswith("class_balance/") for k in r)), None)
@@ -23,8 +24,8 @@ def class_balance_summary(train_log: list[dict], class_names: Sequence[str]) -> 
         return None
     classes = {}
     for name in class_names:
-        row = {k: last.get(f"class_balance/{k}/{name}") for k in ("labeled_share", "confident_share", "ratio",
-                                                                  "starved")}
+        row = {k: last.get(f"class_balance/{k}/{name}") for k in (
+            "labeled_share", "mean_prediction", "prediction_ratio", "shrinking", "confident_share", "ratio", "starved")}
         for kind in ("recall", "precision"):
             _, values = series(train_log, f"reliability/pseudo_{kind}/{name}")
             tail = values[int(len(values) * (1 - TAIL)):]

@@ -153,28 +153,28 @@ def plot_curves(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path)
 
 
 def plot_class_balance(runs: Sequence[RunLogs], class_names: Sequence[str], path: Path,
-                       starved_ratio: float = 0.5, colors: Optional[np.ndarray] = None) -> Path:
-    """Three panels, one colour per class, one line style per run: the ratio of confident to labeled share
-    (with the warning line), both shares, and the pseudo-labels' recall (solid) and precision (dashed)."""
+                       shrink_ratio: float = 0.6, starved_ratio: float = 0.5,
+                       colors: Optional[np.ndarray] = None) -> Path:
+    """Three panels, one colour per class, one line style per run: the labeler's mean probability / labeled share
+    (with the warning line), the confident share / labeled share (with the line under which `threshold=adaptive`
+    lowers a class's threshold), and the pseudo-labels' recall (solid) and precision (dotted)."""
     fig, ax = _figure(1, 3, (4.8, 3.6))
     colours = class_colours(len(class_names), colors)
     for k, run in enumerate(runs):
         style = RUN_STYLES[k % len(RUN_STYLES)]
         for c, name in enumerate(class_names):
             label = name if k == 0 else None
-            x, ratio = series(run.train_log, f"class_balance/ratio/{name}")
-            ax[0, 0].plot(x, ratio, style, color=colours[c], label=label)
-            x, confident = series(run.train_log, f"class_balance/confident_share/{name}")
-            ax[0, 1].plot(x, 100 * confident, style, color=colours[c], label=label)
-            x, labeled = series(run.train_log, f"class_balance/labeled_share/{name}")
-            ax[0, 1].plot(x, 100 * labeled, style, color=colours[c], alpha=0.4, lw=3)
+            for panel, key in ((0, "prediction_ratio"), (1, "ratio")):
+                x, values = series(run.train_log, f"class_balance/{key}/{name}")
+                ax[0, panel].plot(x, values, style, color=colours[c], label=label)
             for kind, dash in (("recall", style), ("precision", ":")):
                 x, values = series(run.train_log, f"reliability/pseudo_{kind}/{name}")
                 ax[0, 2].plot(x, values, dash, color=colours[c], label=f"{name} {kind}" if k == 0 else None)
-    ax[0, 0].axhline(starved_ratio, color="grey", lw=0.8, ls=":")
-    ax[0, 0].set_yscale("symlog", linthresh=0.1)
-    ax[0, 0].set_title("confident share / labeled share (warning below the line)")
-    ax[0, 1].set_title("share of confident pseudo-labels (%); labeled share: wide, faded")
+    for panel, line in ((0, shrink_ratio), (1, starved_ratio)):
+        ax[0, panel].axhline(line, color="grey", lw=0.8, ls=":")
+        ax[0, panel].set_yscale("symlog", linthresh=0.1)
+    ax[0, 0].set_title("mean probability / labeled share\n(warning below the line, second half)")
+    ax[0, 1].set_title("confident share / labeled share\n(starved below the line)")
     ax[0, 2].set_title("pseudo-label recall (solid) and precision (dotted)")
     for a in ax[0]:
         a.set_xlabel("iteration")

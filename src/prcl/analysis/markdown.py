@@ -12,9 +12,11 @@ SECTIONS = (
      "Losses, learning rate, λc(t) (Eq. 12), val mIoU, contrastive statistics (log scale) and the per-class "
      "IoU of the last evaluation, from `train_log.jsonl` and `metrics.jsonl`."),
     ("class_balance", "Class balance of the pseudo-labels",
-     "Per class: the share of confident pseudo-labels against the labeled share (their ratio; a class below the "
-     "dotted line is starved and the run warned), and, where the unlabeled images have masks, the recall and "
-     "precision of the confident pseudo-labels. See docs/class-balance.md for what to do about a starved class."),
+     "Per class: the labeler's mean probability against the labeled share (a class below the dotted line in "
+     "the second half of training is shrinking, and the run warned), the share of confident pseudo-labels "
+     "against the labeled share (below its line a class is starved: `threshold=adaptive` lowers its threshold), "
+     "and, where the unlabeled images have masks, the recall and precision of the confident pseudo-labels. See "
+     "docs/class-balance.md for what to do about a shrinking class."),
     ("predictions", "Predictions (Figs. 4-5)",
      "Image | ground truth | prediction of the evaluated network (the teacher when the method has one)."),
     ("tsne", "Representations, t-SNE (Fig. 6)",
@@ -98,14 +100,20 @@ def _class_balance_table(runs: list[dict]) -> list[str]:
         if not balance:
             continue
         lines += [f"**{m['label']}**, class balance of the pseudo-labels at iteration {balance['iteration']}:", "",
-                  "| class | labeled share (%) | confident share (%) | ratio | starved | recall | precision |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| class | labeled share (%) | mean probability (%) | ratio | shrinking | confident share (%) | "
+                  "ratio | starved | recall | precision |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, row in balance["classes"].items():
-            lines.append(f"| {name} | {_pct(row['labeled_share'])} | {_pct(row['confident_share'])} | "
-                         f"{_fmt(row['ratio'], '.2f')} | {'yes' if row['starved'] else 'no'} | "
+            lines.append(f"| {name} | {_pct(row['labeled_share'])} | {_pct(row['mean_prediction'])} | "
+                         f"{_fmt(row['prediction_ratio'], '.2f')} | {_yes(row['shrinking'])} | "
+                         f"{_pct(row['confident_share'])} | {_fmt(row['ratio'], '.2f')} | {_yes(row['starved'])} | "
                          f"{_fmt(row['recall'], '.2f')} | {_fmt(row['precision'], '.2f')} |")
         lines += [""] + [f"- warning: {w}" for w in balance["warnings"]] + ([""] if balance["warnings"] else [])
     return lines
+
+
+def _yes(flag: Optional[float]) -> str:
+    return "n/a" if flag is None else "yes" if flag else "no"
 
 
 def write_report(result: dict, path: Path) -> Path:

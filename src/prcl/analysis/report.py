@@ -262,8 +262,9 @@ def analyze_run(
     for metrics, r in zip(results, runs):
         metrics["class_balance"] = class_balance_summary(r.train_log, r.class_names)
     if has_class_balance(logs):
+        settings = runs[0].cfg.method.class_balance
         figures["class_balance"] = plot_class_balance(logs, runs[0].class_names, out / "class_balance.png",
-                                                      runs[0].cfg.method.class_balance.starved_ratio, runs[0].colors)
+                                                      settings.shrink_ratio, settings.starved_ratio, runs[0].colors)
     figures["predictions"] = _predictions_figure(runs, passes, out / "predictions.png")
     result = {"out": str(out), "seed": seed, "runs": results, "notes": notes,
               "figures": {k: str(v) for k, v in figures.items()}, "report": str(out / "report.md")}

@@ -54,6 +54,7 @@ UNIT_INTERVAL = (
     "method.contrastive.ema_momentum", "method.contrastive.gdp_forgetting", "data.color_jitter",
     "data.blur", "optim.momentum", "method.pseudo_label_noise", "method.ohem_threshold",
     "method.class_balance.starved_ratio", "method.class_balance.momentum", "method.unsup_rampup",
+    "method.class_balance.shrink_ratio",
 )
 POSITIVE_UNIT_INTERVAL = ("method.contrastive.strong_threshold",)  # (0, 1]
 NON_NEGATIVE = ("method.ohem_min_kept", "train.log_prototypes_every", "train.diagnostics_every", "optim.prob_head_lr",

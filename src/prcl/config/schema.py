@@ -147,7 +147,10 @@ class ClassBalanceConfig:
     max_weight: float = 10.0  # the largest class weight of weighting=class_balanced
     momentum: float = 0.99  # EMA of the per-class pseudo-label statistics (shares, mean prediction)
     starved_ratio: float = 0.5  # a class is starved while its share of confident pseudo-labels is below this × its
-    # labeled share (judged once the EMA has seen 1/(1 − momentum) steps): the run warns; threshold=adaptive acts
+    # labeled share (judged once the EMA has seen 1/(1 − momentum) steps); threshold=adaptive lowers its threshold.
+    # Early in training most classes are starved on every dataset tried, so this alone does not warn
+    shrink_ratio: float = 0.6  # a class is shrinking while the labeler's mean probability for it over the
+    # unlabeled pixels is below this × its labeled share, judged in the second half of training: the run warns
 
 
 @dataclass

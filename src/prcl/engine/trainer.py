@@ -36,7 +36,7 @@ from prcl.engine.run_dir import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOIN
                                  RunLock, check_resumable, create_run_dir, drop_records_after, remove_run_files)
 from prcl.engine.run_log import RunLog
 from prcl.engine.schedules import poly_scheduler
-from prcl.engine.starved_classes import by_class_name, starved_class_warnings
+from prcl.engine.class_warnings import by_class_name, shrinking_class_warnings
 from prcl.methods import METHODS, StepLosses, build_method, reported_model_name
 from prcl.models import build_model
 
@@ -316,7 +316,7 @@ class Trainer:
         schedule, T = self.cfg.train, self.cfg.train.iterations
         if schedule.log_prototypes_every and done % schedule.log_prototypes_every == 0:
             self.trajectory.record(done, self.method.prototypes())
-        warnings = starved_class_warnings(stats, self.info.class_names, done)
+        warnings = shrinking_class_warnings(stats, self.info.class_names, done)
         for message in warnings if self.main else ():
             tqdm.write(f"warning: {message}")
         if done % schedule.log_every == 0 or done == T or warnings or any(k.startswith("grad/") for k in stats):

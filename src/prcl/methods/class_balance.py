@@ -10,7 +10,12 @@ same on every rank):
   method's threshold, δu or τ) on the weak view;
 - `mean_prediction` `[C]`: an EMA of the labeler's mean softmax over unlabeled pixels (before alignment);
 - `starved` `[C]`: whether the class's ratio r_c = confident share / labeled share is below
-  `method.class_balance.starved_ratio` (checked once the EMA has seen 1/(1 − momentum) steps).
+  `method.class_balance.starved_ratio` (checked once the EMA has seen 1/(1 − momentum) steps). Early in
+  training nearly every class but the largest is starved, on data where semi-supervision helps too
+  (`benchmarks/results/class_balance.md`), so it drives the adaptive thresholds and does not warn;
+- `shrinking` `[C]`: whether the labeler's mean probability for the class is below
+  `method.class_balance.shrink_ratio` × its labeled share, judged in the second half of training: the labeler
+  itself predicts the class less than the labels say, which is what the run warns about.
 
 The remedies, each a key of `method.class_balance` (all off by default):
 
@@ -56,13 +61,15 @@ class ClassBalance(nn.Module):
         self.num_classes = num_classes
         self.threshold_rule, self.alignment, self.weighting = settings.threshold, settings.alignment, settings.weighting
         self.max_weight, self.momentum, self.starved_ratio = settings.max_weight, settings.momentum, settings.starved_ratio
+        self.shrink_ratio = settings.shrink_ratio
         self.register_buffer("labeled_pixels", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("confident_share", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("mean_prediction", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))  # updates of mean_prediction
         self.register_buffer("confident_steps", torch.zeros((), dtype=torch.int64))  # of confident_share
         self.register_buffer("starved", torch.zeros(num_classes, dtype=torch.bool))
-        self.newly_starved = torch.zeros(num_classes, dtype=torch.bool)  # this step's turn to starved (not state)
+        self.register_buffer("shrinking", torch.zeros(num_classes, dtype=torch.bool))
+        self.newly_shrinking = torch.zeros(num_classes, dtype=torch.bool)  # this step's turn to shrinking (not state)
 
     # ------------------------------------------------------------------ state
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -80,11 +87,12 @@ class ClassBalance(nn.Module):
 
     @torch.no_grad()
     def observe(self, labeled_mask: Tensor, probs: Tensor, pseudo: Tensor, confidence: Tensor,
-                threshold: float) -> None:
+                threshold: float, progress: float) -> None:
         """One step's update: the labeled crops `[B_l, H, W]`, the labeler's raw softmax `[B_u, C, H, W]` and its
-        pseudo-labels and confidences `[B_u, H, W]` (255 on padding). One all-reduce under DDP."""
+        pseudo-labels and confidences `[B_u, H, W]` (255 on padding), at `progress` (0..1) of training. One
+        all-reduce under DDP."""
         C = self.num_classes
-        self.newly_starved = torch.zeros_like(self.starved)
+        self.newly_shrinking = torch.zeros_like(self.shrinking)
         lab = labeled_mask[labeled_mask != IGNORE_INDEX]
         valid = pseudo != IGNORE_INDEX
         confident = pseudo[valid & (confidence >= threshold)]
@@ -101,10 +109,13 @@ class ClassBalance(nn.Module):
             self._ema(self.mean_prediction, prob_sum / pixels, self.steps)
         if confident_counts.sum() > 0:  # a step without confident pixels says nothing of their classes
             self._ema(self.confident_share, confident_counts / confident_counts.sum(), self.confident_steps)
-        if int(self.confident_steps) >= round(1 / (1 - self.momentum)):
-            starved = self.share_ratio() < self.starved_ratio
-            self.newly_starved = starved & ~self.starved
-            self.starved.copy_(starved)
+        horizon = round(1 / (1 - self.momentum))
+        if int(self.confident_steps) >= horizon:
+            self.starved.copy_(self.share_ratio() < self.starved_ratio)
+        if int(self.steps) >= horizon and progress >= 0.5:
+            shrinking = self.prediction_ratio() < self.shrink_ratio
+            self.newly_shrinking = shrinking & ~self.shrinking
+            self.shrinking.copy_(shrinking)
 
     # ------------------------------------------------------------------ derived
     def labeled_share(self) -> Tensor:
@@ -118,6 +129,13 @@ class ClassBalance(nn.Module):
         prior = self.labeled_share()
         known = (prior > 0) & (self.confident_steps > 0)
         return torch.where(known, self.confident_share / prior.clamp(min=1e-12), torch.ones_like(prior))
+
+    def prediction_ratio(self) -> Tensor:
+        """`[C]`: the labeler's mean probability / labeled share (1 for a class absent from the labeled pixels,
+        and before any step)."""
+        prior = self.labeled_share()
+        known = (prior > 0) & (self.steps > 0)
+        return torch.where(known, self.mean_prediction / prior.clamp(min=1e-12), torch.ones_like(prior))
 
     def align(self, probs: Tensor) -> Tensor:
         """Distribution alignment of softmax `probs` `[B, C, H, W]` (identity unless `alignment=distribution`
@@ -151,19 +169,21 @@ class ClassBalance(nn.Module):
     def stats(self, pseudo: Tensor, confidence: Tensor, threshold: float,
               truth: Optional[Tensor] = None) -> dict[str, float]:
         """What the run logs: per class c, `class_balance/labeled_share/c`, `.../confident_share/c`,
-        `.../mean_prediction/c` (the labeler's mean probability, before alignment), `.../ratio/c`,
-        `.../starved/c` (0/1), the adaptive `.../threshold/c`, `.../newly_starved/c` = 1 on the step a class
-        turns starved (the trainer's warning); and where the unlabeled images' true labels
+        `.../mean_prediction/c` (the labeler's mean probability, before alignment), `.../prediction_ratio/c`
+        (that / labeled share), `.../shrinking/c` (0/1), `.../ratio/c`,
+        `.../starved/c` (0/1), the adaptive `.../threshold/c`, `.../newly_shrinking/c` = 1 on the step a class
+        turns shrinking (the trainer's warning); and where the unlabeled images' true labels
         `truth` are known, the step's `reliability/pseudo_recall/c` and `reliability/pseudo_precision/c` of the
         confident pseudo-labels (they never enter a loss)."""
         out: dict[str, float] = {}
         rows = {"labeled_share": self.labeled_share(), "confident_share": self.confident_share,
-                "mean_prediction": self.mean_prediction, "ratio": self.share_ratio(), "starved": self.starved.double()}
+                "mean_prediction": self.mean_prediction, "prediction_ratio": self.prediction_ratio(),
+                "shrinking": self.shrinking.double(), "ratio": self.share_ratio(), "starved": self.starved.double()}
         if self.threshold_rule == "adaptive":
             rows["threshold"] = self.class_thresholds(threshold)
         for name, values in rows.items():
             out.update({f"class_balance/{name}/{c}": v for c, v in enumerate(values.tolist())})
-        out.update({f"class_balance/newly_starved/{c}": 1.0 for c in self.newly_starved.nonzero().flatten().tolist()})
+        out.update({f"class_balance/newly_shrinking/{c}": 1.0 for c in self.newly_shrinking.nonzero().flatten().tolist()})
         if truth is not None:
             out.update(pseudo_label_recall_precision(pseudo, confidence, threshold, truth, self.num_classes))
         return out

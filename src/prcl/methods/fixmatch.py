@@ -142,7 +142,7 @@ class FixMatch(Method):
     def losses(self, student, teacher, labeled, unlabeled, progress) -> StepLosses:
         """One step (the loss of the module docstring)."""
         weak = self.weak_pseudo_labels(student, teacher, unlabeled, progress)
-        self.balance.observe(labeled["mask"], weak.probs, weak.pseudo, weak.confidence, self.threshold)
+        self.balance.observe(labeled["mask"], weak.probs, weak.pseudo, weak.confidence, self.threshold, progress)
         shifts = partner_shifts(weak.pseudo.shape[0] * world_size(), self.strong_views)
         truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
         views = [mix_strong_view(self.mix, unlabeled[key], weak.pseudo, weak.confidence, *truth, shift=shift)

@@ -58,7 +58,8 @@ class MeanTeacher(Method):
         method = self.cfg.method
         weak = teacher_pseudo_labels(teacher, unlabeled["image"], unlabeled["padding"], self.balance.align)
         weak_pseudo, weak_confidence = self.noise(weak, progress), weak.confidence
-        self.balance.observe(labeled["mask"], weak.probs, weak_pseudo, weak_confidence, method.unsup_threshold)
+        self.balance.observe(labeled["mask"], weak.probs, weak_pseudo, weak_confidence, method.unsup_threshold,
+                             progress)
         truth = [unlabeled["truth"]] if "truth" in unlabeled else []  # diagnostics only: mixed along, never a loss
         view = mix_strong_view(self.mix, unlabeled["image_strong"], weak_pseudo, weak_confidence, *truth)
         image_u, pseudo, confidence = view.image, view.pseudo, view.confidence
