@@ -2,7 +2,8 @@
 method and seed, its mIoU and each class's IoU at the end, and the difference to the reference and to a
 baseline run of the same seed. For screens of options that `prcl compare` does not lay out (runs named by
 hand, several keys changed at once). `--ratios` adds, per class, the lowest `class_balance/prediction_ratio` of
-the second half of training (the shrinking warning's statistic; "–" for a run that did not log it).
+the second half of training (the shrinking warning's statistic; "–" for a run that did not log it) and the
+iteration from which the run warns (or would have: runs made before the warning are judged from their logs).
 
     python benchmarks/run_table.py RUN [RUN ...] --reference DIR --baseline DIR
 
@@ -47,16 +48,19 @@ def prediction_ratio(record: dict, name: str) -> Optional[float]:
     return mean / share if mean is not None and share else None
 
 
-def lowest_prediction_ratios(run: Path, class_names: list[str]) -> list[str]:
-    """Per class, the lowest `class_balance/prediction_ratio/<class>` logged in the second half of training."""
+def lowest_prediction_ratios(run: Path, class_names: list[str], shrink_ratio: float) -> list[str]:
+    """Per class, the lowest `class_balance/prediction_ratio/<class>` logged in the second half of training, then
+    the first logged iteration of that half where a class was below `shrink_ratio` (when the run warns)."""
     records = [json.loads(line) for line in (run / TRAIN_LOG).read_text().splitlines() if line.strip()]
     last = records[-1]["iteration"] if records else 0
+    second_half = [r for r in records if r["iteration"] >= last / 2]
     cells = []
     for name in class_names:
-        values = [ratio for r in records if r["iteration"] >= last / 2
-                  and (ratio := prediction_ratio(r, name)) is not None]
+        values = [ratio for r in second_half if (ratio := prediction_ratio(r, name)) is not None]
         cells.append(f"{min(values):.2f}" if values else "–")
-    return cells
+    warned = next((r["iteration"] for r in second_half if any(
+        (ratio := prediction_ratio(r, name)) is not None and ratio < shrink_ratio for name in class_names)), None)
+    return [*cells, "–" if cells.count("–") == len(cells) else str(warned or "no")]
 
 
 def changed_keys(run: Path, reference: Optional[Path]) -> str:
@@ -82,7 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--ratios", action="store_true", help="add the lowest prediction ratio of the second half per class")
     args = p.parse_args(argv)
     rows, names = [], None
-    for run in args.runs:
+    for run in (r for r in args.runs if r.is_dir()):
         metrics = final_metrics(run)
         if metrics is None:
             print(f"skipped (not finished): {run}", file=sys.stderr)
@@ -97,9 +101,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         delta = (lambda other: f"{miou - 100 * other['miou']:+.2f}" if other else "–")
         rows.append([method, changed_keys(run, reference), seed, f"{miou:.2f}",
                      *(f"{100 * x:.1f}" for x in metrics["per_class_iou"]), delta(ref), delta(base),
-                     *(lowest_prediction_ratios(run, list(names)) if args.ratios else [])])
+                     *(lowest_prediction_ratios(run, list(names), cfg["method"]["class_balance"]["shrink_ratio"])
+                       if args.ratios else [])])
     header = ["method", "changed keys", "seed", "mIoU (%)", *(f"IoU {c}" for c in names or ()), "Δ defaults",
-              f"Δ {args.baseline_method}", *(f"lowest ratio {c}" for c in (names or ()) if args.ratios)]
+              f"Δ {args.baseline_method}",
+              *([*(f"lowest ratio {c}" for c in names or ()), "warns at"] if args.ratios else [])]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for row in rows:
