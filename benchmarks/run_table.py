@@ -21,6 +21,7 @@ from typing import Optional
 
 import yaml
 
+from prcl.compare.stats import format_mean_std, paired_difference
 from prcl.config.loading import from_dict, to_dict
 from prcl.data.sources import dataset_info
 from prcl.engine.run_dir import CONFIG_FILE, METRICS_LOG, SUMMARY_FILE, TRAIN_LOG, config_differences
@@ -77,6 +78,38 @@ def changed_keys(run: Path, reference: Optional[Path]) -> str:
     return ", ".join(values) or "defaults"
 
 
+def miou(run: Path) -> Optional[float]:
+    metrics = final_metrics(run)
+    return None if metrics is None else 100 * metrics["miou"]
+
+
+def print_summary(args: argparse.Namespace) -> int:
+    """Rows grouped by method and changed keys: mIoU mean ± sample std over the seeds, and the mean paired
+    difference to the defaults and to the baseline with its t (n − 1 degrees of freedom)."""
+    groups: dict[tuple[str, str], dict[int, float]] = {}
+    for run in (r for r in args.runs if r.is_dir() and final_metrics(r) is not None):
+        cfg = config_of(run)
+        method, seed = cfg["method"]["name"], cfg["seed"]
+        key = (method, changed_keys(run, args.reference / f"{method}-s{seed}"))
+        groups.setdefault(key, {})[seed] = miou(run)
+
+    def against(values: dict[int, float], folder: Path, method: str) -> str:
+        other = {s: v for s in values if (v := miou(folder / f"{method}-s{s}")) is not None}
+        diff = paired_difference(values, other)
+        if diff is None:
+            return "–"
+        t = "" if diff.t is None else f" (t = {diff.t:+.1f})"
+        return ", ".join(f"{d:+.2f}" for d in diff.per_seed.values()) + f"; mean {diff.mean:+.2f}{t}"
+
+    header = ["method", "changed keys", "seeds", "mIoU (%)", "Δ defaults per seed", f"Δ {args.baseline_method} per seed"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for (method, keys), values in groups.items():
+        print(f"| {method} | {keys} | {', '.join(map(str, values))} | {format_mean_std(list(values.values()), scale=1.0)} | "
+              f"{against(values, args.reference, method)} | {against(values, args.baseline, args.baseline_method)} |")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
@@ -84,8 +117,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--baseline", type=Path, required=True, help="folder of the baseline runs, <method>-s<seed>")
     p.add_argument("--baseline-method", default="supervised")
     p.add_argument("--ratios", action="store_true", help="add the lowest prediction ratio of the second half per class")
+    p.add_argument("--summary", action="store_true",
+                   help="one row per method and changed keys: mean ± std over seeds, paired differences with t")
     args = p.parse_args(argv)
     rows, names = [], None
+    if args.summary:
+        return print_summary(args)
     for run in (r for r in args.runs if r.is_dir()):
         metrics = final_metrics(run)
         if metrics is None:

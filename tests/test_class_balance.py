@@ -218,6 +218,7 @@ def test_a_planted_imbalance_warns_in_the_console_and_the_log_and_a_balanced_lab
     if planted:
         warned = [(r, w.split("'")[1]) for r in records for w in r.get("warnings", [])]
         assert warned and all("is shrinking in the pseudo-labels" in w for w in warnings)
+        assert all("try method.unsup_pixels=confident" in w for w in warnings)  # the mean-teacher family's remedy
         assert {name for _, name in warned} <= {"disc", "ring", "tile", "crate", "wedge", "star", "cross"}
         assert len(warned) == len({name for _, name in warned})  # once per class: it stays starved
         assert all(r[f"class_balance/shrinking/{name}"] == 1.0 and r["iteration"] >= 5 for r, name in warned)

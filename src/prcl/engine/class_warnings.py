@@ -14,8 +14,7 @@ from typing import Sequence
 
 PER_CLASS = re.compile(r"^(class_balance/[^/]+|reliability/pseudo_(?:recall|precision))/(\d+)$")
 ADVICE = ("semi-supervision may be costing this class what supervised training reaches. Compare with "
-          "method.name=supervised over seeds (prcl compare); the remedies measured for each method are in "
-          "docs/class-balance.md")
+          "method.name=supervised over seeds (prcl compare){remedy}; docs/class-balance.md")
 
 
 def by_class_name(stats: dict[str, float], class_names: Sequence[str]) -> dict[str, float]:
@@ -27,9 +26,12 @@ def by_class_name(stats: dict[str, float], class_names: Sequence[str]) -> dict[s
     return out
 
 
-def shrinking_class_warnings(stats: dict[str, float], class_names: Sequence[str], iteration: int) -> list[str]:
-    """A warning for each class that turned shrinking this step (`class_balance/newly_shrinking/<c>`). The flag
-    comes from the method's checkpointed state, so a resumed run warns where the uninterrupted run did."""
+def shrinking_class_warnings(stats: dict[str, float], class_names: Sequence[str], iteration: int,
+                             remedy: str = "") -> list[str]:
+    """A warning for each class that turned shrinking this step (`class_balance/newly_shrinking/<c>`), naming
+    `remedy` (`Method.shrinking_remedy`). The flag comes from the method's checkpointed state, so a resumed run
+    warns where the uninterrupted run did."""
+    advice = ADVICE.format(remedy=f", and try {remedy}" if remedy else "")
     messages = []
     for c, name in enumerate(class_names):
         if stats.get(f"class_balance/newly_shrinking/{c}"):
@@ -39,5 +41,5 @@ def shrinking_class_warnings(stats: dict[str, float], class_names: Sequence[str]
                 f"iteration {iteration}: class '{name}' is shrinking in the pseudo-labels: the labeler gives it "
                 f"{100 * predicted:.2f}% of the unlabeled pixels' probability and {100 * confident:.2f}% of the "
                 f"confident pseudo-labels, against {100 * labeled:.2f}% of the labeled pixels (ratio "
-                f"{stats[f'class_balance/prediction_ratio/{c}']:.2f}); {ADVICE}")
+                f"{stats[f'class_balance/prediction_ratio/{c}']:.2f}); {advice}")
     return messages

@@ -316,7 +316,7 @@ class Trainer:
         schedule, T = self.cfg.train, self.cfg.train.iterations
         if schedule.log_prototypes_every and done % schedule.log_prototypes_every == 0:
             self.trajectory.record(done, self.method.prototypes())
-        warnings = shrinking_class_warnings(stats, self.info.class_names, done)
+        warnings = shrinking_class_warnings(stats, self.info.class_names, done, self.method.shrinking_remedy)
         for message in warnings if self.main else ():
             tqdm.write(f"warning: {message}")
         if done % schedule.log_every == 0 or done == T or warnings or any(k.startswith("grad/") for k in stats):

@@ -98,7 +98,9 @@ class Method(nn.Module):
     uses_unlabeled = False  # needs the unlabeled stream: set by `register` from the preset's `pseudo_labels`
     strong_views = 1  # strong views per unlabeled image the data pipeline delivers (`image_strong`, `image_strong2`, ...)
     loss_scale = 1.0  # every loss term, the contrast included, is multiplied by it (the module docstring)
-    authors_choice = "teacher"  # with a teacher: the model its authors report, and keep best.pt of
+    authors_choice = "teacher"  # with a teacher: the model its authors report (best.pt keeps its best evaluation)
+    shrinking_remedy = ""  # the options measured to help this family when a class shrinks (the run's warning names
+    # them; benchmarks/results/class_balance.md)
 
     def __init__(self, cfg: Config, num_classes: int) -> None:
         super().__init__()

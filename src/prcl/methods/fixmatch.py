@@ -98,6 +98,7 @@ def contrast_rows(n: int, enabled: bool) -> slice | bool:
 class FixMatch(Method):
     strong_views = 1
     loss_scale = 0.5  # UniMatch's code: (Ls + Lu) / 2
+    shrinking_remedy = "method.class_balance.alignment=distribution method.class_balance.threshold=adaptive"
 
     def __init__(self, cfg, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

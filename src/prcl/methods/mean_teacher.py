@@ -45,6 +45,7 @@ def weighted_pseudo_label_loss(
 @register("mean_teacher", "classmix", "baseline", "baseline_plus", "prcl")
 class MeanTeacher(Method):
     uses_teacher = True
+    shrinking_remedy = "method.unsup_pixels=confident"
 
     def __init__(self, cfg, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
