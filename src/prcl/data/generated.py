@@ -30,6 +30,16 @@ def data_error(message: str) -> Exception:
     return DataError(message)
 
 
+def generator_meta(what: str, generator: str, version: int, *, seed: int, num_train: int, num_val: int,
+                   image_size: int) -> dict:
+    """The head of a generated benchmark's `meta.json` (generator, version, parameters), after checking the sizes."""
+    if num_train < 1 or num_val < 1 or image_size < 16:
+        raise ValueError(f"{what} needs num_train, num_val >= 1 and image_size >= 16; got {num_train}, {num_val}, "
+                         f"{image_size}")
+    return {"generator": generator, "version": version,
+            "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}}
+
+
 def write_nested_splits(out: Path, seed: int, train: list[str], val: list[str]) -> dict:
     """`splits/val.txt` and `splits/<fraction>/{labeled,unlabeled}.txt` for each of `LABELED_FRACTIONS`:
     the labeled sets are prefixes of one seeded permutation of `train`, so each contains the smaller ones.

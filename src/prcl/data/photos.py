@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw
 
 from prcl.data.dataset import DataError
 from prcl.data.palette import voc_colormap
-from prcl.data.generated import write_folder_dataset
+from prcl.data.generated import generator_meta, write_folder_dataset
 
 GENERATOR_VERSION = 1  # bump whenever the files change
 VAL_FRACTION = 0.3
@@ -129,14 +129,11 @@ def generate_photo_dataset(root: Union[str, Path], *, seed: int = 0, num_train: 
                            image_size: int = 128, progress: bool = False) -> Path:
     """Write the benchmark to `root` (a new or earlier photo-benchmark directory); returns `root`.
     Written to a sibling temporary directory, `meta.json` last, then renamed."""
-    if num_train < 1 or num_val < 1 or image_size < 16:
-        raise ValueError(f"the photo benchmark needs num_train, num_val >= 1 and image_size >= 16; got "
-                         f"{num_train}, {num_val}, {image_size}")
+    meta = {**generator_meta("the photo benchmark", "prcl.data.photos", GENERATOR_VERSION, seed=seed,
+                             num_train=num_train, num_val=num_val, image_size=image_size),
+            "class_names": list(CLASS_NAMES), "photos": {k: [f"{p}:{f}" for p, f in v] for k, v in PHOTOS.items()}}
     photos = {split: [[_part(load_photo(*src), split) for src in PHOTOS[name]] for name in CLASS_NAMES]
               for split in ("train", "val")}
-    meta = {"generator": "prcl.data.photos", "version": GENERATOR_VERSION,
-            "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size},
-            "class_names": list(CLASS_NAMES), "photos": {k: [f"{p}:{f}" for p, f in v] for k, v in PHOTOS.items()}}
     return write_folder_dataset(
         root, what="the photo benchmark", render=lambda split, i: render_photo_sample(photos[split], seed, split, i,
                                                                                       image_size),

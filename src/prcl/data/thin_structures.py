@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter  # scipy: a dependency of scikit-learn, which prcl requires
 
-from prcl.data.generated import SPLIT_CODES, write_folder_dataset
+from prcl.data.generated import SPLIT_CODES, generator_meta, write_folder_dataset
 from prcl.data.photos import load_photo
 
 GENERATOR_VERSION = 2  # bump whenever the files change
@@ -257,13 +257,10 @@ def generate_thin_dataset(root: Union[str, Path], *, seed: int = 0, num_train: i
                           image_size: int = 128, progress: bool = False) -> Path:
     """Write the benchmark to `root` (a new or earlier thin-structure directory); returns `root`.
     Written to a sibling temporary directory, `meta.json` last, then renamed."""
-    if num_train < 1 or num_val < 1 or image_size < 16:
-        raise ValueError(f"the thin-structure benchmark needs num_train, num_val >= 1 and image_size >= 16; "
-                         f"got {num_train}, {num_val}, {image_size}")
-    grounds = {split: [ground_part(load_photo(*src), split) for src in GROUNDS.values()] for split in ("train", "val")}
-    meta = {"generator": "prcl.data.thin_structures", "version": GENERATOR_VERSION,
-            "params": {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size},
+    meta = {**generator_meta("the thin-structure benchmark", "prcl.data.thin_structures", GENERATOR_VERSION,
+                             seed=seed, num_train=num_train, num_val=num_val, image_size=image_size),
             "class_names": list(CLASS_NAMES), "grounds": {k: f"{p}:{f}" for k, (p, f) in GROUNDS.items()}}
+    grounds = {split: [ground_part(load_photo(*src), split) for src in GROUNDS.values()] for split in ("train", "val")}
     return write_folder_dataset(
         root, what="the thin-structure benchmark",
         render=lambda split, i: render_thin_sample(grounds[split], seed, split, i, image_size),
